@@ -1,0 +1,69 @@
+"""The contract between a source and the rest of the pipeline.
+
+A connector yields ``SourceDocument`` objects that are cheap to produce (identity and a content hash), and
+only parses them when asked: an unchanged document is recognised by its hash and never parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class DocumentError(Exception):
+    """A document that cannot be ingested as it is: it gets quarantined, the run goes on.
+
+    ``reason`` is a short stable code (``encrypted``, ``truncated``, ``not_a_pdf``, ...) operators can filter
+    on; ``retryable`` marks failures that may go away by themselves (a file being written, an I/O error), so
+    the ledger schedules another attempt instead of waiting for the content to change.
+    """
+
+    def __init__(self, reason: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retryable = retryable
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Page:
+    """Text of one page; ``number`` is 1-based, or None where pages do not apply (a wiki page, a record)."""
+
+    number: int | None
+    text: str
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    title: str
+    pages: list[Page]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceDocument:
+    """One version of one document at its source.
+
+    ``content_hash`` identifies the version; ``load`` parses it (raising ``DocumentError`` for poison input).
+    """
+
+    external_id: str
+    uri: str
+    content_hash: str
+    load: Callable[[], ParsedDocument] = field(repr=False, compare=False)
+    title: str | None = None
+    modified: datetime | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Connector(Protocol):
+    """A source of documents. ``kind`` names the connector type stored in the ledger."""
+
+    kind: str
+
+    def iter_documents(self) -> Iterator[SourceDocument]: ...

@@ -1,0 +1,270 @@
+"""PDF files on a file system: discovery, content hashing and text extraction per page with pypdf.
+
+Every failure mode of real-world PDFs becomes a ``DocumentError`` with a stable reason, so one bad file is
+quarantined and the rest of the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from connectors.base import DocumentError, Page, ParsedDocument, SourceDocument
+from connectors.text import clean_text
+
+log = logging.getLogger(__name__)
+
+PDF_MAGIC = b"%PDF-"
+_HASH_BLOCK = 1 << 20
+
+
+class PdfSettings(BaseModel):
+    """How PDFs are found and parsed. Limits exist so one absurd file cannot exhaust the machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    passwords: list[SecretStr] = Field(
+        default_factory=list, description="Passwords tried, in order, on encrypted PDFs (never logged)."
+    )
+    max_file_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Larger files are quarantined unread."
+    )
+    max_pages: int = Field(default=10_000, gt=0, description="PDFs with more pages are quarantined.")
+    max_chars: int = Field(
+        default=20_000_000, gt=0, description="Extracted text above this (a decompression bomb) is quarantined."
+    )
+    extensions: list[str] = Field(
+        default_factory=lambda: [".pdf"], description="File suffixes picked up when walking directories."
+    )
+
+    def fingerprint(self) -> str:
+        """Changes when a setting that can turn a quarantined file into a good one changes."""
+        digest = hashlib.sha256()
+        for password in self.passwords:
+            digest.update(hashlib.sha256(password.get_secret_value().encode()).digest())
+        digest.update(f"{self.max_file_bytes}:{self.max_pages}:{self.max_chars}".encode())
+        return digest.hexdigest()[:16]
+
+
+@dataclass
+class Discovery:
+    """What a walk found: PDF files (deduplicated by real path), the directories walked completely, and the
+    directories that could not be read (documents under those must not be treated as deleted)."""
+
+    files: list[Path] = field(default_factory=list)
+    roots: list[Path] = field(default_factory=list)
+    unreadable: list[Path] = field(default_factory=list)
+
+
+def discover(paths: Iterable[Path], extensions: Iterable[str] = (".pdf",)) -> Discovery:
+    """Find PDF files under ``paths``; safe against symlink loops and duplicate links to one file."""
+    suffixes = tuple(ext.lower() for ext in extensions)
+    found = Discovery()
+    seen_files: set[Path] = set()
+
+    def add(file: Path) -> None:
+        real = file.resolve()
+        if real not in seen_files:
+            seen_files.add(real)
+            found.files.append(real)
+
+    for raw in paths:
+        path = Path(raw).expanduser().absolute()
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or directory: {raw}")
+        if path.is_file():
+            add(path)
+            continue
+        root = path.resolve()
+        found.roots.append(root)
+        visited: set[tuple[int, int]] = set()
+
+        def on_error(err: OSError) -> None:
+            log.warning("cannot read directory %s: %s", err.filename, err.strerror)
+            found.unreadable.append(Path(str(err.filename)).resolve())
+
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=on_error):
+            st = os.stat(dirpath)
+            key = (st.st_dev, st.st_ino)
+            if key in visited:  # a symlink loop or a second link to a directory already walked
+                dirnames.clear()
+                continue
+            visited.add(key)
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.lower().endswith(suffixes):
+                    candidate = Path(dirpath, name)
+                    if candidate.is_file():
+                        add(candidate)
+    return found
+
+
+def file_hash(path: Path, max_bytes: int) -> str:
+    """sha256 of the file's bytes; files over the size limit get an identity from size and mtime instead,
+    so they are quarantined without reading gigabytes."""
+    st = path.stat()
+    if st.st_size > max_bytes:
+        return f"oversize:{st.st_size}:{st.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_envelope(path: Path, settings: PdfSettings) -> None:
+    size = path.stat().st_size
+    if size > settings.max_file_bytes:
+        raise DocumentError(
+            "too_large", f"{size} bytes exceeds pdf.max_file_bytes={settings.max_file_bytes}"
+        )
+    if size == 0:
+        raise DocumentError("empty", "the file is empty (0 bytes)", retryable=True)
+    with path.open("rb") as fh:
+        head = fh.read(1024)
+        fh.seek(max(0, size - 2048))
+        tail = fh.read()
+    if PDF_MAGIC not in head:
+        raise DocumentError("not_a_pdf", f"no {PDF_MAGIC.decode()} header in the first 1024 bytes")
+    if b"%%EOF" not in tail:
+        raise DocumentError("truncated", "no %%EOF marker at the end: the file is incomplete or cut short")
+
+
+def parse_pdf(path: Path, settings: PdfSettings) -> ParsedDocument:
+    """Extract the text of each page. Raises ``DocumentError`` for anything that is not a usable PDF."""
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
+
+    # pypdf logs every recoverable oddity of a file as a warning; failures that matter raise instead.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    try:
+        _check_envelope(path, settings)
+    except OSError as err:
+        raise DocumentError("unreadable", f"cannot read the file: {err.strerror}", retryable=True) from err
+
+    try:
+        reader = PdfReader(path, strict=False)
+        if reader.is_encrypted:
+            _decrypt(reader, settings)
+        page_count = len(reader.pages)
+        if page_count > settings.max_pages:
+            raise DocumentError("too_large", f"{page_count} pages exceeds pdf.max_pages={settings.max_pages}")
+        pages: list[Page] = []
+        total = 0
+        for index, page in enumerate(reader.pages, start=1):
+            try:
+                text = clean_text(page.extract_text() or "")
+            except DocumentError:
+                raise
+            except Exception as err:  # untrusted input: pypdf raises many types on malformed pages
+                raise DocumentError(
+                    "corrupt", f"page {index}: text extraction failed ({type(err).__name__}: {err})"
+                ) from err
+            total += len(text)
+            if total > settings.max_chars:
+                raise DocumentError(
+                    "too_large", f"extracted text exceeds pdf.max_chars={settings.max_chars} at page {index}"
+                )
+            if text:
+                pages.append(Page(index, text))
+        title = _title(reader, path)
+    except DocumentError:
+        raise
+    except FileNotDecryptedError as err:
+        raise DocumentError("encrypted", f"cannot decrypt: {err}") from err
+    except DependencyError as err:
+        raise DocumentError("encrypted", f"decryption needs a missing dependency: {err}") from err
+    except PdfReadError as err:
+        raise DocumentError("corrupt", f"{type(err).__name__}: {err}") from err
+    except Exception as err:  # untrusted input: anything pypdf raises means this file cannot be read
+        raise DocumentError("corrupt", f"{type(err).__name__}: {err}") from err
+
+    if not any(ch.isalnum() for p in pages for ch in p.text):
+        raise DocumentError(
+            "no_text",
+            f"no extractable text in {page_count} page(s): image-only or scanned without a text layer (no OCR)",
+        )
+    return ParsedDocument(title=title, pages=pages, metadata={"page_count": page_count})
+
+
+def _decrypt(reader: object, settings: PdfSettings) -> None:
+    from pypdf import PdfReader
+    from pypdf.constants import PasswordType
+
+    assert isinstance(reader, PdfReader)
+    candidates = [p.get_secret_value() for p in settings.passwords] + [""]
+    for password in candidates:
+        if reader.decrypt(password) != PasswordType.NOT_DECRYPTED:
+            return
+    detail = "none of the configured pdf.passwords opens it" if settings.passwords else "no password configured"
+    raise DocumentError("encrypted", f"encrypted PDF: {detail}")
+
+
+def _title(reader: object, path: Path) -> str:
+    from pypdf import PdfReader
+
+    assert isinstance(reader, PdfReader)
+    try:
+        meta_title = reader.metadata.title if reader.metadata else None
+    except Exception:  # broken metadata dictionaries are common; the file name is a fine title
+        meta_title = None
+    if isinstance(meta_title, str):
+        cleaned = clean_text(meta_title)
+        if cleaned and any(ch.isalnum() for ch in cleaned):
+            return cleaned[:500]
+    return path.stem
+
+
+def _raise(error: DocumentError) -> ParsedDocument:
+    raise error
+
+
+class PdfConnector:
+    """PDF files and directories as a source; the external id of a document is its real path."""
+
+    kind = "pdf"
+
+    def __init__(self, paths: Iterable[Path], settings: PdfSettings | None = None) -> None:
+        self.settings = settings or PdfSettings()
+        self.discovery = discover(paths, self.settings.extensions)
+
+    def document(self, path: Path) -> SourceDocument:
+        st = path.stat()
+        load = partial(parse_pdf, path, self.settings)
+        try:
+            content_hash = file_hash(path, self.settings.max_file_bytes)
+        except PermissionError as err:
+            content_hash = f"unreadable:{st.st_size}:{st.st_mtime_ns}"
+            load = partial(_raise, DocumentError("unreadable", f"cannot read the file: {err.strerror}"))
+        return SourceDocument(
+            external_id=str(path),
+            uri=str(path),
+            content_hash=content_hash,
+            load=load,
+            title=path.stem,
+            modified=datetime.fromtimestamp(st.st_mtime, tz=UTC),
+            metadata={"size": st.st_size},
+        )
+
+    def iter_documents(self) -> Iterator[SourceDocument]:
+        for path in self.discovery.files:
+            try:
+                yield self.document(path)
+            except FileNotFoundError:
+                log.warning("%s disappeared during the run", path)
+
+    def covers(self, external_id: str) -> bool:
+        """True when ``external_id`` lies under a directory walked completely in this run: if it was not
+        found, it is gone from the source."""
+        path = Path(external_id)
+        if any(path.is_relative_to(bad) for bad in self.discovery.unreadable):
+            return False
+        return any(path.is_relative_to(root) for root in self.discovery.roots)

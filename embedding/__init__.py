@@ -1,0 +1,1 @@
+"""Token-aware chunking and the embedding model."""

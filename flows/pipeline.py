@@ -1,0 +1,268 @@
+"""The ingestion core, free of Prefect: plan against the ledger, then parse, chunk, embed and commit.
+
+Documents are embedded in batches that span documents (one big ``encode`` is cheaper than many small ones)
+but committed one by one, each in its own transaction, so a crash loses at most the batch in flight and a
+re-run finishes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from connectors.base import DocumentError, ParsedDocument, SourceDocument
+from embedding.chunking import ChunkTooLongError, chunk_pages
+from embedding.model import Embedder
+from flows.settings import RaglineSettings
+from vectorstore import ledger, store
+from vectorstore.db import Connection
+from vectorstore.ids import chunk_id
+from vectorstore.ledger import Decision, DocumentVersion
+from vectorstore.store import ChunkRow
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, str], None]
+"""Called with (event, external id): event is one of committed, quarantined, unchanged."""
+
+
+@dataclass
+class Counts:
+    seen: int = 0
+    unchanged: int = 0
+    new: int = 0
+    changed: int = 0
+    retried: int = 0
+    still_quarantined: int = 0
+    committed: int = 0
+    quarantined: int = 0
+    deleted: int = 0
+    chunks_written: int = 0
+    chunks_reused: int = 0
+    embedded_tokens: int = 0
+
+    def merge(self, other: Counts) -> None:
+        for key, value in asdict(other).items():
+            setattr(self, key, getattr(self, key) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    """What a run has to do: documents to (re)process, ledger ids to delete, and what it can skip."""
+
+    work: list[SourceDocument] = field(default_factory=list)
+    deleted: list[int] = field(default_factory=list)
+    counts: Counts = field(default_factory=Counts)
+
+    @property
+    def empty(self) -> bool:
+        return not self.work and not self.deleted
+
+
+def pipeline_fingerprint(settings: RaglineSettings, embedder: Embedder) -> str:
+    """Changes when a setting that changes the chunks of a document changes: those documents are redone
+    (chunks whose text is unchanged keep their vectors, since their ids do not change)."""
+    parts = {
+        "pdf": settings.pdf.fingerprint(),
+        "chunking": settings.embedding.chunking.model_dump(),
+        "model": [embedder.settings.model, embedder.revision],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan(
+    conn: Connection,
+    source_id: int,
+    documents: Iterable[SourceDocument],
+    fingerprint: str,
+    covers: Callable[[str], bool],
+    now: datetime | None = None,
+) -> Plan:
+    """Compare what the source has with the ledger. ``covers(external_id)`` tells whether the source was
+    listed completely where that document lived, i.e. whether its absence means it was deleted."""
+    now = now or datetime.now(UTC)
+    known = ledger.entries(conn, source_id)
+    result = Plan()
+    seen: set[str] = set()
+    for doc in documents:
+        seen.add(doc.external_id)
+        result.counts.seen += 1
+        decision = ledger.decide(known.get(doc.external_id), doc.content_hash, fingerprint, now)
+        if decision is Decision.UNCHANGED:
+            result.counts.unchanged += 1
+        elif decision is Decision.QUARANTINED:
+            result.counts.still_quarantined += 1
+        else:
+            result.work.append(doc)
+            if decision is Decision.NEW:
+                result.counts.new += 1
+            elif decision is Decision.CHANGED:
+                result.counts.changed += 1
+            else:
+                result.counts.retried += 1
+    result.deleted = [
+        entry.id
+        for external_id, entry in known.items()
+        if entry.status != "deleted" and external_id not in seen and covers(external_id)
+    ]
+    return result
+
+
+@dataclass
+class _Prepared:
+    doc: DocumentVersion
+    rows: list[ChunkRow]
+    missing: list[ChunkRow]
+
+
+class Pipeline:
+    def __init__(self, conn: Connection, settings: RaglineSettings, embedder: Embedder) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.embedder = embedder
+        self.fingerprint = pipeline_fingerprint(settings, embedder)
+        self._model_id: int | None = None
+
+    @property
+    def model_key(self) -> str:
+        return f"{self.embedder.settings.model}@{self.embedder.revision}"
+
+    def model_id(self) -> int:
+        if self._model_id is None:
+            self._model_id = store.ensure_model(self.conn, self.embedder.identity)
+        return self._model_id
+
+    def plan(
+        self, source_id: int, documents: Iterable[SourceDocument], covers: Callable[[str], bool]
+    ) -> Plan:
+        return plan(self.conn, source_id, documents, self.fingerprint, covers)
+
+    def ingest(
+        self, source_id: int, source_name: str, documents: Sequence[SourceDocument], progress: Progress | None = None
+    ) -> Counts:
+        """Parse, chunk, embed and commit ``documents``; poison documents are quarantined, never fatal."""
+        counts = Counts()
+        pending: list[_Prepared] = []
+        pending_chunks = 0
+        for source_doc in documents:
+            prepared = self._prepare(source_id, source_name, source_doc, counts, progress)
+            if prepared is None:
+                continue
+            pending.append(prepared)
+            pending_chunks += len(prepared.missing)
+            if pending_chunks >= self.settings.batch_chunks:
+                self._flush(source_id, pending, counts, progress)
+                pending, pending_chunks = [], 0
+        self._flush(source_id, pending, counts, progress)
+        return counts
+
+    def _version(self, doc: SourceDocument, parsed: ParsedDocument | None) -> DocumentVersion:
+        metadata = dict(doc.metadata)
+        page_count = None
+        if parsed is not None:
+            metadata.update(parsed.metadata)
+            page_count = parsed.metadata.get("page_count")
+        return DocumentVersion(
+            external_id=doc.external_id,
+            uri=doc.uri,
+            title=parsed.title if parsed else doc.title,
+            content_hash=doc.content_hash,
+            fingerprint=self.fingerprint,
+            source_modified_at=doc.modified,
+            page_count=page_count,
+            metadata=metadata,
+        )
+
+    def _prepare(
+        self,
+        source_id: int,
+        source_name: str,
+        doc: SourceDocument,
+        counts: Counts,
+        progress: Progress | None,
+    ) -> _Prepared | None:
+        try:
+            parsed = doc.load()
+            chunks = chunk_pages(
+                [(p.number, p.text) for p in parsed.pages],
+                self.embedder.tokenizer,
+                self.settings.embedding.chunking,
+                self.embedder.max_seq_length,
+            )
+        except DocumentError as err:
+            self._quarantine(source_id, doc, None, err, counts, progress)
+            return None
+        except ChunkTooLongError as err:
+            self._quarantine(source_id, doc, parsed, DocumentError("oversize_text", str(err)), counts, progress)
+            return None
+        version = self._version(doc, parsed)
+        rows = [
+            ChunkRow(
+                id=chunk_id(source_name, doc.external_id, c.index, c.text, self.model_key),
+                chunk_index=c.index,
+                page=c.page,
+                text=c.text,
+                token_count=c.token_count,
+            )
+            for c in chunks
+        ]
+        present = store.existing_chunk_ids(self.conn, source_id, doc.external_id)
+        missing = [r for r in rows if r.id not in present]
+        return _Prepared(version, rows, missing)
+
+    def _quarantine(
+        self,
+        source_id: int,
+        doc: SourceDocument,
+        parsed: ParsedDocument | None,
+        err: DocumentError,
+        counts: Counts,
+        progress: Progress | None,
+    ) -> None:
+        log.warning("quarantined %s: %s", doc.uri, err)
+        ledger.quarantine(
+            self.conn, source_id, self._version(doc, parsed), err.reason, err.message, retryable=err.retryable
+        )
+        counts.quarantined += 1
+        if progress:
+            progress("quarantined", doc.external_id)
+
+    def _embed(self, rows: Sequence[ChunkRow], counts: Counts) -> dict[uuid.UUID, np.ndarray]:
+        vectors = self.embedder.embed([r.text for r in rows])
+        counts.embedded_tokens += sum(r.token_count for r in rows)
+        return {r.id: vectors[i] for i, r in enumerate(rows)}
+
+    def _flush(
+        self, source_id: int, pending: list[_Prepared], counts: Counts, progress: Progress | None
+    ) -> None:
+        if not pending:
+            return
+        vectors = self._embed([r for p in pending for r in p.missing], counts)
+        model_id = self.model_id()
+        for p in pending:
+            try:
+                store.commit_document(self.conn, source_id, p.doc, p.rows, vectors, model_id)
+                written = len(p.missing)
+            except store.StaleChunksError:
+                # A concurrent writer removed chunks we meant to keep: embed the whole document and retry.
+                vectors.update(self._embed(p.rows, counts))
+                store.commit_document(self.conn, source_id, p.doc, p.rows, vectors, model_id)
+                written = len(p.rows)
+            counts.committed += 1
+            counts.chunks_written += written
+            counts.chunks_reused += len(p.rows) - written
+            if progress:
+                progress("committed", p.doc.external_id)
+
+    def delete(self, document_ids: list[int]) -> int:
+        return ledger.mark_deleted(self.conn, document_ids)

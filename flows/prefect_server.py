@@ -1,0 +1,152 @@
+"""How ragline runs Prefect without paying for a server in every command.
+
+Prefect's ephemeral mode starts an API server inside each process (7-15 s here). Instead ragline starts one
+local Prefect server under RAGLINE_HOME the first time a flow runs, detached in its own session, and every
+later command reuses it, like the embedded Postgres; it also serves the Prefect UI. ``PREFECT_API_URL`` in
+the environment means the operator runs their own server: ragline then leaves Prefect alone.
+
+This module must be used before ``prefect`` is imported: Prefect reads its settings at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from flows.settings import PrefectSettings
+
+
+class PrefectServerError(RuntimeError):
+    pass
+
+
+def _base_env(home: Path) -> None:
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Log shipping and event batching would add seconds at exit on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
+
+
+def configure(home: Path, settings: PrefectSettings) -> str | None:
+    """Point Prefect at a server; returns its API URL (None for ephemeral mode)."""
+    _base_env(home)
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    if settings.mode == "ephemeral":
+        return None
+    url = ensure_local_server(home, settings)
+    os.environ["PREFECT_API_URL"] = url
+    return url
+
+
+def _state_file(home: Path) -> Path:
+    return home / "prefect" / "server.json"
+
+
+def _healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def running_server(home: Path) -> tuple[int, str] | None:
+    """(pid, API URL) of the local server if it is up."""
+    try:
+        state = json.loads(_state_file(home).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    pid, url = int(state["pid"]), str(state["url"])
+    if _alive(pid) and _healthy(url):
+        return pid, url
+    return None
+
+
+def ensure_local_server(home: Path, settings: PrefectSettings) -> str:
+    """Return the URL of the local Prefect server, starting it if needed (once, under a file lock)."""
+    with _locked(home / "prefect" / "server.lock"):
+        found = running_server(home)
+        if found:
+            return found[1]
+        port = settings.port or _free_port()
+        url = f"http://127.0.0.1:{port}/api"
+        log_path = home / "prefect" / "server.log"
+        env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env.pop("PREFECT_API_URL", None)
+        with log_path.open("ab") as log_fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # survives the CLI and a kill of its process group
+            )
+        deadline = time.monotonic() + settings.startup_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise PrefectServerError(
+                    f"the local Prefect server exited with code {proc.returncode}; see {log_path}"
+                )
+            if _healthy(url, timeout=1.0):
+                _state_file(home).write_text(json.dumps({"pid": proc.pid, "url": url}))
+                return url
+            time.sleep(0.25)
+        proc.terminate()
+        raise PrefectServerError(
+            f"the local Prefect server did not answer within {settings.startup_timeout:.0f} s; see {log_path}"
+        )
+
+
+def stop_local_server(home: Path) -> bool:
+    try:
+        state = json.loads(_state_file(home).read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    pid = int(state["pid"])
+    _state_file(home).unlink(missing_ok=True)
+    if not _alive(pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    return True

@@ -1,0 +1,108 @@
+"""ragline's settings: one pydantic model, loaded once at the edge from the config file and environment.
+
+Precedence: built-in defaults < YAML config file (``RAGLINE_CONFIG``, else ``RAGLINE_HOME/config.yaml``) <
+environment (``RAGLINE_DATABASE_URL``, ``RAGLINE_PDF_PASSWORDS``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from connectors.pdf import PdfSettings
+from embedding.model import EmbeddingSettings
+from vectorstore.settings import DatabaseSettings
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message names the file and the field."""
+
+
+class PrefectSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["local", "ephemeral"] = Field(
+        default="local",
+        description="local: one Prefect server under RAGLINE_HOME, started once and reused (it serves the UI); "
+        "ephemeral: Prefect's per-process server (7-15 s per command). PREFECT_API_URL overrides both.",
+    )
+    port: int | None = Field(default=None, ge=1024, le=65535, description="Port of the local server.")
+    startup_timeout: float = Field(default=90.0, gt=0, description="Seconds to wait for the local server.")
+
+
+class RaglineSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    home: Path
+    config_path: Path | None = None
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    pdf: PdfSettings = Field(default_factory=PdfSettings)
+    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    batch_chunks: int = Field(
+        default=256, gt=0, description="Chunks embedded together across documents before they are committed."
+    )
+
+
+def default_home() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("ragline", appauthor=False))
+
+
+def _format_errors(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> RaglineSettings:
+    env = os.environ if env is None else env
+    home = Path(env.get("RAGLINE_HOME") or default_home()).expanduser().absolute()
+    config_path: Path | None = None
+    data: dict[str, Any] = {}
+    if env.get("RAGLINE_CONFIG"):
+        config_path = Path(env["RAGLINE_CONFIG"]).expanduser().absolute()
+        if not config_path.is_file():
+            raise ConfigError(f"RAGLINE_CONFIG points to {config_path}, which is not a file")
+    elif (home / "config.yaml").is_file():
+        config_path = home / "config.yaml"
+    if config_path is not None:
+        try:
+            loaded = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {config_path} is not valid YAML: {err}") from err
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {config_path}: {err.strerror}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config_path}: the top level must be a mapping")
+        data = loaded
+    data = {**data, "home": home, "config_path": config_path}
+    if env.get("RAGLINE_DATABASE_URL"):
+        data["database"] = {**(data.get("database") or {}), "url": env["RAGLINE_DATABASE_URL"]}
+    if env.get("RAGLINE_PDF_PASSWORDS"):
+        pdf = dict(data.get("pdf") or {})
+        pdf["passwords"] = list(pdf.get("passwords") or []) + env["RAGLINE_PDF_PASSWORDS"].splitlines()
+        data["pdf"] = pdf
+    try:
+        return RaglineSettings.model_validate(data)
+    except ValidationError as err:
+        origin = f"config file {config_path}" if config_path else "settings"
+        raise ConfigError(f"{origin}: {_format_errors(err)}") from err
+
+
+def database_url(settings: RaglineSettings) -> str:
+    """The configured server, or the embedded one under RAGLINE_HOME (started on first use)."""
+    url: SecretStr | None = settings.database.url
+    if url is not None:
+        return url.get_secret_value()
+    from vectorstore.embedded import embedded_url
+
+    return embedded_url(settings.home)

@@ -1,0 +1,1 @@
+"""Postgres + pgvector: the ledger, the chunks and their vectors, search."""

@@ -1,0 +1,37 @@
+"""Connections: one per process for the CLI, with pgvector's adapters registered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.rows import dict_row
+
+
+class DatabaseError(RuntimeError):
+    """A database that cannot serve ragline (unreachable, no pgvector, wrong dimension)."""
+
+
+Connection = psycopg.Connection[dict[str, Any]]
+
+
+def connect(url: str, *, connect_timeout: int = 10) -> Connection:
+    try:
+        conn = psycopg.connect(url, row_factory=dict_row, connect_timeout=connect_timeout, autocommit=False)
+    except psycopg.OperationalError as err:
+        raise DatabaseError(f"cannot connect to the database: {first_line(err)}") from err
+    return conn
+
+
+def register_pgvector(conn: Connection) -> None:
+    """Register pgvector's adapters; the extension must exist (the migrations create it)."""
+    try:
+        register_vector(conn)
+    except psycopg.ProgrammingError as err:
+        raise DatabaseError(f"the pgvector extension is missing: {first_line(err)}") from err
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,230 @@
+"""The document ledger: one row per source document, its latest version, status and errors.
+
+The ledger is what makes runs resumable and idempotent: a document is skipped when its content hash and the
+pipeline fingerprint are those already committed, and quarantined documents wait for a fix (new content or
+settings), an operator's retry, or their ``retry_after`` for failures that may pass by themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from vectorstore.db import Connection
+
+
+class SourceKindMismatchError(ValueError):
+    pass
+
+
+class Decision(StrEnum):
+    NEW = "new"
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+    QUARANTINED = "quarantined"  # still quarantined, nothing new to try
+    RETRY = "retry"  # quarantined, but something changed or its retry time came
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: int
+    external_id: str
+    content_hash: str
+    fingerprint: str | None
+    status: str
+    retry_after: datetime | None
+
+
+@dataclass(frozen=True)
+class DocumentVersion:
+    """What the ledger records about one version of a document."""
+
+    external_id: str
+    uri: str
+    title: str | None
+    content_hash: str
+    fingerprint: str
+    source_modified_at: datetime | None = None
+    page_count: int | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def decide(entry: LedgerEntry | None, content_hash: str, fingerprint: str, now: datetime) -> Decision:
+    """What to do with a document seen at the source. Pure, so the rules are tested as a table."""
+    if entry is None or entry.status == "deleted":
+        return Decision.NEW
+    same = entry.content_hash == content_hash and entry.fingerprint == fingerprint
+    if entry.status == "committed":
+        return Decision.UNCHANGED if same else Decision.CHANGED
+    if not same or (entry.retry_after is not None and entry.retry_after <= now):
+        return Decision.RETRY
+    return Decision.QUARANTINED
+
+
+def ensure_source(conn: Connection, name: str, kind: str) -> int:
+    with conn.transaction():
+        row = conn.execute(
+            """
+            INSERT INTO sources (name, kind) VALUES (%s, %s)
+            ON CONFLICT (name) DO UPDATE SET updated_at = sources.updated_at
+            RETURNING id, kind
+            """,
+            (name, kind),
+        ).fetchone()
+    assert row is not None
+    if row["kind"] != kind:
+        raise SourceKindMismatchError(f"source {name!r} is a {row['kind']} source, not {kind}")
+    return int(row["id"])
+
+
+def entries(conn: Connection, source_id: int) -> dict[str, LedgerEntry]:
+    rows = conn.execute(
+        """
+        SELECT id, external_id, content_hash, fingerprint, status, retry_after
+        FROM documents WHERE source_id = %s
+        """,
+        (source_id,),
+    ).fetchall()
+    conn.commit()
+    return {r["external_id"]: LedgerEntry(**r) for r in rows}
+
+
+def upsert_version(conn: Connection, source_id: int, doc: DocumentVersion) -> int:
+    """Create or lock the ledger row of ``doc`` inside the caller's transaction; returns its id.
+
+    The row lock serialises concurrent writers of one document: the second waits and then sees the first's
+    chunks, so nothing is written twice.
+    """
+    row = conn.execute(
+        """
+        INSERT INTO documents (source_id, external_id, uri, title, content_hash, fingerprint, status,
+                               source_modified_at, page_count, metadata)
+        VALUES (%s, %s, %s, %s, %s, %s, 'quarantined', %s, %s, %s)
+        ON CONFLICT (source_id, external_id) DO UPDATE SET updated_at = now()
+        RETURNING id
+        """,
+        (
+            source_id,
+            doc.external_id,
+            doc.uri,
+            doc.title,
+            doc.content_hash,
+            doc.fingerprint,
+            doc.source_modified_at,
+            doc.page_count,
+            Jsonb(doc.metadata or {}),
+        ),
+    ).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def mark_committed(conn: Connection, document_id: int, doc: DocumentVersion, chunk_count: int) -> None:
+    conn.execute(
+        """
+        UPDATE documents SET
+            uri = %s, title = %s, content_hash = %s, committed_hash = %s, fingerprint = %s,
+            status = 'committed', attempts = 0, error_reason = NULL, last_error = NULL, retry_after = NULL,
+            chunk_count = %s, page_count = %s, metadata = %s, source_modified_at = %s,
+            updated_at = now(), committed_at = now()
+        WHERE id = %s
+        """,
+        (
+            doc.uri,
+            doc.title,
+            doc.content_hash,
+            doc.content_hash,
+            doc.fingerprint,
+            chunk_count,
+            doc.page_count,
+            Jsonb(doc.metadata or {}),
+            doc.source_modified_at,
+            document_id,
+        ),
+    )
+
+
+def quarantine(
+    conn: Connection, source_id: int, doc: DocumentVersion, reason: str, message: str, *, retryable: bool
+) -> int:
+    """Record a failed version. Chunks of an earlier good version stay searchable; the attempt count grows
+    while the same version keeps failing, and retryable failures get an exponential ``retry_after``."""
+    with conn.transaction():
+        document_id = upsert_version(conn, source_id, doc)
+        conn.execute(
+            """
+            UPDATE documents SET
+                attempts = CASE WHEN status = 'quarantined' AND content_hash = %(hash)s
+                                THEN attempts + 1 ELSE 1 END,
+                uri = %(uri)s, title = COALESCE(%(title)s, title), content_hash = %(hash)s,
+                fingerprint = %(fp)s, status = 'quarantined', error_reason = %(reason)s,
+                last_error = %(message)s, source_modified_at = %(modified)s, updated_at = now()
+            WHERE id = %(id)s
+            """,
+            {
+                "hash": doc.content_hash,
+                "uri": doc.uri,
+                "title": doc.title,
+                "fp": doc.fingerprint,
+                "reason": reason,
+                "message": message,
+                "modified": doc.source_modified_at,
+                "id": document_id,
+            },
+        )
+        conn.execute(
+            """
+            UPDATE documents SET retry_after = CASE WHEN %s
+                THEN now() + least(interval '1 minute' * power(2, least(attempts, 20)), interval '1 day')
+                ELSE NULL END
+            WHERE id = %s
+            """,
+            (retryable, document_id),
+        )
+    return document_id
+
+
+def mark_deleted(conn: Connection, document_ids: list[int]) -> int:
+    """Documents gone from their source lose their chunks; the ledger row stays for the audit trail."""
+    if not document_ids:
+        return 0
+    with conn.transaction():
+        conn.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (document_ids,))
+        cur = conn.execute(
+            """
+            UPDATE documents SET status = 'deleted', chunk_count = 0, committed_hash = NULL,
+                retry_after = NULL, updated_at = now()
+            WHERE id = ANY(%s) AND status <> 'deleted'
+            """,
+            (document_ids,),
+        )
+    return cur.rowcount
+
+
+def quarantined(conn: Connection, ids: list[int] | None = None) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        """
+        SELECT d.id, s.name AS source, s.kind, d.external_id, d.uri, d.error_reason AS reason,
+               d.last_error AS error, d.attempts, d.retry_after, d.updated_at
+        FROM documents d JOIN sources s ON s.id = d.source_id
+        WHERE d.status = 'quarantined' AND (%(ids)s::bigint[] IS NULL OR d.id = ANY(%(ids)s))
+        ORDER BY d.id
+        """,
+        {"ids": ids},
+    ).fetchall()
+    conn.commit()
+    return rows
+
+
+def release(conn: Connection, ids: list[int]) -> None:
+    """Make quarantined documents due for another attempt at the next run of their source."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE documents SET retry_after = now(), fingerprint = NULL WHERE status = 'quarantined' "
+            "AND id = ANY(%s)",
+            (ids,),
+        )

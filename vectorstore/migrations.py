@@ -1,0 +1,176 @@
+"""Versioned schema migrations, applied by ragline itself under an advisory lock.
+
+A migration is a function of the vector dimension (the ``vector(n)`` column is typed, so HNSW can index it).
+Append new migrations; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from vectorstore.db import Connection, DatabaseError, first_line, register_pgvector
+
+_LOCK_KEY = 0x7261676C696E65  # "ragline"
+
+
+def _v1_initial(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    conn.execute(
+        """
+        CREATE TABLE sources (
+            id          bigserial PRIMARY KEY,
+            name        text NOT NULL UNIQUE,
+            kind        text NOT NULL,
+            cursor      jsonb,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            updated_at  timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE models (
+            id          serial PRIMARY KEY,
+            name        text NOT NULL,
+            revision    text NOT NULL,
+            dim         integer NOT NULL,
+            normalized  boolean NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (name, revision, dim, normalized)
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE documents (
+            id                   bigserial PRIMARY KEY,
+            source_id            bigint NOT NULL REFERENCES sources (id) ON DELETE CASCADE,
+            external_id          text NOT NULL,
+            uri                  text NOT NULL,
+            title                text,
+            content_hash         text NOT NULL,
+            committed_hash       text,
+            fingerprint          text,
+            status               text NOT NULL
+                                 CHECK (status IN ('committed', 'quarantined', 'deleted')),
+            attempts             integer NOT NULL DEFAULT 0,
+            error_reason         text,
+            last_error           text,
+            retry_after          timestamptz,
+            chunk_count          integer NOT NULL DEFAULT 0,
+            page_count           integer,
+            metadata             jsonb NOT NULL DEFAULT '{}',
+            source_modified_at   timestamptz,
+            created_at           timestamptz NOT NULL DEFAULT now(),
+            updated_at           timestamptz NOT NULL DEFAULT now(),
+            committed_at         timestamptz,
+            UNIQUE (source_id, external_id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX documents_quarantined_idx ON documents (source_id) WHERE status = 'quarantined'")
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE chunks (
+                id            uuid PRIMARY KEY,
+                document_id   bigint NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+                chunk_index   integer NOT NULL,
+                page          integer,
+                text          text NOT NULL,
+                token_count   integer NOT NULL,
+                model_id      integer NOT NULL REFERENCES models (id),
+                embedding     vector({dim}) NOT NULL,
+                metadata      jsonb NOT NULL DEFAULT '{{}}',
+                created_at    timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        ).format(dim=sql.Literal(dim))
+    )
+    conn.execute("CREATE INDEX chunks_document_idx ON chunks (document_id, chunk_index)")
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops) "
+            "WITH (m = {m}, ef_construction = {ef})"
+        ).format(m=sql.Literal(m), ef=sql.Literal(ef_construction))
+    )
+    conn.execute(
+        """
+        CREATE TABLE runs (
+            id           bigserial PRIMARY KEY,
+            source_id    bigint REFERENCES sources (id) ON DELETE CASCADE,
+            flow_run_id  uuid,
+            pid          integer,
+            status       text NOT NULL
+                         CHECK (status IN ('running', 'completed', 'completed_with_quarantine', 'failed',
+                                           'abandoned')),
+            counts       jsonb NOT NULL DEFAULT '{}',
+            error        text,
+            started_at   timestamptz NOT NULL DEFAULT now(),
+            finished_at  timestamptz
+        )
+        """
+    )
+    conn.execute("CREATE INDEX runs_source_idx ON runs (source_id, started_at DESC)")
+
+
+Migration = Callable[[Connection, int, int, int], None]
+
+MIGRATIONS: list[tuple[int, str, Migration]] = [
+    (1, "initial schema: sources, models, documents ledger, chunks, runs", _v1_initial),
+]
+
+
+def migrate(conn: Connection, dim: int, *, hnsw_m: int = 16, hnsw_ef_construction: int = 64) -> list[int]:
+    """Apply pending migrations; returns the versions applied. Safe to call from concurrent processes."""
+    applied: list[int] = []
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute(
+                """
+                CREATE TABLE IF NOT EXISTS ragline_migrations (
+                    version     integer PRIMARY KEY,
+                    name        text NOT NULL,
+                    applied_at  timestamptz NOT NULL DEFAULT now()
+                )
+                """
+            )
+            done = {row["version"] for row in conn.execute("SELECT version FROM ragline_migrations")}
+            for version, name, apply in MIGRATIONS:
+                if version in done:
+                    continue
+                apply(conn, dim, hnsw_m, hnsw_ef_construction)
+                conn.execute("INSERT INTO ragline_migrations (version, name) VALUES (%s, %s)", (version, name))
+                applied.append(version)
+    except psycopg.errors.FeatureNotSupported as err:
+        raise DatabaseError(f"the pgvector extension is not available: {first_line(err)}") from err
+    except psycopg.errors.UndefinedFile as err:
+        raise DatabaseError(f"the pgvector extension is not installed on the server: {first_line(err)}") from err
+    register_pgvector(conn)
+    check_dimension(conn, dim)
+    return applied
+
+
+def column_dimension(conn: Connection) -> int | None:
+    row = conn.execute(
+        """
+        SELECT a.atttypmod AS dim FROM pg_attribute a
+        WHERE a.attrelid = 'chunks'::regclass AND a.attname = 'embedding'
+        """
+    ).fetchone()
+    conn.commit()
+    return int(row["dim"]) if row and row["dim"] > 0 else None
+
+
+def check_dimension(conn: Connection, dim: int) -> None:
+    """The configured model must produce vectors the column can hold, before any work is done."""
+    column = column_dimension(conn)
+    if column is not None and column != dim:
+        raise DatabaseError(
+            f"chunks.embedding holds {column}-dim vectors but the configured model produces {dim}: "
+            "use the model this store was built with, or a new database"
+        )

@@ -1,0 +1,247 @@
+"""Chunk writes and search.
+
+A document version is committed in one transaction: its ledger row locked, chunks no longer produced
+removed, new chunks written with binary COPY, and the ledger row marked committed. A crash anywhere rolls
+the whole version back; a replay derives the same ids and writes the same rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from vectorstore import ledger
+from vectorstore.db import Connection
+from vectorstore.ledger import DocumentVersion
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    id: uuid.UUID
+    chunk_index: int
+    page: int | None
+    text: str
+    token_count: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class StaleChunksError(RuntimeError):
+    """Chunks assumed present (so not embedded) vanished before the commit: embed them and try again."""
+
+
+class ModelIdentity(Protocol):
+    """What produced a vector (the embedding package's identity satisfies this)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def normalized(self) -> bool: ...
+
+
+_COPY_CHUNKS = sql.SQL(
+    "COPY chunks (id, document_id, chunk_index, page, text, token_count, model_id, embedding, metadata) "
+    "FROM STDIN (FORMAT BINARY)"
+)
+_COPY_TYPES = ["uuid", "int8", "int4", "int4", "text", "int4", "int4", "vector", "jsonb"]
+
+
+def ensure_model(conn: Connection, identity: ModelIdentity) -> int:
+    with conn.transaction():
+        row = conn.execute(
+            """
+            INSERT INTO models (name, revision, dim, normalized) VALUES (%s, %s, %s, %s)
+            ON CONFLICT (name, revision, dim, normalized) DO UPDATE SET name = EXCLUDED.name
+            RETURNING id
+            """,
+            (identity.name, identity.revision, identity.dim, identity.normalized),
+        ).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def existing_chunk_ids(conn: Connection, source_id: int, external_id: str) -> set[uuid.UUID]:
+    """Chunks a document already has: those need no model work when the document is re-committed."""
+    rows = conn.execute(
+        """
+        SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id
+        WHERE d.source_id = %s AND d.external_id = %s
+        """,
+        (source_id, external_id),
+    ).fetchall()
+    conn.commit()
+    return {r["id"] for r in rows}
+
+
+def commit_document(
+    conn: Connection,
+    source_id: int,
+    doc: DocumentVersion,
+    chunks: Sequence[ChunkRow],
+    vectors: dict[uuid.UUID, np.ndarray],
+    model_id: int,
+) -> int:
+    """Replace the chunks of ``doc`` with ``chunks`` and mark it committed, atomically.
+
+    ``vectors`` holds embeddings of the chunks that are not stored yet; a chunk already stored under the same
+    (content-derived) id keeps its row and vector.
+    """
+    with conn.transaction():
+        document_id = ledger.upsert_version(conn, source_id, doc)
+        keep = [c.id for c in chunks]
+        conn.execute(
+            "DELETE FROM chunks WHERE document_id = %s AND NOT (id = ANY(%s))", (document_id, keep)
+        )
+        present = {
+            r["id"] for r in conn.execute("SELECT id FROM chunks WHERE document_id = %s", (document_id,))
+        }
+        missing = [c for c in chunks if c.id not in present]
+        if any(c.id not in vectors for c in missing):
+            raise StaleChunksError(f"chunks of {doc.external_id} changed during the run")
+        if missing:
+            with conn.cursor().copy(_COPY_CHUNKS) as copy:
+                copy.set_types(_COPY_TYPES)
+                for c in missing:
+                    copy.write_row(
+                        (
+                            c.id,
+                            document_id,
+                            c.chunk_index,
+                            c.page,
+                            c.text,
+                            c.token_count,
+                            model_id,
+                            vectors[c.id],
+                            Jsonb(c.metadata),
+                        )
+                    )
+        ledger.mark_committed(conn, document_id, doc, len(chunks))
+    return document_id
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    score: float
+    text: str
+    source: str
+    uri: str
+    title: str | None
+    page: int | None
+    chunk_index: int
+    document_id: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "score": round(self.score, 6),
+            "text": self.text,
+            "source": self.source,
+            "uri": self.uri,
+            "title": self.title,
+            "page": self.page,
+            "chunk_index": self.chunk_index,
+        }
+
+
+def search(
+    conn: Connection, vector: np.ndarray, k: int, *, ef_search: int = 100, source: str | None = None
+) -> list[SearchHit]:
+    """Nearest chunks by cosine distance through the HNSW index.
+
+    ``ef_search`` is raised to at least ``k`` (HNSW returns at most ef_search rows), and iterative scans keep
+    filtered queries from coming back short.
+    """
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(ef_search, k))))
+        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        rows = conn.execute(
+            """
+            SELECT h.distance, h.text, h.page, h.chunk_index, h.document_id,
+                   d.uri, d.title, s.name AS source
+            FROM (
+                SELECT c.text, c.page, c.chunk_index, c.document_id, c.embedding <=> %(q)s AS distance
+                FROM chunks c
+                WHERE %(source)s::text IS NULL OR c.document_id IN (
+                    SELECT d2.id FROM documents d2 JOIN sources s2 ON s2.id = d2.source_id
+                    WHERE s2.name = %(source)s)
+                ORDER BY c.embedding <=> %(q)s
+                LIMIT %(k)s
+            ) h
+            JOIN documents d ON d.id = h.document_id
+            JOIN sources s ON s.id = d.source_id
+            ORDER BY h.distance
+            """,
+            {"q": vector, "k": k, "source": source},
+        ).fetchall()
+    return [
+        SearchHit(
+            score=1.0 - float(r["distance"]),
+            text=r["text"],
+            source=r["source"],
+            uri=r["uri"],
+            title=r["title"],
+            page=r["page"],
+            chunk_index=r["chunk_index"],
+            document_id=r["document_id"],
+        )
+        for r in rows
+    ]
+
+
+def status(conn: Connection) -> dict[str, Any]:
+    """Counts for ``ragline status``: totals and, per source, documents, chunks, cursor and last run."""
+    totals = conn.execute(
+        """
+        SELECT
+            (SELECT count(*) FROM documents WHERE status <> 'deleted') AS documents,
+            (SELECT count(*) FROM chunks) AS chunks,
+            (SELECT count(*) FROM documents WHERE status = 'quarantined') AS quarantined
+        """
+    ).fetchone()
+    assert totals is not None
+    sources = conn.execute(
+        """
+        SELECT s.name, s.kind, s.cursor,
+            (SELECT count(*) FROM documents d WHERE d.source_id = s.id AND d.status <> 'deleted') AS documents,
+            (SELECT count(*) FROM documents d WHERE d.source_id = s.id AND d.status = 'quarantined')
+                AS quarantined,
+            (SELECT coalesce(sum(d.chunk_count), 0) FROM documents d WHERE d.source_id = s.id) AS chunks,
+            (SELECT json_build_object('id', r.id, 'status', r.status, 'started_at', r.started_at,
+                                      'finished_at', r.finished_at, 'counts', r.counts, 'error', r.error)
+             FROM runs r WHERE r.source_id = s.id ORDER BY r.started_at DESC, r.id DESC LIMIT 1) AS last_run
+        FROM sources s ORDER BY s.name
+        """
+    ).fetchall()
+    models = conn.execute(
+        """
+        SELECT m.name, m.revision, m.dim, m.normalized, count(c.id) AS chunks
+        FROM models m LEFT JOIN chunks c ON c.model_id = m.id
+        GROUP BY m.id ORDER BY m.id
+        """
+    ).fetchall()
+    conn.commit()
+    return {
+        "documents": int(totals["documents"]),
+        "chunks": int(totals["chunks"]),
+        "quarantined": int(totals["quarantined"]),
+        "sources": {
+            s["name"]: {
+                "kind": s["kind"],
+                "documents": int(s["documents"]),
+                "chunks": int(s["chunks"]),
+                "quarantined": int(s["quarantined"]),
+                "cursor": s["cursor"],
+                "last_run": s["last_run"],
+            }
+            for s in sources
+        },
+        "models": [dict(m) for m in models if m["chunks"]],
+    }
