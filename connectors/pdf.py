@@ -34,12 +34,12 @@ class PdfSettings(BaseModel):
     passwords: list[SecretStr] = Field(
         default_factory=list, description="Passwords tried, in order, on encrypted PDFs (never logged)."
     )
-    max_file_bytes: int = Field(
-        default=512 * 1024 * 1024, gt=0, description="Larger files are quarantined unread."
-    )
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="Larger files are quarantined unread.")
     max_pages: int = Field(default=10_000, gt=0, description="PDFs with more pages are quarantined.")
     max_chars: int = Field(
-        default=20_000_000, gt=0, description="Extracted text above this (a decompression bomb) is quarantined."
+        default=20_000_000,
+        gt=0,
+        description="Extracted text above this (a decompression bomb) is quarantined.",
     )
     extensions: list[str] = Field(
         default_factory=lambda: [".pdf"], description="File suffixes picked up when walking directories."
@@ -123,9 +123,7 @@ def file_hash(path: Path, max_bytes: int) -> str:
 def _check_envelope(path: Path, settings: PdfSettings) -> None:
     size = path.stat().st_size
     if size > settings.max_file_bytes:
-        raise DocumentError(
-            "too_large", f"{size} bytes exceeds pdf.max_file_bytes={settings.max_file_bytes}"
-        )
+        raise DocumentError("too_large", f"{size} bytes exceeds pdf.max_file_bytes={settings.max_file_bytes}")
     if size == 0:
         raise DocumentError("empty", "the file is empty (0 bytes)", retryable=True)
     with path.open("rb") as fh:
@@ -196,8 +194,7 @@ def parse_pdf(path: Path, settings: PdfSettings) -> ParsedDocument:
 
 
 def _decrypt(reader: object, settings: PdfSettings) -> None:
-    from pypdf import PdfReader
-    from pypdf.constants import PasswordType
+    from pypdf import PasswordType, PdfReader
 
     assert isinstance(reader, PdfReader)
     candidates = [p.get_secret_value() for p in settings.passwords] + [""]
@@ -214,7 +211,7 @@ def _title(reader: object, path: Path) -> str:
     assert isinstance(reader, PdfReader)
     try:
         meta_title = reader.metadata.title if reader.metadata else None
-    except Exception:  # broken metadata dictionaries are common; the file name is a fine title
+    except Exception:  # noqa: BLE001 - broken metadata dictionaries are common; the file name is a fine title
         meta_title = None
     if isinstance(meta_title, str):
         cleaned = clean_text(meta_title)

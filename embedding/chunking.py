@@ -13,15 +13,13 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_SENTENCE_END = (".", "!", "?", ":", ";", "\n")
+_SENTENCE_END = (".", "!", "?", ":", ";", "\n", "。", "！", "？")
 
 
 class ChunkingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    chunk_tokens: int = Field(
-        default=160, ge=16, description="Target tokens per chunk (capped by the model's window)."
-    )
+    chunk_tokens: int = Field(default=160, ge=16, description="Target tokens per chunk (capped by the model's window).")
     overlap_tokens: int = Field(default=32, ge=0, description="Tokens shared by consecutive chunks of a page.")
 
     @model_validator(mode="after")
@@ -61,19 +59,18 @@ def _is_word_start(text: str, offsets: Sequence[tuple[int, int]], k: int) -> boo
     return k == 0 or offsets[k - 1][1] < offsets[k][0]
 
 
-def _pick_end(text: str, offsets: Sequence[tuple[int, int]], start: int, limit: int) -> int:
-    """Best exclusive token end in (start, limit]: a sentence end in the last third of the window, else a
-    word boundary, else the hard limit."""
+def _pick_end(text: str, offsets: Sequence[tuple[int, int]], start: int, limit: int, min_end: int) -> int:
+    """Best exclusive token end in [min_end, limit]: a sentence end in the last third of the window, else a
+    word boundary, else the hard limit. ``min_end`` lies past the previous chunk's end, so every chunk adds
+    new text even before a run of text longer than the window (a long URL)."""
     n = len(offsets)
     if limit >= n:
         return n
-    floor = start + max(1, (limit - start) * 2 // 3)
+    floor = max(min_end, start + max(1, (limit - start) * 2 // 3))
     for k in range(limit, floor - 1, -1):
-        if _is_word_start(text, offsets, k) and text[offsets[k - 1][0] : offsets[k - 1][1]].endswith(
-            _SENTENCE_END
-        ):
+        if _is_word_start(text, offsets, k) and text[offsets[k - 1][0] : offsets[k - 1][1]].endswith(_SENTENCE_END):
             return k
-    for k in range(limit, start, -1):
+    for k in range(limit, min_end - 1, -1):
         if _is_word_start(text, offsets, k):
             return k
     return limit
@@ -82,16 +79,19 @@ def _pick_end(text: str, offsets: Sequence[tuple[int, int]], start: int, limit: 
 def _windows(text: str, offsets: Sequence[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     n = len(offsets)
-    start = 0
+    start, prev_end = 0, 0
     while start < n:
-        end = _pick_end(text, offsets, start, min(start + size, n))
+        end = _pick_end(text, offsets, start, min(start + size, n), max(start + 1, prev_end + 1))
         spans.append((start, end))
         if end >= n:
             break
         nxt = max(end - overlap, start + 1)
-        while nxt < end and not _is_word_start(text, offsets, nxt):
-            nxt += 1
-        start = nxt
+        word = nxt
+        while word < end and not _is_word_start(text, offsets, word):
+            word += 1
+        # Scripts without spaces (CJK, base64, long URLs) have no word start: overlap mid-word then.
+        start = word if word < end else nxt
+        prev_end = end
     return spans
 
 
@@ -105,8 +105,10 @@ def chunk_pages(
 
     ``max_tokens`` is the model's window; the target size is ``settings.chunk_tokens`` capped by it.
     """
+    if max_tokens < 8:
+        raise ValueError(f"max_tokens={max_tokens}: a model window this small cannot hold useful chunks")
     size = min(settings.chunk_tokens, max_tokens - 2)
-    overlap = min(settings.overlap_tokens, size // 2 - 1)
+    overlap = max(0, min(settings.overlap_tokens, size // 2 - 1))
     drafts: list[tuple[int | None, str]] = []
     for page, text in pages:
         offsets = counter.offsets(text)

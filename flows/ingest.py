@@ -86,6 +86,8 @@ def ingest_pdf(paths: list[str], source: str = "pdf") -> Any:
     result = counts.as_dict()
     if counts.quarantined:
         return Completed(
-            message=f"{counts.quarantined} document(s) quarantined", name="CompletedWithQuarantine", data=result
+            message=f"{counts.quarantined} document(s) quarantined",
+            name="CompletedWithQuarantine",
+            data=result,
         )
     return result

@@ -142,13 +142,15 @@ class Pipeline:
             self._model_id = store.ensure_model(self.conn, self.embedder.identity)
         return self._model_id
 
-    def plan(
-        self, source_id: int, documents: Iterable[SourceDocument], covers: Callable[[str], bool]
-    ) -> Plan:
+    def plan(self, source_id: int, documents: Iterable[SourceDocument], covers: Callable[[str], bool]) -> Plan:
         return plan(self.conn, source_id, documents, self.fingerprint, covers)
 
     def ingest(
-        self, source_id: int, source_name: str, documents: Sequence[SourceDocument], progress: Progress | None = None
+        self,
+        source_id: int,
+        source_name: str,
+        documents: Sequence[SourceDocument],
+        progress: Progress | None = None,
     ) -> Counts:
         """Parse, chunk, embed and commit ``documents``; poison documents are quarantined, never fatal."""
         counts = Counts()
@@ -242,9 +244,7 @@ class Pipeline:
         counts.embedded_tokens += sum(r.token_count for r in rows)
         return {r.id: vectors[i] for i, r in enumerate(rows)}
 
-    def _flush(
-        self, source_id: int, pending: list[_Prepared], counts: Counts, progress: Progress | None
-    ) -> None:
+    def _flush(self, source_id: int, pending: list[_Prepared], counts: Counts, progress: Progress | None) -> None:
         if not pending:
             return
         vectors = self._embed([r for p in pending for r in p.missing], counts)
@@ -266,3 +266,19 @@ class Pipeline:
 
     def delete(self, document_ids: list[int]) -> int:
         return ledger.mark_deleted(self.conn, document_ids)
+
+
+def ingest_pdf_paths(pipeline: Pipeline, paths: Sequence[str], source: str = "pdf") -> Counts:
+    """The whole PDF ingestion in this process without Prefect: for benchmarks, tests and embedding ragline
+    as a library. The ``ingest-pdf`` flow runs the same steps as tasks."""
+    from pathlib import Path
+
+    from connectors.pdf import PdfConnector
+
+    source_id = ledger.ensure_source(pipeline.conn, source, "pdf")
+    connector = PdfConnector([Path(p) for p in paths], pipeline.settings.pdf)
+    planned = pipeline.plan(source_id, connector.iter_documents(), connector.covers)
+    counts = planned.counts
+    counts.merge(pipeline.ingest(source_id, source, planned.work))
+    counts.deleted += pipeline.delete(planned.deleted)
+    return counts

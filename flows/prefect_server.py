@@ -111,11 +111,25 @@ def ensure_local_server(home: Path, settings: PrefectSettings) -> str:
         port = settings.port or _free_port()
         url = f"http://127.0.0.1:{port}/api"
         log_path = home / "prefect" / "server.log"
-        env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
         env.pop("PREFECT_API_URL", None)
         with log_path.open("ab") as log_fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log_fh,
                 stderr=subprocess.STDOUT,
@@ -125,9 +139,7 @@ def ensure_local_server(home: Path, settings: PrefectSettings) -> str:
         deadline = time.monotonic() + settings.startup_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise PrefectServerError(
-                    f"the local Prefect server exited with code {proc.returncode}; see {log_path}"
-                )
+                raise PrefectServerError(f"the local Prefect server exited with code {proc.returncode}; see {log_path}")
             if _healthy(url, timeout=1.0):
                 _state_file(home).write_text(json.dumps({"pid": proc.pid, "url": url}))
                 return url

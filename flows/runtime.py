@@ -16,12 +16,12 @@ from vectorstore.migrations import migrate
 @dataclass
 class Services:
     settings: RaglineSettings
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    shared_embedder: Embedder | None = field(default=None, repr=False)
 
     @cached_property
     def embedder(self) -> Embedder:
         """Cheap until ``embed`` is called: the model itself loads lazily."""
-        return Embedder(self.settings.embedding)
+        return self.shared_embedder or Embedder(self.settings.embedding)
 
     @cached_property
     def conn(self) -> Connection:

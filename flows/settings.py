@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from connectors.pdf import PdfSettings
 from embedding.model import EmbeddingSettings
-from vectorstore.settings import DatabaseSettings
+from vectorstore.settings import DatabaseSettings, SearchSettings
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,7 @@ class RaglineSettings(BaseModel):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     pdf: PdfSettings = Field(default_factory=PdfSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     batch_chunks: int = Field(
         default=256, gt=0, description="Chunks embedded together across documents before they are committed."

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 
@@ -113,7 +113,11 @@ class _ProgressBar:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(
-                TextColumn("ingesting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+                TextColumn("ingesting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                transient=True,
             )
             self._bar.start()
             self._task = self._bar.add_task("ingest", total=total)
@@ -169,7 +173,7 @@ def run_pdf_ingest(obj: _Context, paths: list[str], source: str) -> dict[str, in
 
     progress.listen(_ProgressBar())
     try:
-        result: dict[str, int] = ingest_pdf([str(Path(p).absolute()) for p in paths], source)
+        result = cast(dict[str, int], ingest_pdf([str(Path(p).absolute()) for p in paths], source))
     finally:
         progress.listen(None)
     return result
@@ -202,9 +206,12 @@ def ingest_pdf_cmd(obj: _Context, paths: tuple[str, ...], source: str, as_json: 
 @click.argument("query")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 1000), help="Results to return.")
 @click.option("--source", default=None, help="Only search this source.")
+@click.option(
+    "--mode", type=click.Choice(["hybrid", "vector"]), default=None, help="Override search.mode of the config."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, best first.")
 @click.pass_obj
-def search(obj: _Context, query: str, k: int, source: str | None, as_json: bool) -> None:
+def search(obj: _Context, query: str, k: int, source: str | None, mode: str | None, as_json: bool) -> None:
     """Semantic search over the ingested chunks."""
     from vectorstore import store
 
@@ -212,7 +219,8 @@ def search(obj: _Context, query: str, k: int, source: str | None, as_json: bool)
         _fail("the query is empty")
     svc = obj.services
     vector = svc.embedder.embed([query])[0]
-    hits = store.search(svc.conn, vector, k, ef_search=svc.settings.database.ef_search, source=source)
+    settings = svc.settings.search if mode is None else svc.settings.search.model_copy(update={"mode": mode})
+    hits = store.search(svc.conn, vector, k, text=query, settings=settings, source=source)
     if as_json:
         click.echo(json.dumps([h.as_json() for h in hits], ensure_ascii=False))
         return
@@ -305,8 +313,10 @@ def quarantine_retry(obj: _Context, ids: tuple[int, ...]) -> None:
     total = Counts()
     for source, files in by_source.items():
         total.merge(Counts(**run_pdf_ingest(obj, files, source)))
-    click.echo(f"retried {total.committed + total.quarantined}: {total.committed} ingested, "
-               f"{total.quarantined} quarantined again")
+    click.echo(
+        f"retried {total.committed + total.quarantined}: {total.committed} ingested, "
+        f"{total.quarantined} quarantined again"
+    )
     if later:
         click.echo(f"{len(later)} more will be retried at the next run of: {', '.join(sorted(set(later)))}")
 

@@ -4,6 +4,7 @@ does not take the database down with it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -39,10 +40,9 @@ def embedded_url(home: Path) -> str:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
         if not exists:
-            try:
+            # Another ragline process may create it first.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
-            except psycopg.errors.DuplicateDatabase:
-                pass  # another ragline process created it first
     url: str = server.get_uri(database=DATABASE_NAME)
     return url
 

@@ -117,10 +117,18 @@ def _v1_initial(conn: Connection, dim: int, m: int, ef_construction: int) -> Non
     conn.execute("CREATE INDEX runs_source_idx ON runs (source_id, started_at DESC)")
 
 
+def _v2_full_text(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
+    """Full-text ranking for hybrid search: exact phrases (names, codes, quoted passages) that embeddings of a
+    small model blur are found by their words."""
+    conn.execute("ALTER TABLE chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED")
+    conn.execute("CREATE INDEX chunks_tsv_gin ON chunks USING gin (tsv)")
+
+
 Migration = Callable[[Connection, int, int, int], None]
 
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema: sources, models, documents ledger, chunks, runs", _v1_initial),
+    (2, "full-text column and index on chunks for hybrid search", _v2_full_text),
 ]
 
 

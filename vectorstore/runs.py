@@ -29,9 +29,7 @@ def start_run(conn: Connection, source_id: int, flow_run_id: str | None = None) 
         ).fetchall()
         dead = [r["id"] for r in stale if r["pid"] is None or not _alive(int(r["pid"]))]
         if dead:
-            conn.execute(
-                "UPDATE runs SET status = 'abandoned', finished_at = now() WHERE id = ANY(%s)", (dead,)
-            )
+            conn.execute("UPDATE runs SET status = 'abandoned', finished_at = now() WHERE id = ANY(%s)", (dead,))
         row = conn.execute(
             "INSERT INTO runs (source_id, flow_run_id, pid, status) VALUES (%s, %s, %s, 'running') RETURNING id",
             (source_id, flow_run_id, os.getpid()),
@@ -40,9 +38,7 @@ def start_run(conn: Connection, source_id: int, flow_run_id: str | None = None) 
     return int(row["id"])
 
 
-def finish_run(
-    conn: Connection, run_id: int, status: str, counts: dict[str, Any], error: str | None = None
-) -> None:
+def finish_run(conn: Connection, run_id: int, status: str, counts: dict[str, Any], error: str | None = None) -> None:
     with conn.transaction():
         conn.execute(
             "UPDATE runs SET status = %s, counts = %s, error = %s, finished_at = now() WHERE id = %s",

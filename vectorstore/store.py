@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from vectorstore import ledger
 from vectorstore.db import Connection
 from vectorstore.ledger import DocumentVersion
+from vectorstore.settings import SearchSettings
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,8 @@ def commit_document(
     with conn.transaction():
         document_id = ledger.upsert_version(conn, source_id, doc)
         keep = [c.id for c in chunks]
-        conn.execute(
-            "DELETE FROM chunks WHERE document_id = %s AND NOT (id = ANY(%s))", (document_id, keep)
-        )
-        present = {
-            r["id"] for r in conn.execute("SELECT id FROM chunks WHERE document_id = %s", (document_id,))
-        }
+        conn.execute("DELETE FROM chunks WHERE document_id = %s AND NOT (id = ANY(%s))", (document_id, keep))
+        present = {r["id"] for r in conn.execute("SELECT id FROM chunks WHERE document_id = %s", (document_id,))}
         missing = [c for c in chunks if c.id not in present]
         if any(c.id not in vectors for c in missing):
             raise StaleChunksError(f"chunks of {doc.external_id} changed during the run")
@@ -130,7 +127,11 @@ def commit_document(
 
 @dataclass(frozen=True)
 class SearchHit:
+    """``score`` orders the results (fused rank score in hybrid mode, else cosine similarity);
+    ``similarity`` is always the cosine similarity of the chunk to the query."""
+
     score: float
+    similarity: float
     text: str
     source: str
     uri: str
@@ -142,6 +143,7 @@ class SearchHit:
     def as_json(self) -> dict[str, Any]:
         return {
             "score": round(self.score, 6),
+            "similarity": round(self.similarity, 6),
             "text": self.text,
             "source": self.source,
             "uri": self.uri,
@@ -151,49 +153,92 @@ class SearchHit:
         }
 
 
-def search(
-    conn: Connection, vector: np.ndarray, k: int, *, ef_search: int = 100, source: str | None = None
-) -> list[SearchHit]:
-    """Nearest chunks by cosine distance through the HNSW index.
+_VECTOR_SQL = """
+SELECT c.id, c.embedding <=> %(q)s AS distance
+FROM chunks c
+WHERE %(source)s::text IS NULL OR c.document_id IN (
+    SELECT d.id FROM documents d JOIN sources s ON s.id = d.source_id WHERE s.name = %(source)s)
+ORDER BY c.embedding <=> %(q)s
+LIMIT %(n)s
+"""
 
-    ``ef_search`` is raised to at least ``k`` (HNSW returns at most ef_search rows), and iterative scans keep
-    filtered queries from coming back short.
+# Words of the query OR-ed (plainto_tsquery ANDs them, which finds nothing as soon as one word is missing
+# from a chunk), ranked by cover density, so chunks holding the query's words close together come first.
+_TEXT_SQL = """
+WITH q AS (SELECT nullif(replace(plainto_tsquery('english', %(text)s)::text, ' & ', ' | '), '')::tsquery AS tsq)
+SELECT c.id, ts_rank_cd(c.tsv, q.tsq) AS rank
+FROM chunks c, q
+WHERE c.tsv @@ q.tsq AND (%(source)s::text IS NULL OR c.document_id IN (
+    SELECT d.id FROM documents d JOIN sources s ON s.id = d.source_id WHERE s.name = %(source)s))
+ORDER BY rank DESC, c.id
+LIMIT %(n)s
+"""
+
+_HITS_SQL = """
+SELECT c.id, c.text, c.page, c.chunk_index, c.document_id, c.embedding <=> %(q)s AS distance,
+       d.uri, d.title, s.name AS source
+FROM chunks c JOIN documents d ON d.id = c.document_id JOIN sources s ON s.id = d.source_id
+WHERE c.id = ANY(%(ids)s)
+"""
+
+
+def fuse(rankings: Sequence[Sequence[uuid.UUID]], k: int, rrf_k: int = 60) -> list[tuple[uuid.UUID, float]]:
+    """Reciprocal rank fusion (Cormack et al., 2009): robust to the incomparable scores of the rankings."""
+    scores: dict[uuid.UUID, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (rrf_k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], str(kv[0])))[:k]
+
+
+def search(
+    conn: Connection,
+    vector: np.ndarray,
+    k: int,
+    *,
+    text: str | None = None,
+    settings: SearchSettings | None = None,
+    source: str | None = None,
+) -> list[SearchHit]:
+    """Best chunks for a query: nearest by cosine through the HNSW index, fused with full-text ranking when
+    ``text`` is given and the mode is hybrid.
+
+    ``ef_search`` is raised to at least the candidates wanted (HNSW returns at most ef_search rows), and
+    iterative scans keep filtered queries from coming back short.
     """
+    settings = settings or SearchSettings()
+    hybrid = settings.mode == "hybrid" and bool(text and text.strip())
+    n = max(k, settings.candidates) if hybrid else k
+    params: dict[str, Any] = {"q": vector, "n": n, "source": source, "text": text}
     with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(ef_search, k))))
+        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(settings.ef_search, n))))
         conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        rows = conn.execute(
-            """
-            SELECT h.distance, h.text, h.page, h.chunk_index, h.document_id,
-                   d.uri, d.title, s.name AS source
-            FROM (
-                SELECT c.text, c.page, c.chunk_index, c.document_id, c.embedding <=> %(q)s AS distance
-                FROM chunks c
-                WHERE %(source)s::text IS NULL OR c.document_id IN (
-                    SELECT d2.id FROM documents d2 JOIN sources s2 ON s2.id = d2.source_id
-                    WHERE s2.name = %(source)s)
-                ORDER BY c.embedding <=> %(q)s
-                LIMIT %(k)s
-            ) h
-            JOIN documents d ON d.id = h.document_id
-            JOIN sources s ON s.id = d.source_id
-            ORDER BY h.distance
-            """,
-            {"q": vector, "k": k, "source": source},
-        ).fetchall()
-    return [
-        SearchHit(
-            score=1.0 - float(r["distance"]),
-            text=r["text"],
-            source=r["source"],
-            uri=r["uri"],
-            title=r["title"],
-            page=r["page"],
-            chunk_index=r["chunk_index"],
-            document_id=r["document_id"],
+        by_vector = [r["id"] for r in conn.execute(_VECTOR_SQL, params).fetchall()]
+        rankings = [by_vector]
+        if hybrid:
+            rankings.append([r["id"] for r in conn.execute(_TEXT_SQL, params).fetchall()])
+        fused = fuse(rankings, k, settings.rrf_k)
+        rows = {r["id"]: r for r in conn.execute(_HITS_SQL, {**params, "ids": [i for i, _ in fused]}).fetchall()}
+    hits = []
+    for chunk, fused_score in fused:
+        r = rows.get(chunk)
+        if r is None:  # deleted between the two statements
+            continue
+        similarity = 1.0 - float(r["distance"])
+        hits.append(
+            SearchHit(
+                score=fused_score if hybrid else similarity,
+                similarity=similarity,
+                text=r["text"],
+                source=r["source"],
+                uri=r["uri"],
+                title=r["title"],
+                page=r["page"],
+                chunk_index=r["chunk_index"],
+                document_id=r["document_id"],
+            )
         )
-        for r in rows
-    ]
+    return hits
 
 
 def status(conn: Connection) -> dict[str, Any]:

@@ -1,0 +1,32 @@
+# ragline: `make demo` ingests the example PDFs and searches them; `make test` runs lint, types and tests.
+# Both set up .venv from scratch when needed (torch first, from its pinned CPU wheel).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install clean
+
+install: $(STAMP)  ## create .venv with ragline and its pinned dependencies
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)  ## ingest examples/pdfs on the embedded defaults, then search
+	$(BIN)/ragline ingest pdf examples/pdfs
+	$(BIN)/ragline search "how is a flattened device tree blob passed to the kernel" -k 5
+
+lint: $(STAMP)  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint  ## lint, then the whole test suite against the real Postgres, model and PDFs
+	$(BIN)/pytest
+
+clean:  ## remove the virtual environment
+	rm -rf $(VENV)

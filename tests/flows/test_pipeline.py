@@ -1,0 +1,247 @@
+"""The ingestion core against the real embedded Postgres and the real model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows.pipeline import Counts, ingest_pdf_paths
+from flows.runtime import Services
+from flows.settings import load_settings
+from tests.conftest import CountingEmbedder, fresh_database
+from tests.pdfgen import encrypted_pdf, image_only_pdf, not_a_pdf, text_pdf, truncated_pdf
+from vectorstore import ledger, store
+
+TOPICS = {
+    "volcano": [
+        "Basaltic lava flows from shield volcanoes travel long distances because the magma has low "
+        "viscosity and a high eruption temperature. Hawaiian eruptions are the classic example.",
+        "Stratovolcanoes build steep cones from alternating layers of ash, pumice and andesitic lava; "
+        "their explosive eruptions can send pyroclastic flows racing down the slopes.",
+    ],
+    "baking": [
+        "Sourdough bread rises thanks to wild yeast and lactic acid bacteria living in a starter that is "
+        "fed with flour and water every day before the dough is mixed.",
+        "A laminated croissant dough is folded with cold butter many times, so thin layers of fat separate "
+        "sheets of dough that puff up with steam in a hot oven.",
+    ],
+    "astronomy": [
+        "A neutron star packs more than the mass of the Sun into a sphere twenty kilometres across; a "
+        "teaspoon of its matter would weigh billions of tonnes on Earth.",
+        "Comets that approach the Sun grow a coma and two tails, one of dust that curves along the orbit "
+        "and one of ions that always points straight away from the Sun.",
+    ],
+}
+
+
+def make_corpus(root: Path) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, pages in TOPICS.items():
+        files[name] = text_pdf(root / f"{name}.pdf", pages, title=f"All about {name}")
+    return files
+
+
+def chunk_ids(svc: Services) -> set[str]:
+    return {str(r["id"]) for r in svc.conn.execute("SELECT id FROM chunks").fetchall()}
+
+
+def top(svc: Services, query: str, k: int = 3) -> list[store.SearchHit]:
+    return store.search(svc.conn, svc.embedder.embed([query])[0], k)
+
+
+def test_ingest_then_search_finds_file_and_page(tmp_path: Path, services: Services) -> None:
+    files = make_corpus(tmp_path / "docs")
+    counts = ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
+    assert (counts.seen, counts.new, counts.committed, counts.quarantined) == (3, 3, 3, 0)
+    assert counts.chunks_written >= 6
+
+    hit = top(services, "a teaspoon of neutron star matter weighs billions of tonnes")[0]
+    assert Path(hit.uri) == files["astronomy"].resolve()
+    assert hit.page == 1
+    assert hit.title == "All about astronomy"
+    hit = top(services, "folding cold butter into croissant dough")[0]
+    assert (Path(hit.uri).name, hit.page) == ("baking.pdf", 2)
+
+    rows = services.conn.execute(
+        "SELECT d.status, d.chunk_count, count(c.id) AS n FROM documents d "
+        "LEFT JOIN chunks c ON c.document_id = d.id GROUP BY d.id"
+    ).fetchall()
+    assert all(r["status"] == "committed" and r["chunk_count"] == r["n"] > 0 for r in rows)
+    model = services.conn.execute("SELECT name, dim, normalized FROM models").fetchall()
+    assert model == [{"name": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384, "normalized": True}]
+
+
+def test_unchanged_corpus_costs_no_model_work(
+    tmp_path: Path, services: Services, counting_embedder: CountingEmbedder
+) -> None:
+    make_corpus(tmp_path / "docs")
+    ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
+    before = chunk_ids(services)
+    counting_embedder.calls.clear()
+
+    again = ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
+    assert again.as_dict() == {**Counts().as_dict(), "seen": 3, "unchanged": 3}
+    assert counting_embedder.calls == []
+    assert chunk_ids(services) == before
+
+
+def test_changed_file_replaces_its_chunks_and_reuses_unchanged_ones(
+    tmp_path: Path, services: Services, counting_embedder: CountingEmbedder
+) -> None:
+    files = make_corpus(tmp_path / "docs")
+    ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
+    others = {
+        str(r["id"])
+        for r in services.conn.execute(
+            "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.uri <> %s",
+            (str(files["volcano"].resolve()),),
+        )
+    }
+    pages = [*TOPICS["volcano"][:1], "Calderas form when the roof of an emptied magma chamber collapses."]
+    text_pdf(files["volcano"], pages, title="All about volcano")
+    counting_embedder.calls.clear()
+
+    counts = ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
+    assert (counts.changed, counts.unchanged, counts.committed) == (1, 2, 1)
+    assert counts.chunks_reused >= 1  # page 1 did not change: its chunk keeps its vector
+    assert sum(counting_embedder.calls) == counts.chunks_written
+    assert others <= chunk_ids(services)
+    assert (Path(top(services, "roof of an emptied magma chamber collapses")[0].uri)) == files["volcano"].resolve()
+    assert not [
+        h for h in top(services, "stratovolcano pyroclastic flows ash pumice", k=10) if "Stratovolcanoes" in h.text
+    ]
+
+
+def test_file_gone_from_directory_loses_its_chunks(tmp_path: Path, services: Services) -> None:
+    files = make_corpus(tmp_path / "docs")
+    ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
+    files["baking"].unlink()
+
+    counts = ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
+    assert counts.deleted == 1
+    uris = {h.uri for h in top(services, "sourdough starter wild yeast", k=20)}
+    assert str(files["baking"].resolve()) not in uris
+    status = store.status(services.conn)
+    assert status["documents"] == 2
+
+
+def test_file_given_directly_is_not_deleted_by_a_run_over_other_files(tmp_path: Path, services: Services) -> None:
+    files = make_corpus(tmp_path / "docs")
+    ingest_pdf_paths(services.pipeline, [str(files["baking"])])
+    counts = ingest_pdf_paths(services.pipeline, [str(files["volcano"])])
+    assert counts.deleted == 0
+    assert store.status(services.conn)["documents"] == 2
+
+
+def test_poison_pdfs_are_quarantined_and_the_rest_ingested(tmp_path: Path, services: Services) -> None:
+    docs = tmp_path / "docs"
+    make_corpus(docs)
+    full = text_pdf(tmp_path / "full.pdf", ["Glaciers carve U-shaped valleys as they grind slowly downhill."])
+    truncated_pdf(docs / "cut.pdf", full, keep_fraction=0.5)
+    encrypted_pdf(docs / "locked.pdf", "s3cret-pass", ["Penguins huddle together to survive the winter."])
+    image_only_pdf(docs / "scan.pdf")
+    not_a_pdf(docs / "notes.pdf")
+
+    counts = ingest_pdf_paths(services.pipeline, [str(docs)])
+    assert (counts.committed, counts.quarantined) == (3, 4)
+    reasons = {Path(r["uri"]).name: r["reason"] for r in ledger.quarantined(services.conn)}
+    assert reasons == {
+        "cut.pdf": "truncated",
+        "locked.pdf": "encrypted",
+        "scan.pdf": "no_text",
+        "notes.pdf": "not_a_pdf",
+    }
+    assert all(r["error"] for r in ledger.quarantined(services.conn))
+
+    # Nothing changed: poison is not retried in a hot loop.
+    again = ingest_pdf_paths(services.pipeline, [str(docs)])
+    assert (again.still_quarantined, again.quarantined, again.committed) == (4, 0, 0)
+
+    # Fixed at the source: the complete file replaces the truncated one and is picked up.
+    shutil.copy(full, docs / "cut.pdf")
+    fixed = ingest_pdf_paths(services.pipeline, [str(docs)])
+    assert (fixed.retried, fixed.committed, fixed.still_quarantined) == (1, 1, 3)
+    assert Path(top(services, "glaciers carve valleys")[0].uri).name == "cut.pdf"
+
+
+def test_configured_password_opens_a_quarantined_pdf(
+    tmp_path: Path, services: Services, database_url: str, counting_embedder: CountingEmbedder
+) -> None:
+    encrypted_pdf(tmp_path / "locked.pdf", "s3cret-pass", ["Penguins huddle together to survive the winter."])
+    first = ingest_pdf_paths(services.pipeline, [str(tmp_path)])
+    assert first.quarantined == 1
+
+    settings = load_settings(
+        {
+            "RAGLINE_HOME": str(tmp_path / "home"),
+            "RAGLINE_DATABASE_URL": database_url,
+            "RAGLINE_PDF_PASSWORDS": "wrong\ns3cret-pass",
+        }
+    )
+    with_password = Services(settings, shared_embedder=counting_embedder)
+    try:
+        second = ingest_pdf_paths(with_password.pipeline, [str(tmp_path)])
+        assert (second.retried, second.committed) == (1, 1)
+        assert store.status(with_password.conn)["quarantined"] == 0
+    finally:
+        with_password.close()
+
+
+def test_released_document_is_retried(tmp_path: Path, services: Services) -> None:
+    not_a_pdf(tmp_path / "x.pdf")
+    ingest_pdf_paths(services.pipeline, [str(tmp_path)])
+    [row] = ledger.quarantined(services.conn)
+    assert row["attempts"] == 1
+    ledger.release(services.conn, [row["id"]])
+    counts = ingest_pdf_paths(services.pipeline, [str(tmp_path)])
+    assert (counts.retried, counts.quarantined) == (1, 1)
+    [row] = ledger.quarantined(services.conn)
+    assert row["attempts"] == 2
+
+
+class ExplodingEmbedder(CountingEmbedder):
+    """Dies (like a killed process would) after ``survive`` embedding calls."""
+
+    def __init__(self, inner: CountingEmbedder, survive: int) -> None:
+        super().__init__(inner)
+        self.survive = survive
+
+    def embed(self, texts):  # type: ignore[no-untyped-def]
+        if len(self.calls) >= self.survive:
+            raise RuntimeError("simulated crash")
+        return super().embed(texts)
+
+
+def test_crash_mid_run_then_rerun_equals_a_clean_run(
+    tmp_path: Path, services: Services, counting_embedder: CountingEmbedder, pg_server: str
+) -> None:
+    docs = tmp_path / "docs"
+    make_corpus(docs)
+    for i in range(6):
+        text_pdf(docs / f"extra{i}.pdf", [f"Page about topic number {i}: " + " ".join(TOPICS["volcano"])] * 3)
+    clean = ingest_pdf_paths(services.pipeline, [str(docs)])
+    assert clean.committed == 9
+
+    crash_settings = load_settings(
+        {"RAGLINE_HOME": str(tmp_path / "h2"), "RAGLINE_DATABASE_URL": fresh_database(pg_server)}
+    )
+    crash_settings.batch_chunks = 4  # several commits before the crash
+    crashing = Services(crash_settings, shared_embedder=ExplodingEmbedder(counting_embedder, survive=2))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ingest_pdf_paths(crashing.pipeline, [str(docs)])
+    partial = store.status(crashing.conn)
+    crashing.close()
+    assert 0 < partial["documents"] < 9
+
+    crash_settings.batch_chunks = 256
+    resumed = Services(crash_settings, shared_embedder=counting_embedder)
+    try:
+        counts = ingest_pdf_paths(resumed.pipeline, [str(docs)])
+        assert (counts.unchanged, counts.committed) == (partial["documents"], 9 - partial["documents"])
+        assert chunk_ids(resumed) == chunk_ids(services)  # same ids: nothing duplicated, nothing lost
+        assert store.status(resumed.conn)["chunks"] == store.status(services.conn)["chunks"]
+    finally:
+        resumed.close()

@@ -1,0 +1,224 @@
+"""The ``ragline`` command as users run it: subprocesses, the local Prefect server, the JSON contracts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import fresh_database
+from tests.pdfgen import not_a_pdf, text_pdf
+
+PARAGRAPH = (
+    "The lighthouse keeper climbed one hundred and twelve spiral steps every evening to trim the wick, "
+    "polish the Fresnel lens and wind the clockwork that turned the beam across the dark water. "
+)
+
+
+@pytest.fixture(scope="session")
+def cli_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One RAGLINE_HOME for the CLI tests, so the local Prefect server starts once per session."""
+    home = tmp_path_factory.mktemp("cli-home")
+    yield home
+    subprocess.run([sys.executable, "-m", "ragline", "stop"], env=_env(home), capture_output=True, timeout=60)
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAGLINE_"))}
+    env.update({"RAGLINE_HOME": str(home), "HF_HUB_OFFLINE": "1", **extra})
+    return env
+
+
+def ragline(home: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ragline", *args],
+        env=_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ragline {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def db(pg_server: str) -> str:
+    return fresh_database(pg_server)
+
+
+def corpus(root: Path, n: int, pages: int = 2) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        text_pdf(
+            root / f"doc{i:03d}.pdf",
+            [f"Document {i} page {p + 1}. " + PARAGRAPH * 3 + f"Unique marker zeta{i}x{p + 1}." for p in range(pages)],
+        )
+    return root
+
+
+def test_ingest_search_status_follow_the_json_contract(tmp_path: Path, cli_home: Path, db: str) -> None:
+    docs = corpus(tmp_path / "docs", 3)
+    text_pdf(docs / "special.pdf", ["Nothing here.", "Octopuses have three hearts and blue, copper-based blood."])
+    out = ragline(cli_home, "ingest", "pdf", str(docs), RAGLINE_DATABASE_URL=db)
+    assert "4 ingested" in out.stdout
+
+    hits = json.loads(
+        ragline(
+            cli_home,
+            "search",
+            "how many hearts does an octopus have",
+            "-k",
+            "3",
+            "--json",
+            RAGLINE_DATABASE_URL=db,
+        ).stdout
+    )
+    assert isinstance(hits, list) and len(hits) == 3
+    for h in hits:
+        assert {"score", "text", "source", "uri", "title", "page", "chunk_index"} <= h.keys()
+        assert isinstance(h["score"], float) and isinstance(h["page"], int) and h["page"] >= 1
+    assert (Path(hits[0]["uri"]).name, hits[0]["page"], hits[0]["source"]) == ("special.pdf", 2, "pdf")
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+    status = json.loads(ragline(cli_home, "status", "--json", RAGLINE_DATABASE_URL=db).stdout)
+    assert (status["documents"], status["quarantined"]) == (4, 0)
+    assert status["chunks"] > 0 and isinstance(status["chunks"], int)
+    src = status["sources"]["pdf"]
+    assert (src["documents"], src["chunks"]) == (4, status["chunks"])
+    assert "cursor" in src and src["last_run"]["status"] == "completed"
+
+
+def test_second_ingest_of_unchanged_corpus_is_a_no_op(tmp_path: Path, cli_home: Path, db: str) -> None:
+    docs = corpus(tmp_path / "docs", 4)
+    ragline(cli_home, "ingest", "pdf", str(docs), RAGLINE_DATABASE_URL=db)
+    with psycopg.connect(db) as conn:
+        before = conn.execute("SELECT id, created_at FROM chunks ORDER BY id").fetchall()
+    again = json.loads(ragline(cli_home, "ingest", "pdf", str(docs), "--json", RAGLINE_DATABASE_URL=db).stdout)
+    assert (again["unchanged"], again["committed"], again["chunks_written"]) == (4, 0, 0)
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT id, created_at FROM chunks ORDER BY id").fetchall() == before
+
+
+def test_flow_runs_on_the_reused_local_prefect_server(tmp_path: Path, cli_home: Path, db: str) -> None:
+    ragline(cli_home, "ingest", "pdf", str(corpus(tmp_path / "a", 1)), RAGLINE_DATABASE_URL=db)
+    state = json.loads((cli_home / "prefect" / "server.json").read_text())
+    ragline(
+        cli_home,
+        "ingest",
+        "pdf",
+        str(corpus(tmp_path / "b", 1)),
+        "--source",
+        "other",
+        RAGLINE_DATABASE_URL=db,
+    )
+    assert json.loads((cli_home / "prefect" / "server.json").read_text())["pid"] == state["pid"]
+
+    runs = httpx.post(f"{state['url']}/flow_runs/filter", json={"limit": 50}, timeout=10).json()
+    ours = [r for r in runs if r["name"] in ("ingest-pdf-pdf", "ingest-pdf-other")]
+    assert {r["name"] for r in ours} == {"ingest-pdf-pdf", "ingest-pdf-other"}
+    assert all(r["state_type"] == "COMPLETED" for r in ours)
+    tasks = httpx.post(f"{state['url']}/task_runs/filter", json={"limit": 200}, timeout=10).json()
+    assert {"plan-pdf-changes", "ingest-pdf-documents"} <= {t["name"].rsplit("-", 1)[0] for t in tasks}
+
+
+def test_errors_are_one_clear_line(tmp_path: Path, cli_home: Path, db: str) -> None:
+    missing = ragline(cli_home, "ingest", "pdf", str(tmp_path / "nope"), check=False, RAGLINE_DATABASE_URL=db)
+    assert missing.returncode != 0
+    assert missing.stderr.strip().count("\n") == 0 and "nope" in missing.stderr
+
+    config = tmp_path / "ragline.yaml"
+    config.write_text(
+        "search:\n  ef_search: -3\nembedding:\n  chunking:\n    chunk_tokens: 100\n    overlap_tokens: 60\n"
+    )
+    bad = ragline(cli_home, "status", check=False, RAGLINE_CONFIG=str(config))
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0
+    assert "search.ef_search" in bad.stderr and "embedding.chunking" in bad.stderr
+
+    config.write_text("embeding: {}\n")
+    typo = ragline(cli_home, "status", check=False, RAGLINE_CONFIG=str(config))
+    assert typo.returncode != 0 and "embeding" in typo.stderr
+
+    unreachable = ragline(cli_home, "status", check=False, RAGLINE_DATABASE_URL="postgresql://u:hunter2@127.0.0.1:1/x")
+    assert unreachable.returncode != 0 and "cannot connect" in unreachable.stderr
+    assert "hunter2" not in unreachable.stderr
+
+
+def test_quarantine_list_and_retry(tmp_path: Path, cli_home: Path, db: str) -> None:
+    docs = corpus(tmp_path / "docs", 1)
+    not_a_pdf(docs / "broken.pdf")
+    out = ragline(cli_home, "ingest", "pdf", str(docs), RAGLINE_DATABASE_URL=db)
+    assert "1 quarantined" in out.stdout and "quarantine list" in out.stderr
+
+    [item] = json.loads(ragline(cli_home, "quarantine", "list", "--json", RAGLINE_DATABASE_URL=db).stdout)
+    assert item["reason"] == "not_a_pdf" and Path(item["uri"]).name == "broken.pdf" and item["error"]
+
+    text_pdf(docs / "broken.pdf", ["Repaired: the file now holds a real page about tide pools and anemones."])
+    retried = ragline(cli_home, "quarantine", "retry", str(item["id"]), RAGLINE_DATABASE_URL=db)
+    assert "1 ingested" in retried.stdout
+    assert json.loads(ragline(cli_home, "quarantine", "list", "--json", RAGLINE_DATABASE_URL=db).stdout) == []
+    unknown = ragline(cli_home, "quarantine", "retry", "999999", check=False, RAGLINE_DATABASE_URL=db)
+    assert unknown.returncode != 0 and "999999" in unknown.stderr
+
+
+def _state(db: str) -> tuple[int, set[Any], int]:
+    with psycopg.connect(db) as conn:
+        docs = conn.execute("SELECT count(*) FROM documents WHERE status = 'committed'").fetchone()
+        ids = {r[0] for r in conn.execute("SELECT id FROM chunks").fetchall()}
+        rows = conn.execute("SELECT count(*) FROM chunks").fetchone()
+    assert docs is not None and rows is not None
+    return int(docs[0]), ids, int(rows[0])
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_process_group_then_rerun_matches_a_clean_run(
+    tmp_path: Path, cli_home: Path, pg_server: str
+) -> None:
+    docs = corpus(tmp_path / "docs", 24, pages=4)
+    clean_db = fresh_database(pg_server)
+    ragline(cli_home, "ingest", "pdf", str(docs), RAGLINE_DATABASE_URL=clean_db)
+    clean = _state(clean_db)
+    assert clean[0] == 24
+
+    db = fresh_database(pg_server)
+    # Kill once while the run is starting and again in the middle of committing documents.
+    for wait_for_docs in (0, 8):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ragline", "ingest", "pdf", str(docs)],
+            env=_env(cli_home, RAGLINE_DATABASE_URL=db),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if wait_for_docs == 0:
+                time.sleep(1.5)
+                break
+            try:
+                if _state(db)[0] >= wait_for_docs:
+                    break
+            except psycopg.Error:
+                pass  # schema not created yet
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed: make the corpus larger"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    partial = _state(db)
+    assert partial[0] < 24
+    ragline(cli_home, "ingest", "pdf", str(docs), RAGLINE_DATABASE_URL=db)
+    final = _state(db)
+    assert final[0] == clean[0]
+    assert final[1] == clean[1]  # the same content-derived ids
+    assert final[2] == len(final[1]) == clean[2]  # and no row twice
