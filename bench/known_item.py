@@ -32,11 +32,15 @@ def sample_passages(files: list[Path], n: int, words: int, rng: random.Random) -
             tokens = (page.extract_text() or "").split()
             if len(tokens) >= words * 2:
                 pages.append((f, i, tokens))
-    out = []
-    for _ in range(n):
+    out: list[tuple[str, Path, int]] = []
+    while len(out) < n:
         f, p, tokens = rng.choice(pages)
         start = rng.randrange(0, len(tokens) - words)
-        out.append((" ".join(tokens[start : start + words]), f, p))
+        passage = tokens[start : start + words]
+        # A person quotes prose, not the dot leaders of a table of contents: at least 60% of the words
+        # must hold letters.
+        if sum(any(ch.isalpha() for ch in w) for w in passage) >= 0.6 * words:
+            out.append((" ".join(passage), f, p))
     return out
 
 
@@ -46,8 +50,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--words", type=int, default=18)
     ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--sizes", default="128,160,256")
-    ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--sizes", default="128,256")
+    ap.add_argument("--overlap", type=int, default=40)
     args = ap.parse_args()
     files = discover([Path(p) for p in args.paths]).files
     rng = random.Random(7)

@@ -9,6 +9,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 _BLANK_LINES = re.compile(r"\n\s*\n\s*(\n\s*)+")
+# Dot leaders of tables of contents (". . . . ." or "......"): one token per dot, no meaning.
+_LEADERS = re.compile(r"(?:\.\s?){4,}")
 
 
 def clean_text(text: str) -> str:
@@ -21,6 +23,7 @@ def clean_text(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     text = _SURROGATES.sub("", text)
     text = _CONTROL.sub(" ", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _LEADERS.sub(" ... ", text)
     text = _SPACES.sub(" ", text)
     text = _BLANK_LINES.sub("\n\n", text)
     return "\n".join(line.strip() for line in text.split("\n")).strip()

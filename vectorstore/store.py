@@ -153,26 +153,37 @@ class SearchHit:
         }
 
 
-_VECTOR_SQL = """
-SELECT c.id, c.embedding <=> %(q)s AS distance
-FROM chunks c
-WHERE %(source)s::text IS NULL OR c.document_id IN (
-    SELECT d.id FROM documents d JOIN sources s ON s.id = d.source_id WHERE s.name = %(source)s)
+_SOURCE_FILTER = sql.SQL(
+    """(%(source)s::text IS NULL OR c.document_id IN (
+    SELECT d.id FROM documents d JOIN sources s ON s.id = d.source_id WHERE s.name = %(source)s))"""
+)
+
+# Chunks holding the query's words as a phrase (in order, after stemming and stop words): quoted passages,
+# names, error messages. Only for queries of several words; ordered by cosine among themselves.
+_PHRASE_SQL = sql.SQL("""
+SELECT c.id FROM chunks c
+WHERE numnode(phraseto_tsquery('english', %(text)s)) >= 5
+  AND c.tsv @@ phraseto_tsquery('english', %(text)s) AND {source_filter}
 ORDER BY c.embedding <=> %(q)s
 LIMIT %(n)s
-"""
+""").format(source_filter=_SOURCE_FILTER)
 
-# Words of the query OR-ed (plainto_tsquery ANDs them, which finds nothing as soon as one word is missing
-# from a chunk), ranked by cover density, so chunks holding the query's words close together come first.
-_TEXT_SQL = """
-WITH q AS (SELECT nullif(replace(plainto_tsquery('english', %(text)s)::text, ' & ', ' | '), '')::tsquery AS tsq)
-SELECT c.id, ts_rank_cd(c.tsv, q.tsq) AS rank
-FROM chunks c, q
-WHERE c.tsv @@ q.tsq AND (%(source)s::text IS NULL OR c.document_id IN (
-    SELECT d.id FROM documents d JOIN sources s ON s.id = d.source_id WHERE s.name = %(source)s))
-ORDER BY rank DESC, c.id
+# Chunks holding all of the query's words, ranked by cover density (words close together first).
+_ALL_WORDS_SQL = sql.SQL("""
+SELECT c.id FROM chunks c
+WHERE c.tsv @@ plainto_tsquery('english', %(text)s) AND {source_filter}
+ORDER BY ts_rank_cd(c.tsv, plainto_tsquery('english', %(text)s)) DESC, c.id
 LIMIT %(n)s
-"""
+""").format(source_filter=_SOURCE_FILTER)
+
+# Any of the query's words: only when too few chunks hold them all (it ranks every chunk with any word).
+_ANY_WORDS_SQL = sql.SQL("""
+WITH q AS (SELECT nullif(replace(plainto_tsquery('english', %(text)s)::text, ' & ', ' | '), '')::tsquery AS tsq)
+SELECT c.id FROM chunks c, q
+WHERE c.tsv @@ q.tsq AND {source_filter}
+ORDER BY ts_rank_cd(c.tsv, q.tsq) DESC, c.id
+LIMIT %(n)s
+""").format(source_filter=_SOURCE_FILTER)
 
 _HITS_SQL = """
 SELECT c.id, c.text, c.page, c.chunk_index, c.document_id, c.embedding <=> %(q)s AS distance,
@@ -180,6 +191,23 @@ SELECT c.id, c.text, c.page, c.chunk_index, c.document_id, c.embedding <=> %(q)s
 FROM chunks c JOIN documents d ON d.id = c.document_id JOIN sources s ON s.id = d.source_id
 WHERE c.id = ANY(%(ids)s)
 """
+
+
+_VECTOR_SQL = """
+SELECT c.id FROM chunks c
+WHERE %(source)s::text IS NULL OR c.document_id IN (
+    SELECT d.id FROM documents d JOIN sources s ON s.id = d.source_id WHERE s.name = %(source)s)
+ORDER BY c.embedding <=> %(q)s
+LIMIT %(n)s
+"""
+
+
+def _unique(*lists: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    seen: dict[uuid.UUID, None] = {}
+    for items in lists:
+        for item in items:
+            seen.setdefault(item, None)
+    return list(seen)
 
 
 def fuse(rankings: Sequence[Sequence[uuid.UUID]], k: int, rrf_k: int = 60) -> list[tuple[uuid.UUID, float]]:
@@ -200,34 +228,49 @@ def search(
     settings: SearchSettings | None = None,
     source: str | None = None,
 ) -> list[SearchHit]:
-    """Best chunks for a query: nearest by cosine through the HNSW index, fused with full-text ranking when
-    ``text`` is given and the mode is hybrid.
+    """Best chunks for a query.
 
-    ``ef_search`` is raised to at least the candidates wanted (HNSW returns at most ef_search rows), and
-    iterative scans keep filtered queries from coming back short.
+    Vector mode: nearest by cosine through the HNSW index. Hybrid mode (the default, when ``text`` is given):
+    chunks holding the query as a phrase come first (score above 1, ordered by cosine), then the cosine
+    ranking and a full-text ranking (all words, or any word when too few chunks hold all) are fused by
+    reciprocal rank fusion. A small embedding model blurs exact wording (names, commands, quoted passages);
+    the words find it. Measured on real manuals: bench/known_item.py, docs/benchmarks.md.
     """
     settings = settings or SearchSettings()
     hybrid = settings.mode == "hybrid" and bool(text and text.strip())
     n = max(k, settings.candidates) if hybrid else k
     params: dict[str, Any] = {"q": vector, "n": n, "source": source, "text": text}
     with conn.transaction():
+        # HNSW returns at most ef_search rows; iterative scans keep filtered queries from coming back short.
         conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(settings.ef_search, n))))
         conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        by_vector = [r["id"] for r in conn.execute(_VECTOR_SQL, params).fetchall()]
-        rankings = [by_vector]
+
+        def ids(query: str | sql.Composed) -> list[uuid.UUID]:
+            return [r["id"] for r in conn.execute(query, params).fetchall()]
+
+        by_vector = ids(_VECTOR_SQL)
+        phrase: list[uuid.UUID] = []
         if hybrid:
-            rankings.append([r["id"] for r in conn.execute(_TEXT_SQL, params).fetchall()])
-        fused = fuse(rankings, k, settings.rrf_k)
-        rows = {r["id"]: r for r in conn.execute(_HITS_SQL, {**params, "ids": [i for i, _ in fused]}).fetchall()}
+            phrase = ids(_PHRASE_SQL)
+            by_words = _unique(phrase, ids(_ALL_WORDS_SQL))
+            if len(by_words) < k:
+                by_words = _unique(by_words, ids(_ANY_WORDS_SQL))
+            fused = fuse([by_vector, by_words], n, settings.rrf_k)
+            ranked = [(c, 1.0 + 1.0 / (settings.rrf_k + i)) for i, c in enumerate(phrase, start=1)]
+            ranked += [(c, score) for c, score in fused if c not in set(phrase)]
+            ranked = ranked[:k]
+        else:
+            ranked = [(c, 0.0) for c in by_vector[:k]]
+        rows = {r["id"]: r for r in conn.execute(_HITS_SQL, {**params, "ids": [c for c, _ in ranked]}).fetchall()}
     hits = []
-    for chunk, fused_score in fused:
+    for chunk, rank_score in ranked:
         r = rows.get(chunk)
         if r is None:  # deleted between the two statements
             continue
         similarity = 1.0 - float(r["distance"])
         hits.append(
             SearchHit(
-                score=fused_score if hybrid else similarity,
+                score=rank_score if hybrid else similarity,
                 similarity=similarity,
                 text=r["text"],
                 source=r["source"],

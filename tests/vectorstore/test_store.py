@@ -1,0 +1,125 @@
+"""The store against the real embedded Postgres + pgvector."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from embedding.model import Embedder
+from vectorstore import ledger, store
+from vectorstore.db import Connection, DatabaseError, connect
+from vectorstore.ids import chunk_id
+from vectorstore.ledger import DocumentVersion
+from vectorstore.migrations import MIGRATIONS, migrate
+from vectorstore.settings import SearchSettings
+from vectorstore.store import ChunkRow, fuse
+
+U = [uuid.UUID(int=i) for i in range(10)]
+
+
+@pytest.mark.parametrize(
+    ("rankings", "expected"),
+    [
+        ([[U[1], U[2], U[3]]], [U[1], U[2], U[3]]),
+        ([[U[1], U[2]], [U[2], U[1]]], [U[1], U[2]]),  # tie broken deterministically
+        ([[U[1], U[2], U[3]], [U[3], U[4]]], [U[3], U[1], U[2], U[4]]),  # in both rankings beats first in one
+        ([[], [U[5]]], [U[5]]),
+    ],
+)
+def test_fuse(rankings: list[list[uuid.UUID]], expected: list[uuid.UUID]) -> None:
+    assert [c for c, _ in fuse(rankings, 10)] == expected
+
+
+def test_migrations_are_idempotent_and_safe_concurrently(database_url: str) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with connect(database_url) as conn:
+                migrate(conn, 384)
+        except BaseException as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with connect(database_url) as conn:
+        assert migrate(conn, 384) == []
+        versions = [r["version"] for r in conn.execute("SELECT version FROM ragline_migrations ORDER BY 1")]
+        assert versions == [v for v, _, _ in MIGRATIONS]
+
+
+def test_model_dimension_is_checked_against_the_column(database_url: str) -> None:
+    with connect(database_url) as conn:
+        migrate(conn, 384)
+    with connect(database_url) as conn, pytest.raises(DatabaseError, match=r"384-dim.*produces 768"):
+        migrate(conn, 768)
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    with pytest.raises(DatabaseError, match="cannot connect"):
+        connect("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
+
+
+def _doc(name: str) -> DocumentVersion:
+    return DocumentVersion(external_id=name, uri=name, title=name, content_hash="h-" + name, fingerprint="f")
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[Connection]:
+    c = connect(database_url)
+    migrate(c, 384)
+    yield c
+    c.close()
+
+
+def _commit(conn: Connection, embedder: Embedder, source_id: int, name: str, texts: list[str]) -> None:
+    rows = [ChunkRow(chunk_id("s", name, i, t, "m"), i, 1, t, 10) for i, t in enumerate(texts)]
+    vectors = dict(zip([r.id for r in rows], embedder.embed(texts), strict=True))
+    model_id = store.ensure_model(conn, embedder.identity)
+    store.commit_document(conn, source_id, _doc(name), rows, vectors, model_id)
+
+
+def test_commit_replaces_chunks_atomically(conn: Connection, embedder: Embedder) -> None:
+    source_id = ledger.ensure_source(conn, "s", "pdf")
+    _commit(conn, embedder, source_id, "a", ["alpha one", "alpha two", "alpha three"])
+    _commit(conn, embedder, source_id, "a", ["alpha one", "alpha two changed"])
+    texts = [r["text"] for r in conn.execute("SELECT text FROM chunks ORDER BY chunk_index")]
+    assert texts == ["alpha one", "alpha two changed"]
+    [doc] = conn.execute("SELECT status, chunk_count, committed_hash FROM documents").fetchall()
+    assert doc == {"status": "committed", "chunk_count": 2, "committed_hash": "h-a"}
+
+    # a commit that fails half way leaves the previous version whole
+    rows = [ChunkRow(chunk_id("s", "a", 0, "new", "m"), 0, 1, "new", 1)]
+    with pytest.raises(store.StaleChunksError):
+        store.commit_document(conn, source_id, _doc("a"), rows, {}, store.ensure_model(conn, embedder.identity))
+    texts = [r["text"] for r in conn.execute("SELECT text FROM chunks ORDER BY chunk_index")]
+    assert texts == ["alpha one", "alpha two changed"]
+
+
+def test_hybrid_search_puts_exact_phrases_first(conn: Connection, embedder: Embedder) -> None:
+    source_id = ledger.ensure_source(conn, "s", "pdf")
+    other = ledger.ensure_source(conn, "t", "pdf")
+    _commit(conn, embedder, source_id, "cars", ["The gearbox of the vintage roadster grinds in third gear."])
+    _commit(conn, embedder, source_id, "ops", ["Error E1234: the flux capacitor overheated during the warp test."])
+    _commit(conn, embedder, other, "cats", ["Cats sleep for most of the day and hunt at dusk."])
+    query = "flux capacitor overheated during the warp"
+    vector = embedder.embed([query])[0]
+
+    hybrid = store.search(conn, vector, 3, text=query)
+    assert hybrid[0].uri == "ops" and hybrid[0].score > 1.0
+    assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
+    vector_only = store.search(conn, vector, 3, text=query, settings=SearchSettings(mode="vector"))
+    assert vector_only[0].score == pytest.approx(vector_only[0].similarity)
+    assert len(vector_only) == 3
+
+    only_t = store.search(conn, vector, 3, text=query, source="t")
+    assert [h.uri for h in only_t] == ["cats"]
+    assert np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
