@@ -64,13 +64,17 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """True if ``pid`` runs a Prefect server (a pid recorded before a reboot may now be another program)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return b"prefect" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): trust the pid
 
 
 def _free_port() -> int:
@@ -90,72 +94,74 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def running_server(home: Path) -> tuple[int, str] | None:
-    """(pid, API URL) of the local server if it is up."""
+def _read_state(home: Path) -> tuple[int, str] | None:
     try:
         state = json.loads(_state_file(home).read_text())
-    except (FileNotFoundError, ValueError):
+        return int(state["pid"]), str(state["url"])
+    except (FileNotFoundError, ValueError, KeyError):
         return None
-    pid, url = int(state["pid"]), str(state["url"])
-    if _alive(pid) and _healthy(url):
-        return pid, url
+
+
+def running_server(home: Path) -> tuple[int, str] | None:
+    """(pid, API URL) of the local server if it is up."""
+    state = _read_state(home)
+    if state and _alive(state[0]) and _healthy(state[1]):
+        return state
     return None
 
 
+def _wait_healthy(pid: int, url: str, timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            raise PrefectServerError(f"the local Prefect server (pid {pid}) exited; see {log_path}")
+        if _healthy(url, timeout=1.0):
+            return
+        time.sleep(0.25)
+    raise PrefectServerError(f"the local Prefect server did not answer within {timeout:.0f} s; see {log_path}")
+
+
 def ensure_local_server(home: Path, settings: PrefectSettings) -> str:
-    """Return the URL of the local Prefect server, starting it if needed (once, under a file lock)."""
+    """Return the URL of the local Prefect server, starting it if needed (once, under a file lock).
+
+    Its pid and URL are recorded before it answers, so a command killed while the server starts does not
+    make the next command start a second server on the same database: that one waits for the first.
+    """
+    log_path = home / "prefect" / "server.log"
     with _locked(home / "prefect" / "server.lock"):
-        found = running_server(home)
-        if found:
-            return found[1]
+        state = _read_state(home)
+        if state and _alive(state[0]):
+            _wait_healthy(state[0], state[1], settings.startup_timeout, log_path)
+            return state[1]
         port = settings.port or _free_port()
         url = f"http://127.0.0.1:{port}/api"
-        log_path = home / "prefect" / "server.log"
-        env = {
-            **os.environ,
-            "PREFECT_HOME": str(home / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
+        env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         env.pop("PREFECT_API_URL", None)
         with log_path.open("ab") as log_fh:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "prefect",
-                    "server",
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                 stdin=subprocess.DEVNULL,
                 stdout=log_fh,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # survives the CLI and a kill of its process group
             )
-        deadline = time.monotonic() + settings.startup_timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise PrefectServerError(f"the local Prefect server exited with code {proc.returncode}; see {log_path}")
-            if _healthy(url, timeout=1.0):
-                _state_file(home).write_text(json.dumps({"pid": proc.pid, "url": url}))
-                return url
-            time.sleep(0.25)
-        proc.terminate()
-        raise PrefectServerError(
-            f"the local Prefect server did not answer within {settings.startup_timeout:.0f} s; see {log_path}"
-        )
+        _state_file(home).write_text(json.dumps({"pid": proc.pid, "url": url}))
+        try:
+            _wait_healthy(proc.pid, url, settings.startup_timeout, log_path)
+        except PrefectServerError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            _state_file(home).unlink(missing_ok=True)
+            raise
+        return url
 
 
 def stop_local_server(home: Path) -> bool:
-    try:
-        state = json.loads(_state_file(home).read_text())
-    except (FileNotFoundError, ValueError):
+    state = _read_state(home)
+    if state is None:
         return False
-    pid = int(state["pid"])
+    pid = state[0]
     _state_file(home).unlink(missing_ok=True)
     if not _alive(pid):
         return False

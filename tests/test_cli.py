@@ -185,6 +185,9 @@ def test_sigkill_of_the_process_group_then_rerun_matches_a_clean_run(
     tmp_path: Path, cli_home: Path, pg_server: str
 ) -> None:
     docs = corpus(tmp_path / "docs", 24, pages=4)
+    # Small embedding batches spread the commits over the run, so a kill lands between and inside them.
+    config = tmp_path / "small-batches.yaml"
+    config.write_text("batch_chunks: 8\n")
     clean_db = fresh_database(pg_server)
     ragline(cli_home, "ingest", "pdf", str(docs), RAGLINE_DATABASE_URL=clean_db)
     clean = _state(clean_db)
@@ -195,7 +198,7 @@ def test_sigkill_of_the_process_group_then_rerun_matches_a_clean_run(
     for wait_for_docs in (0, 8):
         proc = subprocess.Popen(
             [sys.executable, "-m", "ragline", "ingest", "pdf", str(docs)],
-            env=_env(cli_home, RAGLINE_DATABASE_URL=db),
+            env=_env(cli_home, RAGLINE_DATABASE_URL=db, RAGLINE_CONFIG=str(config)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
