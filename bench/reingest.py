@@ -20,11 +20,15 @@ import time
 from pathlib import Path
 
 
-def run(home: Path, *args: str) -> float:
+def run(home: Path, *args: str, config: Path | None = None) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAGLINE_"))}
     env["RAGLINE_HOME"] = str(home)
+    if config is not None:
+        env["RAGLINE_CONFIG"] = str(config)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ragline", *args], env=env, check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "ragline", *args], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"ragline {' '.join(args)} failed: {proc.stderr.strip()}")
     return time.perf_counter() - t0
 
 
@@ -39,21 +43,30 @@ def main() -> None:
         first = run(home, "ingest", "pdf", str(corpus))
         noop = [run(home, "ingest", "pdf", str(corpus)) for _ in range(args.repeat)]
         status = [run(home, "status") for _ in range(args.repeat)]
-        changed = []
+        ephemeral = Path(tmp) / "ephemeral.yaml"
+        ephemeral.write_text("prefect:\n  mode: ephemeral\n")
+        changed: list[float] = []
+        changed_ephemeral: list[float] = []
         victim = sorted(corpus.rglob("*.pdf"))[0]
         original = victim.read_bytes()
         for i in range(args.repeat):
             # Appending an incremental-update comment changes the hash, not the text: the flow runs, the
-            # document is re-parsed and its chunks keep their vectors.
+            # document is re-parsed and its chunks keep their vectors. Alternate the two Prefect modes.
             victim.write_bytes(original + f"\n%ragline-bench {i}\n%%EOF\n".encode())
             changed.append(run(home, "ingest", "pdf", str(corpus)))
+            victim.write_bytes(original + f"\n%ragline-bench {i} ephemeral\n%%EOF\n".encode())
+            changed_ephemeral.append(run(home, "ingest", "pdf", str(corpus), config=ephemeral))
         run(home, "stop")
-    m_noop, m_status, m_changed = (statistics.median(x) for x in (noop, status, changed))
+    m_noop, m_status, m_changed, m_eph = (statistics.median(x) for x in (noop, status, changed, changed_ephemeral))
     print(f"corpus: {args.pdfs}")
     print(f"first ingest (cold home: initdb, Prefect server start, model load): {first:6.2f} s")
     label = f"re-ingest unchanged (median of {args.repeat}):"
     print(f"{label:67s}{m_noop:6.2f} s  ({first / m_noop:.0f}x faster than the first)")
     print(f"re-ingest with one file touched (flow on the warm Prefect server): {m_changed:6.2f} s")
+    print(
+        f"the same with Prefect's ephemeral mode (server per process):       {m_eph:6.2f} s"
+        f"  ({m_eph / m_changed:.1f}x slower)"
+    )
     print(f"status (median):                                                   {m_status:6.2f} s")
 
 

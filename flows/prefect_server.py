@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -110,11 +110,11 @@ def running_server(home: Path) -> tuple[int, str] | None:
     return None
 
 
-def _wait_healthy(pid: int, url: str, timeout: float, log_path: Path) -> None:
+def _wait_healthy(running: Callable[[], bool], url: str, timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
-            raise PrefectServerError(f"the local Prefect server (pid {pid}) exited; see {log_path}")
+        if not running():
+            raise PrefectServerError(f"the local Prefect server exited; see {log_path}")
         if _healthy(url, timeout=1.0):
             return
         time.sleep(0.25)
@@ -131,7 +131,8 @@ def ensure_local_server(home: Path, settings: PrefectSettings) -> str:
     with _locked(home / "prefect" / "server.lock"):
         state = _read_state(home)
         if state and _alive(state[0]):
-            _wait_healthy(state[0], state[1], settings.startup_timeout, log_path)
+            pid = state[0]
+            _wait_healthy(lambda: _alive(pid), state[1], settings.startup_timeout, log_path)
             return state[1]
         port = settings.port or _free_port()
         url = f"http://127.0.0.1:{port}/api"
@@ -148,7 +149,8 @@ def ensure_local_server(home: Path, settings: PrefectSettings) -> str:
             )
         _state_file(home).write_text(json.dumps({"pid": proc.pid, "url": url}))
         try:
-            _wait_healthy(proc.pid, url, settings.startup_timeout, log_path)
+            # Our own child: poll it (its /proc cmdline is ragline's until it execs).
+            _wait_healthy(lambda: proc.poll() is None, url, settings.startup_timeout, log_path)
         except PrefectServerError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
