@@ -128,8 +128,9 @@ def _check_envelope(path: Path, settings: PdfSettings) -> None:
         raise DocumentError("empty", "the file is empty (0 bytes)", retryable=True)
     with path.open("rb") as fh:
         head = fh.read(1024)
-        fh.seek(max(0, size - 2048))
-        tail = fh.read()
+        fh.seek(max(0, size - 65536))
+        # Writers pad some files with NULs or whitespace after the final %%EOF.
+        tail = fh.read().rstrip(b"\x00 \t\r\n\x0c")[-2048:]
     if PDF_MAGIC not in head:
         raise DocumentError("not_a_pdf", f"no {PDF_MAGIC.decode()} header in the first 1024 bytes")
     if b"%%EOF" not in tail:

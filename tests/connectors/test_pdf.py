@@ -358,3 +358,11 @@ def test_fingerprint_follows_limits(change: dict[str, int]) -> None:
 
 def test_fingerprint_ignores_extensions() -> None:
     assert PdfSettings(extensions=[".pdf", ".ai"]).fingerprint() == PdfSettings().fingerprint()
+
+
+def test_padding_after_the_final_eof_is_not_truncation(tmp_path: Path) -> None:
+    path = pdfgen.text_pdf(tmp_path / "padded.pdf", ["Some writers pad the file after the end marker."])
+    with path.open("ab") as fh:
+        fh.write(b"\x00" * 5000 + b"\r\n")
+    parsed = parse_pdf(path, PdfSettings())
+    assert "pad the file" in parsed.pages[0].text
