@@ -1,0 +1,246 @@
+"""The one resilient HTTP layer every remote source goes through.
+
+Per attempt: circuit breaker check, a token from the source's bucket (so retries count against the rate),
+a concurrency slot, then the request with connect/read timeouts. 429, 5xx, resets and timeouts are retried
+by tenacity with exponential backoff and full jitter ("Exponential Backoff And Jitter", AWS Architecture
+Blog, 2015), except that a ``Retry-After`` (seconds or HTTP-date) is honoured as given; providers'
+rate-limit headers pause the bucket until their reset. Other 4xx are surfaced at once with the provider's
+message. Clock, sleep and randomness are injectable.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import tenacity
+from pydantic import BaseModel, ConfigDict, Field
+
+from connectors.breaker import CircuitBreaker
+from connectors.errors import CircuitOpenError, RequestRejectedError, TransientError
+from connectors.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+
+
+class HttpPolicy(BaseModel):
+    """Resilience settings of one source. The attempt budget is the whole story: no outer retry loop."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to establish a connection.")
+    read_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for response data.")
+    max_attempts: int = Field(default=6, ge=1, le=50, description="Attempts per request, the first included.")
+    backoff_base: float = Field(default=0.5, gt=0, description="First backoff ceiling in seconds (doubles).")
+    backoff_max: float = Field(default=60.0, gt=0, description="Largest backoff ceiling in seconds.")
+    max_retry_after: float = Field(
+        default=300.0, gt=0, description="A Retry-After longer than this is capped (and logged)."
+    )
+    rate_per_second: float | None = Field(default=None, gt=0, description="Requests per second, retries included.")
+    burst: int = Field(default=1, ge=1, description="Requests allowed back to back before the rate applies.")
+    max_concurrency: int = Field(default=4, ge=1, description="Requests in flight at once to this source.")
+    breaker_threshold: int = Field(default=5, ge=1, description="Consecutive failures that open the circuit.")
+    breaker_reset_seconds: float = Field(default=60.0, gt=0, description="Open time before one probe call.")
+
+
+@dataclass
+class HttpStats:
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    waited_seconds: float = 0.0
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def rate_limit_reset(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds until the provider's quota resets when its headers say none is left, else None.
+
+    Understands the common ``X-RateLimit-Remaining``/``X-RateLimit-Reset`` pair (reset as epoch seconds or
+    as a delta) and HubSpot's ``X-HubSpot-RateLimit-Remaining``/``-Interval-Milliseconds``.
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    if lower.get("x-hubspot-ratelimit-remaining") == "0":
+        interval = lower.get("x-hubspot-ratelimit-interval-milliseconds")
+        return float(interval) / 1000 if interval and interval.isdigit() else 1.0
+    if lower.get("x-ratelimit-remaining") == "0" and lower.get("x-ratelimit-reset"):
+        try:
+            reset = float(lower["x-ratelimit-reset"])
+        except ValueError:
+            return None
+        return max(0.0, reset - now) if reset > 1e9 else reset
+    return None
+
+
+def _provider_message(response: httpx.Response) -> str:
+    """The provider's own error text, shortened: what an operator needs to fix a rejected request."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300].strip() or response.reason_phrase
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]  # Salesforce answers [{"message": ..., "errorCode": ...}]
+    if isinstance(body, dict):
+        for key in ("message", "error_description", "error", "errorMessage", "detail"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("info") or value.get("message")  # MediaWiki: {"error": {"info": ...}}
+            if value:
+                return str(value)[:300]
+    return str(body)[:300]
+
+
+class ResilientClient:
+    """An httpx client wrapped in the policy. One per source, shared by its threads."""
+
+    def __init__(
+        self,
+        source: str,
+        policy: HttpPolicy,
+        *,
+        base_url: str = "",
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.source = source
+        self.policy = policy
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._rng = rng
+        self.stats = HttpStats()
+        self.breaker = CircuitBreaker(source, policy.breaker_threshold, policy.breaker_reset_seconds, clock=clock)
+        self.bucket = (
+            TokenBucket(policy.rate_per_second, policy.burst, clock=clock, sleep=sleep)
+            if policy.rate_per_second
+            else None
+        )
+        self._slots = threading.BoundedSemaphore(policy.max_concurrency)
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers=dict(headers or {}),
+            transport=transport,
+            timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout),
+            follow_redirects=True,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ResilientClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _backoff(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
+            if exc.retry_after > self.policy.max_retry_after:
+                log.warning(
+                    "%s asked to wait %.0f s; capped at %.0f s",
+                    self.source,
+                    exc.retry_after,
+                    self.policy.max_retry_after,
+                )
+            return float(min(exc.retry_after, self.policy.max_retry_after))
+        ceiling = min(self.policy.backoff_max, self.policy.backoff_base * 2 ** (state.attempt_number - 1))
+        return float(self._rng() * ceiling)  # full jitter
+
+    def _pause(self, seconds: float) -> None:
+        self.stats.waited_seconds += seconds
+        self.stats.retries += 1
+        self._sleep(seconds)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Send with retries; returns a 2xx/3xx response or raises a ``SourceError``."""
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.policy.max_attempts),
+            wait=self._backoff,
+            retry=tenacity.retry_if_exception_type(TransientError),
+            sleep=self._pause,
+            reraise=True,
+        )
+        return retrying(self._attempt, method, url, **kwargs)
+
+    def get_json(self, url: str, **kwargs: Any) -> Any:
+        return self._json(self.request("GET", url, **kwargs))
+
+    def post_json(self, url: str, **kwargs: Any) -> Any:
+        return self._json(self.request("POST", url, **kwargs))
+
+    def _json(self, response: httpx.Response) -> Any:
+        from connectors.errors import MalformedPayloadError
+
+        try:
+            return response.json()
+        except ValueError as err:
+            raise MalformedPayloadError(
+                self.source, f"response of {response.request.url.path} is not JSON: {err}"
+            ) from err
+
+    def _attempt(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        self.breaker.before_call()
+        if self.bucket is not None:
+            self.stats.waited_seconds += self.bucket.acquire()
+        with self._slots:
+            self.stats.requests += 1
+            try:
+                response = self._http.request(method, url, **kwargs)
+            except (httpx.TimeoutException, httpx.TransportError) as err:
+                self.breaker.record_failure()
+                raise TransientError(self.source, f"{type(err).__name__} on {method} {url}: {err}") from err
+        reset = rate_limit_reset(response.headers, self._wall_clock())
+        if reset is not None and self.bucket is not None:
+            self.bucket.pause_until(self._clock() + reset)
+        status = response.status_code
+        if status in RETRYABLE_STATUS:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
+            if status == 429:
+                self.stats.throttled += 1
+                if retry_after is None:
+                    retry_after = reset
+            else:
+                self.breaker.record_failure()
+            raise TransientError(
+                self.source,
+                f"HTTP {status} on {method} {response.request.url.path}: {_provider_message(response)}",
+                retry_after=retry_after,
+            )
+        self.breaker.record_success()
+        if status >= 400:
+            raise RequestRejectedError(self.source, status, _provider_message(response))
+        return response
+
+
+__all__ = ["CircuitOpenError", "HttpPolicy", "ResilientClient", "parse_retry_after", "rate_limit_reset"]
