@@ -151,7 +151,7 @@ def test_breaker_opens_fails_fast_then_probes_and_closes() -> None:
             fake.now += 61  # half-open: one probe goes out, and the source is back
             srv.route("/x", [Reply(200, {"ok": True})])
             assert c.get_json("/x") == {"ok": True}
-            assert c.breaker.state is BreakerState.CLOSED
+            assert c.breaker.state.value == "closed"
 
 
 def test_failed_probe_reopens_the_breaker() -> None:
