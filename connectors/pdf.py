@@ -56,8 +56,12 @@ class PdfSettings(BaseModel):
 
 @dataclass
 class Discovery:
-    """What a walk found: PDF files (deduplicated by real path), the directories walked completely, and the
-    directories that could not be read (documents under those must not be treated as deleted)."""
+    """What a walk found: PDF files, the directories walked completely, and the directories that could not be
+    read (documents under those must not be treated as deleted).
+
+    Files are named by their path inside the walked directory, not by their symlink target: a document
+    reached through a link that is later removed is then known to be gone. Two names of one file are
+    ingested once (the first in walk order)."""
 
     files: list[Path] = field(default_factory=list)
     roots: list[Path] = field(default_factory=list)
@@ -74,7 +78,7 @@ def discover(paths: Iterable[Path], extensions: Iterable[str] = (".pdf",)) -> Di
         real = file.resolve()
         if real not in seen_files:
             seen_files.add(real)
-            found.files.append(real)
+            found.files.append(file)
 
     for raw in paths:
         path = Path(raw).expanduser().absolute()
@@ -89,10 +93,15 @@ def discover(paths: Iterable[Path], extensions: Iterable[str] = (".pdf",)) -> Di
 
         def on_error(err: OSError) -> None:
             log.warning("cannot read directory %s: %s", err.filename, err.strerror)
-            found.unreadable.append(Path(str(err.filename)).resolve())
+            found.unreadable.append(Path(str(err.filename)))
 
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=on_error):
-            st = os.stat(dirpath)
+            try:
+                st = os.stat(dirpath)
+            except OSError as err:
+                on_error(err)
+                dirnames.clear()
+                continue
             key = (st.st_dev, st.st_ino)
             if key in visited:  # a symlink loop or a second link to a directory already walked
                 dirnames.clear()
@@ -129,12 +138,12 @@ def _check_envelope(path: Path, settings: PdfSettings) -> None:
     with path.open("rb") as fh:
         head = fh.read(1024)
         fh.seek(max(0, size - 65536))
-        # Writers pad some files with NULs or whitespace after the final %%EOF.
-        tail = fh.read().rstrip(b"\x00 \t\r\n\x0c")[-2048:]
+        # Writers pad some files with NULs, whitespace or junk after the final %%EOF.
+        tail = fh.read()
     if PDF_MAGIC not in head:
         raise DocumentError("not_a_pdf", f"no {PDF_MAGIC.decode()} header in the first 1024 bytes")
     if b"%%EOF" not in tail:
-        raise DocumentError("truncated", "no %%EOF marker at the end: the file is incomplete or cut short")
+        raise DocumentError("truncated", "no %%EOF marker in the last 64 KiB: the file is incomplete or cut short")
 
 
 def parse_pdf(path: Path, settings: PdfSettings) -> ParsedDocument:
@@ -225,6 +234,10 @@ def _raise(error: DocumentError) -> ParsedDocument:
     raise error
 
 
+def _failing(name: str, content_hash: str, error: DocumentError) -> SourceDocument:
+    return SourceDocument(external_id=name, uri=name, content_hash=content_hash, load=partial(_raise, error))
+
+
 class PdfConnector:
     """PDF files and directories as a source; the external id of a document is its real path."""
 
@@ -235,16 +248,43 @@ class PdfConnector:
         self.discovery = discover(paths, self.settings.extensions)
 
     def document(self, path: Path) -> SourceDocument:
-        st = path.stat()
+        """The document at ``path``: hashed now, parsed only when loaded. A file that cannot be read or named
+        still becomes a document, whose load raises: it is quarantined instead of failing the run."""
+        name = str(path)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            return _failing(
+                name,
+                f"unreadable:{err.errno}",
+                DocumentError("unreadable", f"cannot stat the file: {err.strerror}", retryable=True),
+            )
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            # Postgres text and JSON need UTF-8: record it under an escaped name and ask for a rename.
+            safe = os.fsencode(path).decode("utf-8", "backslashreplace")
+            return _failing(
+                safe,
+                f"badname:{st.st_size}:{st.st_mtime_ns}",
+                DocumentError("bad_filename", "the file name is not valid UTF-8: rename the file"),
+            )
         load = partial(parse_pdf, path, self.settings)
         try:
             content_hash = file_hash(path, self.settings.max_file_bytes)
-        except PermissionError as err:
-            content_hash = f"unreadable:{st.st_size}:{st.st_mtime_ns}"
-            load = partial(_raise, DocumentError("unreadable", f"cannot read the file: {err.strerror}"))
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            return _failing(
+                name,
+                f"unreadable:{st.st_size}:{st.st_mtime_ns}",
+                DocumentError("unreadable", f"cannot read the file: {err.strerror}", retryable=True),
+            )
         return SourceDocument(
-            external_id=str(path),
-            uri=str(path),
+            external_id=name,
+            uri=name,
             content_hash=content_hash,
             load=load,
             title=path.stem,
@@ -261,7 +301,7 @@ class PdfConnector:
 
     def covers(self, external_id: str) -> bool:
         """True when ``external_id`` lies under a directory walked completely in this run: if it was not
-        found, it is gone from the source."""
+        found, it is gone from the source (a link to it removed counts as gone)."""
         path = Path(external_id)
         if any(path.is_relative_to(bad) for bad in self.discovery.unreadable):
             return False

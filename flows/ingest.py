@@ -3,6 +3,7 @@ services; the flow only composes them, so each step reads clearly in the Prefect
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ def plan_pdf_changes(paths: list[str], source: str) -> dict[str, Any]:
     return {
         "work": [doc.external_id for doc in result.work],
         "deleted": result.deleted,
+        "planned_at": result.planned_at.isoformat(),
         "counts": result.counts.as_dict(),
     }
 
@@ -52,9 +54,9 @@ def ingest_pdf_documents(files: list[str], source: str) -> dict[str, int]:
 
 
 @task(name="remove-deleted-documents", cache_policy=NO_CACHE)
-def remove_deleted_documents(document_ids: list[int]) -> int:
-    """Documents gone from the source lose their chunks."""
-    return services().pipeline.delete(document_ids)
+def remove_deleted_documents(document_ids: list[int], planned_at: str) -> int:
+    """Documents gone from the source lose their chunks (unless committed again since the plan)."""
+    return services().pipeline.delete(document_ids, datetime.fromisoformat(planned_at))
 
 
 @flow(name="ingest-pdf", flow_run_name="ingest-pdf-{source}", log_prints=True)
@@ -75,7 +77,7 @@ def ingest_pdf(paths: list[str], source: str = "pdf") -> Any:
             done = ingest_pdf_documents(work[start : start + DOCUMENTS_PER_TASK], source)
             counts.merge(Counts(**done))
         if planned["deleted"]:
-            counts.deleted += remove_deleted_documents(planned["deleted"])
+            counts.deleted += remove_deleted_documents(planned["deleted"], planned["planned_at"])
     except BaseException as err:
         runs.finish_run(svc.conn, run_id, "failed", counts.as_dict(), f"{type(err).__name__}: {err}")
         raise

@@ -24,7 +24,7 @@ from flows.settings import RaglineSettings
 from vectorstore import ledger, store
 from vectorstore.db import Connection
 from vectorstore.ids import chunk_id
-from vectorstore.ledger import Decision, DocumentVersion
+from vectorstore.ledger import Decision, DocumentVersion, Fingerprints
 from vectorstore.store import ChunkRow
 
 log = logging.getLogger(__name__)
@@ -63,41 +63,44 @@ class Plan:
     work: list[SourceDocument] = field(default_factory=list)
     deleted: list[int] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
+    planned_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def empty(self) -> bool:
         return not self.work and not self.deleted
 
 
-def pipeline_fingerprint(settings: RaglineSettings, embedder: Embedder) -> str:
-    """Changes when a setting that changes the chunks of a document changes: those documents are redone
-    (chunks whose text is unchanged keep their vectors, since their ids do not change)."""
-    parts = {
-        "pdf": settings.pdf.fingerprint(),
-        "chunking": settings.embedding.chunking.model_dump(),
-        "model": [embedder.settings.model, embedder.revision],
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+def pipeline_fingerprints(settings: RaglineSettings, embedder: Embedder) -> Fingerprints:
+    """A change of chunking or model re-processes committed documents (chunks whose text is unchanged keep
+    their vectors: their ids do not change); a change of parse settings (passwords, limits) only retries
+    quarantined ones."""
+
+    def digest(parts: object) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    committed = digest(
+        {"chunking": settings.embedding.chunking.model_dump(), "model": [embedder.settings.model, embedder.revision]}
+    )
+    return Fingerprints(committed=committed, quarantined=digest([committed, settings.pdf.fingerprint()]))
 
 
 def plan(
     conn: Connection,
     source_id: int,
     documents: Iterable[SourceDocument],
-    fingerprint: str,
+    fingerprints: Fingerprints,
     covers: Callable[[str], bool],
-    now: datetime | None = None,
 ) -> Plan:
     """Compare what the source has with the ledger. ``covers(external_id)`` tells whether the source was
     listed completely where that document lived, i.e. whether its absence means it was deleted."""
-    now = now or datetime.now(UTC)
+    now = ledger.now(conn)
     known = ledger.entries(conn, source_id)
-    result = Plan()
+    result = Plan(planned_at=now)
     seen: set[str] = set()
     for doc in documents:
         seen.add(doc.external_id)
         result.counts.seen += 1
-        decision = ledger.decide(known.get(doc.external_id), doc.content_hash, fingerprint, now)
+        decision = ledger.decide(known.get(doc.external_id), doc.content_hash, fingerprints, now)
         if decision is Decision.UNCHANGED:
             result.counts.unchanged += 1
         elif decision is Decision.QUARANTINED:
@@ -130,7 +133,7 @@ class Pipeline:
         self.conn = conn
         self.settings = settings
         self.embedder = embedder
-        self.fingerprint = pipeline_fingerprint(settings, embedder)
+        self.fingerprints = pipeline_fingerprints(settings, embedder)
         self._model_id: int | None = None
 
     @property
@@ -143,7 +146,7 @@ class Pipeline:
         return self._model_id
 
     def plan(self, source_id: int, documents: Iterable[SourceDocument], covers: Callable[[str], bool]) -> Plan:
-        return plan(self.conn, source_id, documents, self.fingerprint, covers)
+        return plan(self.conn, source_id, documents, self.fingerprints, covers)
 
     def ingest(
         self,
@@ -168,7 +171,7 @@ class Pipeline:
         self._flush(source_id, pending, counts, progress)
         return counts
 
-    def _version(self, doc: SourceDocument, parsed: ParsedDocument | None) -> DocumentVersion:
+    def _version(self, doc: SourceDocument, parsed: ParsedDocument | None, fingerprint: str) -> DocumentVersion:
         metadata = dict(doc.metadata)
         page_count = None
         if parsed is not None:
@@ -179,7 +182,7 @@ class Pipeline:
             uri=doc.uri,
             title=parsed.title if parsed else doc.title,
             content_hash=doc.content_hash,
-            fingerprint=self.fingerprint,
+            fingerprint=fingerprint,
             source_modified_at=doc.modified,
             page_count=page_count,
             metadata=metadata,
@@ -207,7 +210,12 @@ class Pipeline:
         except ChunkTooLongError as err:
             self._quarantine(source_id, doc, parsed, DocumentError("oversize_text", str(err)), counts, progress)
             return None
-        version = self._version(doc, parsed)
+        except Exception as err:
+            log.exception("unexpected error on %s", doc.uri)
+            error = DocumentError("internal", f"{type(err).__name__}: {err}", retryable=True)
+            self._quarantine(source_id, doc, None, error, counts, progress)
+            return None
+        version = self._version(doc, parsed, self.fingerprints.committed)
         rows = [
             ChunkRow(
                 id=chunk_id(source_name, doc.external_id, c.index, c.text, self.model_key),
@@ -233,7 +241,12 @@ class Pipeline:
     ) -> None:
         log.warning("quarantined %s: %s", doc.uri, err)
         ledger.quarantine(
-            self.conn, source_id, self._version(doc, parsed), err.reason, err.message, retryable=err.retryable
+            self.conn,
+            source_id,
+            self._version(doc, parsed, self.fingerprints.quarantined),
+            err.reason,
+            err.message,
+            retryable=err.retryable,
         )
         counts.quarantined += 1
         if progress:
@@ -264,8 +277,8 @@ class Pipeline:
             if progress:
                 progress("committed", p.doc.external_id)
 
-    def delete(self, document_ids: list[int]) -> int:
-        return ledger.mark_deleted(self.conn, document_ids)
+    def delete(self, document_ids: list[int], planned_at: datetime) -> int:
+        return ledger.mark_deleted(self.conn, document_ids, planned_at)
 
 
 def ingest_pdf_paths(pipeline: Pipeline, paths: Sequence[str], source: str = "pdf") -> Counts:
@@ -280,5 +293,5 @@ def ingest_pdf_paths(pipeline: Pipeline, paths: Sequence[str], source: str = "pd
     planned = pipeline.plan(source_id, connector.iter_documents(), connector.covers)
     counts = planned.counts
     counts.merge(pipeline.ingest(source_id, source, planned.work))
-    counts.deleted += pipeline.delete(planned.deleted)
+    counts.deleted += pipeline.delete(planned.deleted, planned.planned_at)
     return counts

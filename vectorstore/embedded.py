@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import warnings
 from pathlib import Path
@@ -29,10 +30,18 @@ def _pgserver() -> object:
 
 
 def embedded_url(home: Path) -> str:
-    """Start (or find running) the embedded server and return a URL for ragline's database."""
+    """Start (or find running) the embedded server and return a URL for ragline's database.
+
+    ``pgdata.ready`` is written once the data directory is initialised and ragline's database exists: a
+    directory without it is a first start that was killed during initdb, and is initialised again.
+    """
     pgserver = _pgserver()
     datadir = home / "pgdata"
+    ready = home / "pgdata.ready"
     datadir.parent.mkdir(parents=True, exist_ok=True)
+    if datadir.exists() and not ready.exists() and not _postmaster_running(datadir):
+        log.warning("removing %s: its initialisation was interrupted", datadir)
+        shutil.rmtree(datadir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = pgserver.get_server(datadir, cleanup_mode=None)  # type: ignore[attr-defined]
@@ -43,16 +52,36 @@ def embedded_url(home: Path) -> str:
             # Another ragline process may create it first.
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
+    ready.touch()
     url: str = server.get_uri(database=DATABASE_NAME)
     return url
 
 
+def _postmaster_pid(datadir: Path) -> int | None:
+    try:
+        pid = int((datadir / "postmaster.pid").read_text().splitlines()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+    return pid if pid > 0 else None  # initdb's standalone backend writes a negative pid
+
+
+def _postmaster_running(datadir: Path) -> bool:
+    pid = _postmaster_pid(datadir)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def stop_embedded(home: Path) -> bool:
     """Stop the embedded server if it runs (fast shutdown: the postmaster's SIGINT). True if one was stopped."""
-    pidfile = home / "pgdata" / "postmaster.pid"
-    try:
-        pid = int(pidfile.read_text().splitlines()[0])
-    except (FileNotFoundError, IndexError, ValueError):
+    pid = _postmaster_pid(home / "pgdata")
+    if pid is None:
         return False
     try:
         os.kill(pid, signal.SIGINT)

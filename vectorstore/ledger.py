@@ -53,13 +53,24 @@ class DocumentVersion:
     metadata: dict[str, Any] | None = None
 
 
-def decide(entry: LedgerEntry | None, content_hash: str, fingerprint: str, now: datetime) -> Decision:
+@dataclass(frozen=True)
+class Fingerprints:
+    """``committed``: the settings that shape a document's chunks (chunking, model), compared for committed
+    documents; ``quarantined``: those plus the settings that can turn a failure into a success (passwords,
+    limits), compared for quarantined documents, so a new password does not re-process the whole corpus."""
+
+    committed: str
+    quarantined: str
+
+
+def decide(entry: LedgerEntry | None, content_hash: str, fingerprints: Fingerprints, now: datetime) -> Decision:
     """What to do with a document seen at the source. Pure, so the rules are tested as a table."""
     if entry is None or entry.status == "deleted":
         return Decision.NEW
-    same = entry.content_hash == content_hash and entry.fingerprint == fingerprint
     if entry.status == "committed":
+        same = entry.content_hash == content_hash and entry.fingerprint == fingerprints.committed
         return Decision.UNCHANGED if same else Decision.CHANGED
+    same = entry.content_hash == content_hash and entry.fingerprint == fingerprints.quarantined
     if not same or (entry.retry_after is not None and entry.retry_after <= now):
         return Decision.RETRY
     return Decision.QUARANTINED
@@ -188,21 +199,45 @@ def quarantine(
     return document_id
 
 
-def mark_deleted(conn: Connection, document_ids: list[int]) -> int:
-    """Documents gone from their source lose their chunks; the ledger row stays for the audit trail."""
+def now(conn: Connection) -> datetime:
+    """The database's clock: plans are compared with ``updated_at``, written by the database."""
+    row = conn.execute("SELECT clock_timestamp() AS now").fetchone()
+    conn.commit()
+    assert row is not None
+    value: datetime = row["now"]
+    return value
+
+
+def mark_deleted(conn: Connection, document_ids: list[int], planned_at: datetime) -> int:
+    """Documents gone from their source lose their chunks; the ledger row stays for the audit trail.
+
+    Rows are locked first and only those untouched since ``planned_at`` are deleted: a document committed
+    again by a concurrent run after the plan was made (it reappeared) keeps its chunks.
+    """
     if not document_ids:
         return 0
     with conn.transaction():
-        conn.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (document_ids,))
-        cur = conn.execute(
+        rows = conn.execute(
+            """
+            SELECT id FROM documents
+            WHERE id = ANY(%s) AND status <> 'deleted' AND updated_at <= %s
+            ORDER BY id FOR UPDATE
+            """,
+            (document_ids, planned_at),
+        ).fetchall()
+        locked = [r["id"] for r in rows]
+        if not locked:
+            return 0
+        conn.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (locked,))
+        conn.execute(
             """
             UPDATE documents SET status = 'deleted', chunk_count = 0, committed_hash = NULL,
                 retry_after = NULL, updated_at = now()
-            WHERE id = ANY(%s) AND status <> 'deleted'
+            WHERE id = ANY(%s)
             """,
-            (document_ids,),
+            (locked,),
         )
-    return cur.rowcount
+    return len(locked)
 
 
 def quarantined(conn: Connection, ids: list[int] | None = None) -> list[dict[str, Any]]:

@@ -262,7 +262,7 @@ def search(
         else:
             ranked = [(c, 0.0) for c in by_vector[:k]]
         rows = {r["id"]: r for r in conn.execute(_HITS_SQL, {**params, "ids": [c for c, _ in ranked]}).fetchall()}
-    hits = []
+    hits: list[SearchHit] = []
     for chunk, rank_score in ranked:
         r = rows.get(chunk)
         if r is None:  # deleted between the two statements
@@ -281,6 +281,8 @@ def search(
                 document_id=r["document_id"],
             )
         )
+    if not hybrid:  # iterative HNSW scans in relaxed order may return rows slightly out of order
+        hits.sort(key=lambda h: -h.similarity)
     return hits
 
 

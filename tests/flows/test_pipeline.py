@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -245,3 +246,70 @@ def test_crash_mid_run_then_rerun_equals_a_clean_run(
         assert store.status(resumed.conn)["chunks"] == store.status(services.conn)["chunks"]
     finally:
         resumed.close()
+
+
+def test_a_file_name_that_is_not_utf8_is_quarantined_not_fatal(tmp_path: Path, services: Services) -> None:
+    docs = tmp_path / "docs"
+    make_corpus(docs)
+    good = text_pdf(tmp_path / "x.pdf", ["Café menus list croissants and espresso."])
+    bad = os.fsencode(docs) + b"/caf\xe9.pdf"
+    os.rename(good, bad)
+    counts = ingest_pdf_paths(services.pipeline, [str(docs)])
+    assert (counts.committed, counts.quarantined) == (3, 1)
+    [row] = ledger.quarantined(services.conn)
+    assert row["reason"] == "bad_filename" and row["uri"].endswith("caf\\xe9.pdf")
+    again = ingest_pdf_paths(services.pipeline, [str(docs)])
+    assert (again.still_quarantined, again.committed) == (1, 0)
+
+
+def test_removing_a_link_to_a_directory_outside_the_root_deletes_its_documents(
+    tmp_path: Path, services: Services
+) -> None:
+    outside = tmp_path / "outside"
+    text_pdf(outside / "linked.pdf", ["Narwhal tusks are elongated teeth that sense the water."])
+    root = tmp_path / "root"
+    make_corpus(root)
+    (root / "ext").symlink_to(outside)
+    first = ingest_pdf_paths(services.pipeline, [str(root)])
+    assert first.committed == 4
+    assert top(services, "narwhal tusks sense the water")[0].uri == str(root.resolve() / "ext" / "linked.pdf")
+
+    (root / "ext").unlink()
+    second = ingest_pdf_paths(services.pipeline, [str(root)])
+    assert second.deleted == 1
+    assert all("linked.pdf" not in h.uri for h in top(services, "narwhal tusks", k=20))
+
+
+def test_a_new_password_retries_quarantined_documents_only(
+    tmp_path: Path, services: Services, database_url: str, counting_embedder: CountingEmbedder
+) -> None:
+    make_corpus(tmp_path / "docs")
+    encrypted_pdf(tmp_path / "docs" / "locked.pdf", "pw-1234", ["Penguins huddle together in winter."])
+    ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
+    settings = load_settings(
+        {"RAGLINE_HOME": str(tmp_path / "h"), "RAGLINE_DATABASE_URL": database_url, "RAGLINE_PDF_PASSWORDS": "pw-1234"}
+    )
+    with_password = Services(settings, shared_embedder=counting_embedder)
+    try:
+        counts = ingest_pdf_paths(with_password.pipeline, [str(tmp_path / "docs")])
+    finally:
+        with_password.close()
+    assert (counts.unchanged, counts.retried, counts.committed) == (3, 1, 1)
+
+
+def test_a_document_committed_after_the_plan_is_not_deleted_by_it(tmp_path: Path, services: Services) -> None:
+    files = make_corpus(tmp_path / "docs")
+    ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
+    files["baking"].unlink()
+    from connectors.pdf import PdfConnector
+
+    source_id = ledger.ensure_source(services.conn, "pdf", "pdf")
+    connector = PdfConnector([tmp_path / "docs"])
+    planned = services.pipeline.plan(source_id, connector.iter_documents(), connector.covers)
+    assert len(planned.deleted) == 1
+
+    # Before the deletion is applied, another run sees the file back and commits it again.
+    text_pdf(files["baking"], TOPICS["baking"] + ["A third page about brioche."])
+    ingest_pdf_paths(services.pipeline, [str(files["baking"])])
+    assert services.pipeline.delete(planned.deleted, planned.planned_at) == 0
+    assert any(Path(h.uri).name == "baking.pdf" for h in top(services, "brioche", k=5))

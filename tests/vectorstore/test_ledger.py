@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from vectorstore.ids import chunk_id
-from vectorstore.ledger import Decision, LedgerEntry, decide
+from vectorstore.ledger import Decision, Fingerprints, LedgerEntry, decide
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -26,24 +26,34 @@ def entry(
     )
 
 
+FP = Fingerprints(committed="c1", quarantined="q1")
+
+
 @pytest.mark.parametrize(
-    ("current", "content_hash", "fingerprint", "expected"),
+    ("current", "content_hash", "fingerprints", "expected"),
     [
-        (None, "h1", "f1", Decision.NEW),
-        (entry("deleted"), "h1", "f1", Decision.NEW),
-        (entry("committed"), "h1", "f1", Decision.UNCHANGED),
-        (entry("committed"), "h2", "f1", Decision.CHANGED),
-        (entry("committed"), "h1", "f2", Decision.CHANGED),
-        (entry("quarantined"), "h1", "f1", Decision.QUARANTINED),
-        (entry("quarantined", retry_after=NOW + timedelta(minutes=5)), "h1", "f1", Decision.QUARANTINED),
-        (entry("quarantined", retry_after=NOW - timedelta(seconds=1)), "h1", "f1", Decision.RETRY),
-        (entry("quarantined"), "h2", "f1", Decision.RETRY),
-        (entry("quarantined"), "h1", "f2", Decision.RETRY),
-        (entry("quarantined", fingerprint=None), "h1", "f1", Decision.RETRY),  # released by an operator
+        (None, "h1", FP, Decision.NEW),
+        (entry("deleted"), "h1", FP, Decision.NEW),
+        (entry("committed", fingerprint="c1"), "h1", FP, Decision.UNCHANGED),
+        (entry("committed", fingerprint="c1"), "h2", FP, Decision.CHANGED),
+        (entry("committed", fingerprint="c1"), "h1", Fingerprints("c2", "q1"), Decision.CHANGED),
+        # a new password (parse settings) does not touch committed documents
+        (entry("committed", fingerprint="c1"), "h1", Fingerprints("c1", "q2"), Decision.UNCHANGED),
+        (entry("quarantined", fingerprint="q1"), "h1", FP, Decision.QUARANTINED),
+        (
+            entry("quarantined", fingerprint="q1", retry_after=NOW + timedelta(minutes=5)),
+            "h1",
+            FP,
+            Decision.QUARANTINED,
+        ),
+        (entry("quarantined", fingerprint="q1", retry_after=NOW - timedelta(seconds=1)), "h1", FP, Decision.RETRY),
+        (entry("quarantined", fingerprint="q1"), "h2", FP, Decision.RETRY),
+        (entry("quarantined", fingerprint="q1"), "h1", Fingerprints("c1", "q2"), Decision.RETRY),
+        (entry("quarantined", fingerprint=None), "h1", FP, Decision.RETRY),  # released by an operator
     ],
 )
-def test_decide(current: LedgerEntry | None, content_hash: str, fingerprint: str, expected: Decision) -> None:
-    assert decide(current, content_hash, fingerprint, NOW) is expected
+def test_decide(current: LedgerEntry | None, content_hash: str, fingerprints: Fingerprints, expected: Decision) -> None:
+    assert decide(current, content_hash, fingerprints, NOW) is expected
 
 
 def test_chunk_id_is_stable_and_depends_on_every_part() -> None:
