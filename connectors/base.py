@@ -67,3 +67,21 @@ class Connector(Protocol):
     kind: str
 
     def iter_documents(self) -> Iterator[SourceDocument]: ...
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One page of a remote source: documents seen, external ids deleted at the source, and the cursor to
+    save once all of it is committed (or quarantined). ``None`` as cursor: the sync is complete."""
+
+    documents: list[SourceDocument]
+    deleted: list[str]
+    cursor: dict[str, Any] | None
+
+
+class RemoteSource(Protocol):
+    """A paged remote source, resumable from a saved cursor."""
+
+    kind: str
+
+    def batches(self, cursor: dict[str, Any] | None) -> Iterator[Batch]: ...

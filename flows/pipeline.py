@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from connectors.base import DocumentError, ParsedDocument, SourceDocument
+from connectors.base import DocumentError, ParsedDocument, RemoteSource, SourceDocument
 from embedding.chunking import ChunkTooLongError, chunk_pages
 from embedding.model import Embedder
 from flows.settings import RaglineSettings
-from vectorstore import ledger, store
+from vectorstore import cursors, ledger, store
 from vectorstore.db import Connection
 from vectorstore.ids import chunk_id
 from vectorstore.ledger import Decision, DocumentVersion, Fingerprints
@@ -90,11 +90,13 @@ def plan(
     documents: Iterable[SourceDocument],
     fingerprints: Fingerprints,
     covers: Callable[[str], bool],
+    *,
+    only: list[str] | None = None,
 ) -> Plan:
     """Compare what the source has with the ledger. ``covers(external_id)`` tells whether the source was
     listed completely where that document lived, i.e. whether its absence means it was deleted."""
     now = ledger.now(conn)
-    known = ledger.entries(conn, source_id)
+    known = ledger.entries(conn, source_id, only)
     result = Plan(planned_at=now)
     seen: set[str] = set()
     for doc in documents:
@@ -294,4 +296,22 @@ def ingest_pdf_paths(pipeline: Pipeline, paths: Sequence[str], source: str = "pd
     counts = planned.counts
     counts.merge(pipeline.ingest(source_id, source, planned.work))
     counts.deleted += pipeline.delete(planned.deleted, planned.planned_at)
+    return counts
+
+
+def sync_remote(pipeline: Pipeline, source: str, connector: RemoteSource) -> Counts:
+    """Pull a remote source batch by batch from its saved cursor: each batch is planned against the ledger
+    (unchanged records cost nothing), ingested, its deletions applied, and only then is its cursor saved.
+    A crash resumes after the last saved batch; replaying a batch writes the same rows."""
+    source_id = ledger.ensure_source(pipeline.conn, source, connector.kind)
+    counts = Counts()
+    for batch in connector.batches(cursors.load_cursor(pipeline.conn, source_id)):
+        ids = [d.external_id for d in batch.documents]
+        planned = plan(pipeline.conn, source_id, batch.documents, pipeline.fingerprints, lambda _: False, only=ids)
+        counts.merge(planned.counts)
+        counts.merge(pipeline.ingest(source_id, source, planned.work))
+        if batch.deleted:
+            known = ledger.entries(pipeline.conn, source_id, batch.deleted)
+            counts.deleted += pipeline.delete([e.id for e in known.values()], planned.planned_at)
+        cursors.save_cursor(pipeline.conn, source_id, batch.cursor)
     return counts

@@ -92,13 +92,14 @@ def ensure_source(conn: Connection, name: str, kind: str) -> int:
     return int(row["id"])
 
 
-def entries(conn: Connection, source_id: int) -> dict[str, LedgerEntry]:
+def entries(conn: Connection, source_id: int, external_ids: list[str] | None = None) -> dict[str, LedgerEntry]:
+    """Ledger rows of a source, or only of ``external_ids`` (a batch of a remote source)."""
     rows = conn.execute(
         """
         SELECT id, external_id, content_hash, fingerprint, status, retry_after
-        FROM documents WHERE source_id = %s
+        FROM documents WHERE source_id = %s AND (%s::text[] IS NULL OR external_id = ANY(%s))
         """,
-        (source_id,),
+        (source_id, external_ids, external_ids),
     ).fetchall()
     conn.commit()
     return {r["external_id"]: LedgerEntry(**r) for r in rows}
