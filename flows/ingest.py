@@ -9,12 +9,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import get_run_context
 from prefect.states import Completed
 
 from connectors.pdf import PdfConnector
+from connectors.registry import PdfSourceSettings, remote_source
 from flows import progress
-from flows.pipeline import Counts
+from flows.pipeline import Counts, sync_remote
 from flows.runtime import services
 from vectorstore import ledger, runs
 
@@ -64,9 +64,7 @@ def ingest_pdf(paths: list[str], source: str = "pdf") -> Any:
     """Ingest PDF files and directories (recursive) into the vector store."""
     svc = services()
     source_id = ledger.ensure_source(svc.conn, source, "pdf")
-    context = get_run_context()
-    flow_run_id = str(context.flow_run.id) if getattr(context, "flow_run", None) else None  # type: ignore[union-attr]
-    run_id = runs.start_run(svc.conn, source_id, flow_run_id)
+    run_id = runs.start_run(svc.conn, source_id, _flow_run_id())
     counts = Counts()
     try:
         planned = plan_pdf_changes(paths, source)
@@ -91,5 +89,56 @@ def ingest_pdf(paths: list[str], source: str = "pdf") -> Any:
             message=f"{counts.quarantined} document(s) quarantined",
             name="CompletedWithQuarantine",
             data=result,
+        )
+    return result
+
+
+@task(name="sync-source", cache_policy=NO_CACHE)
+def sync_source(source: str) -> dict[str, int]:
+    """Pull a remote source from its checkpoint through the resilient HTTP layer and ingest it."""
+    svc = services()
+    settings = svc.settings.source(source)
+    connector = remote_source(settings)
+    source_id = ledger.ensure_source(svc.conn, source, settings.kind)
+    run_id = runs.start_run(svc.conn, source_id, _flow_run_id())
+    counts = Counts()
+    try:
+        sync_remote(svc.pipeline, source, connector, counts)
+    except BaseException as err:
+        _http_counts(connector, counts)
+        runs.finish_run(svc.conn, run_id, "failed", counts.as_dict(), f"{type(err).__name__}: {err}")
+        raise
+    _http_counts(connector, counts)
+    runs.finish_run(
+        svc.conn, run_id, "completed_with_quarantine" if counts.quarantined else "completed", counts.as_dict()
+    )
+    return counts.as_dict()
+
+
+def _http_counts(connector: object, counts: Counts) -> None:
+    client = getattr(connector, "client", None)
+    stats = getattr(client, "stats", None)
+    if stats is not None:
+        counts.http_requests, counts.http_retries, counts.throttled = stats.requests, stats.retries, stats.throttled
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+@flow(name="ingest-source", flow_run_name="ingest-{source}", log_prints=True)
+def ingest_source(source: str) -> Any:
+    """Ingest one configured source; a source that fails (its circuit open, its API refusing us) fails the
+    run, visibly, after committing what it could."""
+    settings = services().settings.source(source)
+    if isinstance(settings, PdfSourceSettings):
+        return ingest_pdf(settings.paths, source)
+    result = sync_source(source)
+    if result["quarantined"]:
+        return Completed(
+            message=f"{result['quarantined']} record(s) quarantined", name="CompletedWithQuarantine", data=result
         )
     return result

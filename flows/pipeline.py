@@ -47,6 +47,9 @@ class Counts:
     chunks_written: int = 0
     chunks_reused: int = 0
     embedded_tokens: int = 0
+    http_requests: int = 0
+    http_retries: int = 0
+    throttled: int = 0
 
     def merge(self, other: Counts) -> None:
         for key, value in asdict(other).items():
@@ -299,12 +302,13 @@ def ingest_pdf_paths(pipeline: Pipeline, paths: Sequence[str], source: str = "pd
     return counts
 
 
-def sync_remote(pipeline: Pipeline, source: str, connector: RemoteSource) -> Counts:
+def sync_remote(pipeline: Pipeline, source: str, connector: RemoteSource, counts: Counts | None = None) -> Counts:
     """Pull a remote source batch by batch from its saved cursor: each batch is planned against the ledger
     (unchanged records cost nothing), ingested, its deletions applied, and only then is its cursor saved.
-    A crash resumes after the last saved batch; replaying a batch writes the same rows."""
+    A crash resumes after the last saved batch; replaying a batch writes the same rows. ``counts`` is
+    filled as the sync goes, so a failed sync still reports what it did."""
     source_id = ledger.ensure_source(pipeline.conn, source, connector.kind)
-    counts = Counts()
+    counts = Counts() if counts is None else counts
     for batch in connector.batches(cursors.load_cursor(pipeline.conn, source_id)):
         ids = [d.external_id for d in batch.documents]
         planned = plan(pipeline.conn, source_id, batch.documents, pipeline.fingerprints, lambda _: False, only=ids)

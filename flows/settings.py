@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from connectors.pdf import PdfSettings
+from connectors.registry import SourceSettings
 from embedding.model import EmbeddingSettings
 from vectorstore.settings import DatabaseSettings, SearchSettings
 
@@ -48,6 +49,24 @@ class RaglineSettings(BaseModel):
     batch_chunks: int = Field(
         default=256, gt=0, description="Chunks embedded together across documents before they are committed."
     )
+    sources: list[SourceSettings] = Field(default_factory=list, description="Named sources for `ingest source`.")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceSettings]) -> list[SourceSettings]:
+        names = [s.name for s in sources]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"source names must be unique: {', '.join(duplicates)}")
+        return sources
+
+    def source(self, name: str) -> SourceSettings:
+        for candidate in self.sources:
+            if candidate.name == name:
+                return candidate
+        known = ", ".join(s.name for s in self.sources) or "none configured"
+        where = f" in {self.config_path}" if self.config_path else " (no config file: set RAGLINE_CONFIG)"
+        raise ConfigError(f"no source named {name!r}{where}; known: {known}")
 
 
 def default_home() -> Path:

@@ -17,6 +17,7 @@ from typing import Any, NoReturn, cast
 
 import click
 
+from flows import progress
 from flows.pipeline import Counts
 from flows.runtime import Services, use_services
 from flows.settings import ConfigError, RaglineSettings, load_settings
@@ -154,7 +155,6 @@ def _summary(counts: dict[str, int], seconds: float) -> str:
 def run_pdf_ingest(obj: _Context, paths: list[str], source: str) -> dict[str, int]:
     """Plan without Prefect; run the flow only when there is something to do."""
     from connectors.pdf import PdfConnector
-    from flows import progress
     from vectorstore import ledger, runs
 
     svc = obj.services
@@ -197,6 +197,63 @@ def ingest_pdf_cmd(obj: _Context, paths: tuple[str, ...], source: str, as_json: 
         click.echo(_summary(counts, time.monotonic() - started))
         if counts.get("quarantined"):
             click.echo("ragline: some documents were quarantined: see `ragline quarantine list`", err=True)
+
+
+def _run_sources(obj: _Context, names: list[str]) -> list[tuple[str, dict[str, int] | None, str | None]]:
+    from flows.prefect_server import configure
+
+    for name in names:
+        obj.settings.source(name)  # unknown names fail before anything runs
+    svc = obj.services
+    configure(svc.settings.home, svc.settings.prefect)
+    from flows.ingest import ingest_source
+
+    results: list[tuple[str, dict[str, int] | None, str | None]] = []
+    for name in names:
+        progress.listen(_ProgressBar())
+        try:
+            results.append((name, cast(dict[str, int], ingest_source(name)), None))
+        except Exception as err:  # noqa: BLE001 - one failed source must not stop the others
+            results.append((name, None, f"{type(err).__name__}: {err}".splitlines()[0]))
+        finally:
+            progress.listen(None)
+    return results
+
+
+def _report_sources(
+    results: list[tuple[str, dict[str, int] | None, str | None]], as_json: bool, seconds: float
+) -> None:
+    if as_json:
+        click.echo(json.dumps({name: {"counts": c, "error": e} for name, c, e in results}))
+    for name, counts, error in results:
+        if error is not None:
+            click.echo(f"ragline: error: source {name} failed: {error}", err=True)
+        elif not as_json and counts is not None:
+            click.echo(f"{name}: " + _summary(counts, seconds))
+    if any(error for _, _, error in results):
+        sys.exit(1)
+
+
+@ingest.command("source")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's counts as JSON.")
+@click.pass_obj
+def ingest_source_cmd(obj: _Context, name: str, as_json: bool) -> None:
+    """Run one source of the config file (from its saved cursor)."""
+    started = time.monotonic()
+    _report_sources(_run_sources(obj, [name]), as_json, time.monotonic() - started)
+
+
+@ingest.command("all")
+@click.option("--json", "as_json", is_flag=True, help="Print every source's counts as JSON.")
+@click.pass_obj
+def ingest_all_cmd(obj: _Context, as_json: bool) -> None:
+    """Run every source of the config file; a failed source does not stop the others (exit 1 at the end)."""
+    names = [s.name for s in obj.settings.sources]
+    if not names:
+        _fail("no sources configured (set RAGLINE_CONFIG to a file with a `sources:` list)")
+    started = time.monotonic()
+    _report_sources(_run_sources(obj, names), as_json, time.monotonic() - started)
 
 
 # -- search -----------------------------------------------------------------------------------------------

@@ -225,3 +225,45 @@ def test_sigkill_of_the_process_group_then_rerun_matches_a_clean_run(
     assert final[0] == clean[0]
     assert final[1] == clean[1]  # the same content-derived ids
     assert final[2] == len(final[1]) == clean[2]  # and no row twice
+
+
+def test_ingest_all_runs_every_source_and_reports_the_one_that_is_down(tmp_path: Path, cli_home: Path, db: str) -> None:
+    from tests.fake_mediawiki import FakeWiki
+    from tests.httpserver import Reply, serve
+
+    wiki = FakeWiki()
+    for i in range(12):
+        wiki.add(f"Lighthouse {i}", f"Lighthouse number {i} has a lens polished by keeper {i}.")
+    with serve() as good, serve() as down:
+        good.route("/api.php", wiki.handler(good.url))
+        down.route("/api.php", [Reply(503, b"maintenance")])
+        config = tmp_path / "sources.yaml"
+        fast = "{backoff_base: 0.01, backoff_max: 0.02, max_attempts: 3, breaker_threshold: 3}"
+        config.write_text(
+            "sources:\n"
+            f"  - {{kind: mediawiki, name: lights, base_url: '{good.url}/api.php', page_size: 5, http: {fast}}}\n"
+            f"  - {{kind: mediawiki, name: broken, base_url: '{down.url}/api.php', http: {fast}}}\n"
+        )
+        out = ragline(cli_home, "ingest", "all", check=False, RAGLINE_DATABASE_URL=db, RAGLINE_CONFIG=str(config))
+        assert out.returncode == 1
+        assert "source broken failed" in out.stderr and "lights: 12 documents seen: 12 ingested" in out.stdout
+        assert len(down.calls()) == 3  # the breaker opened: no more calls
+
+        status = json.loads(
+            ragline(cli_home, "status", "--json", RAGLINE_DATABASE_URL=db, RAGLINE_CONFIG=str(config)).stdout
+        )
+        assert status["sources"]["lights"]["documents"] == 12
+        assert status["sources"]["lights"]["cursor"]["mode"] == "incremental"
+        assert status["sources"]["broken"]["last_run"]["status"] == "failed"
+
+        one = ragline(
+            cli_home, "ingest", "source", "lights", "--json", RAGLINE_DATABASE_URL=db, RAGLINE_CONFIG=str(config)
+        )
+        assert json.loads(one.stdout)["lights"]["counts"]["committed"] == 0
+        unknown = ragline(cli_home, "ingest", "source", "nope", check=False, RAGLINE_CONFIG=str(config))
+        assert unknown.returncode == 1 and "no source named 'nope'" in unknown.stderr and "lights" in unknown.stderr
+
+    state = json.loads((cli_home / "prefect" / "server.json").read_text())
+    runs = httpx.post(f"{state['url']}/flow_runs/filter", json={"limit": 100}, timeout=10).json()
+    states = {r["name"]: r["state_type"] for r in runs if r["name"] in ("ingest-lights", "ingest-broken")}
+    assert states == {"ingest-lights": "COMPLETED", "ingest-broken": "FAILED"}

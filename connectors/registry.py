@@ -1,0 +1,29 @@
+"""Source settings by ``kind`` (a discriminated union: a bad kind names the allowed ones) and the factory
+that turns settings into a connector."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from connectors.base import RemoteSource
+from connectors.mediawiki import MediaWikiSettings, MediaWikiSource
+
+
+class PdfSourceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["pdf"] = "pdf"
+    name: str = Field(min_length=1, description="Source name in the ledger and the CLI.")
+    paths: list[str] = Field(min_length=1, description="PDF files and directories (walked recursively).")
+    schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
+
+
+SourceSettings = Annotated[PdfSourceSettings | MediaWikiSettings, Field(discriminator="kind")]
+
+
+def remote_source(settings: SourceSettings) -> RemoteSource:
+    if isinstance(settings, MediaWikiSettings):
+        return MediaWikiSource(settings)
+    raise ValueError(f"source {settings.name!r} of kind {settings.kind!r} is not a remote source")
