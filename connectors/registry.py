@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import RemoteSource
+from connectors.hubspot import HubSpotSettings, HubSpotSource
 from connectors.mediawiki import MediaWikiSettings, MediaWikiSource
 
 
@@ -20,10 +21,12 @@ class PdfSourceSettings(BaseModel):
     schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
 
 
-SourceSettings = Annotated[PdfSourceSettings | MediaWikiSettings, Field(discriminator="kind")]
+SourceSettings = Annotated[PdfSourceSettings | MediaWikiSettings | HubSpotSettings, Field(discriminator="kind")]
 
 
 def remote_source(settings: SourceSettings) -> RemoteSource:
     if isinstance(settings, MediaWikiSettings):
         return MediaWikiSource(settings)
+    if isinstance(settings, HubSpotSettings):
+        return HubSpotSource(settings)
     raise ValueError(f"source {settings.name!r} of kind {settings.kind!r} is not a remote source")
