@@ -108,6 +108,10 @@ def sync_source(source: str) -> dict[str, int]:
         _http_counts(connector, counts)
         runs.finish_run(svc.conn, run_id, "failed", counts.as_dict(), f"{type(err).__name__}: {err}")
         raise
+    finally:
+        client = getattr(connector, "client", None)
+        if client is not None:
+            client.close()
     _http_counts(connector, counts)
     runs.finish_run(
         svc.conn, run_id, "completed_with_quarantine" if counts.quarantined else "completed", counts.as_dict()
