@@ -29,8 +29,13 @@ def plan_pdf_changes(paths: list[str], source: str) -> dict[str, Any]:
     source_id = ledger.ensure_source(svc.conn, source, "pdf")
     connector = PdfConnector([Path(p) for p in paths], svc.settings.pdf)
     result = svc.pipeline.plan(source_id, connector.iter_documents(), connector.covers)
+    # Documents that cannot be found again by name (a file name that is not UTF-8 is recorded escaped) are
+    # quarantined here, where their document is at hand; their load fails at once, with no model work.
+    unnamed = [doc for doc in result.work if not Path(doc.external_id).exists()]
+    result.counts.merge(svc.pipeline.ingest(source_id, source, unnamed))
+    skip = {doc.external_id for doc in unnamed}
     return {
-        "work": [doc.external_id for doc in result.work],
+        "work": [doc.external_id for doc in result.work if doc.external_id not in skip],
         "deleted": result.deleted,
         "planned_at": result.planned_at.isoformat(),
         "counts": result.counts.as_dict(),

@@ -267,3 +267,12 @@ def test_ingest_all_runs_every_source_and_reports_the_one_that_is_down(tmp_path:
     runs = httpx.post(f"{state['url']}/flow_runs/filter", json={"limit": 100}, timeout=10).json()
     states = {r["name"]: r["state_type"] for r in runs if r["name"] in ("ingest-lights", "ingest-broken")}
     assert states == {"ingest-lights": "COMPLETED", "ingest-broken": "FAILED"}
+
+
+def test_a_file_name_that_is_not_utf8_is_quarantined_through_the_flow(tmp_path: Path, cli_home: Path, db: str) -> None:
+    docs = corpus(tmp_path / "docs", 1)
+    os.rename(text_pdf(tmp_path / "x.pdf", ["Menu of the café."]), os.fsencode(docs) + b"/caf\xe9.pdf")
+    first = json.loads(ragline(cli_home, "ingest", "pdf", str(docs), "--json", RAGLINE_DATABASE_URL=db).stdout)
+    assert (first["committed"], first["quarantined"]) == (1, 1)
+    again = json.loads(ragline(cli_home, "ingest", "pdf", str(docs), "--json", RAGLINE_DATABASE_URL=db).stdout)
+    assert (again["still_quarantined"], again["committed"], again["quarantined"]) == (1, 0, 0)
