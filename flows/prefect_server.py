@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from flows.settings import PrefectSettings
+from vectorstore.runs import pid_alive
 
 
 class PrefectServerError(RuntimeError):
@@ -67,12 +68,8 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
 
 def _alive(pid: int) -> bool:
     """True if ``pid`` runs a Prefect server (a pid recorded before a reboot may now be another program)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:
         return b"prefect" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

@@ -15,6 +15,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from vectorstore.runs import pid_alive
+
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "ragline"
@@ -67,15 +69,7 @@ def _postmaster_pid(datadir: Path) -> int | None:
 
 def _postmaster_running(datadir: Path) -> bool:
     pid = _postmaster_pid(datadir)
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid is not None and pid_alive(pid)
 
 
 def stop_embedded(home: Path) -> bool:

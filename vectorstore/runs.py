@@ -10,7 +10,8 @@ from psycopg.types.json import Jsonb
 from vectorstore.db import Connection
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if a process with ``pid`` exists on this host (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -27,7 +28,7 @@ def start_run(conn: Connection, source_id: int, flow_run_id: str | None = None) 
         stale = conn.execute(
             "SELECT id, pid FROM runs WHERE source_id = %s AND status = 'running'", (source_id,)
         ).fetchall()
-        dead = [r["id"] for r in stale if r["pid"] is None or not _alive(int(r["pid"]))]
+        dead = [r["id"] for r in stale if r["pid"] is None or not pid_alive(int(r["pid"]))]
         if dead:
             conn.execute("UPDATE runs SET status = 'abandoned', finished_at = now() WHERE id = ANY(%s)", (dead,))
         row = conn.execute(
