@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -89,7 +88,6 @@ def main() -> None:
 
             stop_embedded(Path(home))
             time.sleep(1)
-    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
 
@@ -59,6 +60,18 @@ class SourceDocument:
     title: str | None = None
     modified: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _raise(error: DocumentError) -> ParsedDocument:
+    raise error
+
+
+def failing_document(
+    external_id: str, uri: str, content_hash: str, error: DocumentError, title: str | None = None
+) -> SourceDocument:
+    """A document whose load raises ``error``: a record the source gave us but that cannot be read (bad
+    payload, unreadable file) is quarantined like any poison document instead of failing the run."""
+    return SourceDocument(external_id, uri, content_hash, partial(_raise, error), title=title)
 
 
 class Connector(Protocol):

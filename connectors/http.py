@@ -24,7 +24,7 @@ import tenacity
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.breaker import CircuitBreaker
-from connectors.errors import CircuitOpenError, RequestRejectedError, TransientError
+from connectors.errors import CircuitOpenError, MalformedPayloadError, RequestRejectedError, TransientError
 from connectors.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,6 @@ class ResilientClient:
         return self._json(self.request("POST", url, **kwargs))
 
     def _json(self, response: httpx.Response) -> Any:
-        from connectors.errors import MalformedPayloadError
-
         try:
             return response.json()
         except ValueError as err:

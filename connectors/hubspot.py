@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDocument
+from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDocument, failing_document
 from connectors.errors import MalformedPayloadError, RequestRejectedError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.text import clean_text
@@ -86,10 +86,6 @@ def _parse(title: str, text: str) -> ParsedDocument:
     return ParsedDocument(title=title, pages=[Page(None, f"{title}\n{text}" if title else text)])
 
 
-def _raise(error: DocumentError) -> ParsedDocument:
-    raise error
-
-
 def _millis(value: Any) -> int | None:
     if value in (None, ""):
         return None
@@ -126,7 +122,7 @@ class HubSpotSource:
         if not isinstance(properties, dict):
             error = DocumentError("malformed", f"{external_id}: properties is not an object")
             digest = hashlib.sha256(repr(record).encode()).hexdigest()
-            return SourceDocument(external_id, uri, f"malformed:{digest}", partial(_raise, error))
+            return failing_document(external_id, uri, f"malformed:{digest}", error)
         title, text = record_text(obj, properties, wanted)
         modified = _millis(properties.get(MODIFIED_PROPERTY.get(obj, "hs_lastmodifieddate")) or record.get("updatedAt"))
         return SourceDocument(

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDocument
+from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDocument, failing_document
 from connectors.errors import MalformedPayloadError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.text import clean_text
@@ -58,10 +58,6 @@ def _parse_page(title: str, wikitext: str) -> ParsedDocument:
     return ParsedDocument(title=title, pages=[Page(None, f"{title}\n\n{text}")])
 
 
-def _raise(error: DocumentError) -> ParsedDocument:
-    raise error
-
-
 class MediaWikiSource:
     kind = "mediawiki"
 
@@ -98,7 +94,7 @@ class MediaWikiSource:
         except (KeyError, IndexError, TypeError, ValueError) as err:
             reason = DocumentError("malformed", f"page {title!r}: no readable latest revision ({err!r})")
             digest = hashlib.sha256(repr(page).encode()).hexdigest()
-            return SourceDocument(external_id, uri, f"malformed:{digest}", partial(_raise, reason), title=title)
+            return failing_document(external_id, uri, f"malformed:{digest}", reason, title=title)
         digest = hashlib.sha256(f"{title}\x1f{content}".encode()).hexdigest()
         return SourceDocument(
             external_id=external_id,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connectors.base import DocumentError, Page, ParsedDocument, SourceDocument
+from connectors.base import DocumentError, Page, ParsedDocument, SourceDocument, failing_document
 from connectors.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -230,12 +230,8 @@ def _title(reader: object, path: Path) -> str:
     return path.stem
 
 
-def _raise(error: DocumentError) -> ParsedDocument:
-    raise error
-
-
 def _failing(name: str, content_hash: str, error: DocumentError) -> SourceDocument:
-    return SourceDocument(external_id=name, uri=name, content_hash=content_hash, load=partial(_raise, error))
+    return failing_document(name, name, content_hash, error)
 
 
 class PdfConnector:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 
@@ -33,6 +32,3 @@ def report(event: str, external_id: str) -> None:
 def finish() -> None:
     if _listener is not None:
         _listener.finish()
-
-
-Reporter = Callable[[str, str], None]

@@ -78,3 +78,10 @@ def services(settings: RaglineSettings, counting_embedder: CountingEmbedder) -> 
     svc = Services(settings, shared_embedder=counting_embedder)
     yield svc
     svc.close()
+
+
+def committed_documents(svc: Services) -> int:
+    row = svc.conn.execute("SELECT count(*) AS n FROM documents WHERE status = 'committed'").fetchone()
+    svc.conn.commit()
+    assert row is not None
+    return int(row["n"])

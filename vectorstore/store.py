@@ -193,13 +193,12 @@ WHERE c.id = ANY(%(ids)s)
 """
 
 
-_VECTOR_SQL = """
+_VECTOR_SQL = sql.SQL("""
 SELECT c.id FROM chunks c
-WHERE %(source)s::text IS NULL OR c.document_id IN (
-    SELECT d.id FROM documents d JOIN sources s ON s.id = d.source_id WHERE s.name = %(source)s)
+WHERE {source_filter}
 ORDER BY c.embedding <=> %(q)s
 LIMIT %(n)s
-"""
+""").format(source_filter=_SOURCE_FILTER)
 
 
 def _unique(*lists: Sequence[uuid.UUID]) -> list[uuid.UUID]:
@@ -257,7 +256,8 @@ def search(
                 by_words = _unique(by_words, ids(_ANY_WORDS_SQL))
             fused = fuse([by_vector, by_words], n, settings.rrf_k)
             ranked = [(c, 1.0 + 1.0 / (settings.rrf_k + i)) for i, c in enumerate(phrase, start=1)]
-            ranked += [(c, score) for c, score in fused if c not in set(phrase)]
+            first = set(phrase)
+            ranked += [(c, score) for c, score in fused if c not in first]
             ranked = ranked[:k]
         else:
             ranked = [(c, 0.0) for c in by_vector[:k]]

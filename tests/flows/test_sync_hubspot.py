@@ -11,6 +11,7 @@ from connectors.http import HttpPolicy, ResilientClient
 from connectors.hubspot import HubSpotSettings, HubSpotSource, record_text
 from flows.pipeline import sync_remote
 from flows.runtime import Services
+from tests.conftest import committed_documents
 from tests.fake_hubspot import FakeHubSpot
 from tests.fake_mediawiki import flaky
 from tests.httpserver import ScriptedServer, serve
@@ -36,13 +37,6 @@ def hubspot(srv: ScriptedServer, **settings: object) -> HubSpotSource:
     )
     client = ResilientClient("crm", FAST, base_url=srv.url, headers={"Authorization": "Bearer test"})
     return HubSpotSource(cfg, client)
-
-
-def committed(svc: Services) -> int:
-    row = svc.conn.execute("SELECT count(*) AS n FROM documents WHERE status = 'committed'").fetchone()
-    svc.conn.commit()
-    assert row is not None
-    return int(row["n"])
 
 
 def test_record_text_leaves_timestamps_out() -> None:
@@ -72,7 +66,7 @@ def test_sync_pages_past_the_search_cap_and_propagates_edits_and_archives(
     fake.upsert("contacts", "9001", firstname="Grace", lastname="Hopper", email="grace@navy.mil", jobtitle="Admiral")
     fake.fault = flaky(0.15, seed=3)
     counts = sync_remote(services.pipeline, "crm", hubspot(srv, objects=["companies", "contacts"]))
-    assert counts.committed == 76 and committed(services) == 76
+    assert counts.committed == 76 and committed_documents(services) == 76
     searches = [c for c in srv.calls() if c.path.endswith("/search")]
     assert any(b'"after"' not in c.body for c in searches[1:])  # a restarted query after the cap
 
@@ -90,4 +84,4 @@ def test_sync_pages_past_the_search_cap_and_propagates_edits_and_archives(
         text="icebreakers with double hulls",
     )[0]
     assert hit.uri == "hubspot://companies/5"
-    assert committed(services) == 75
+    assert committed_documents(services) == 75

@@ -11,6 +11,7 @@ from connectors.http import HttpPolicy
 from connectors.mediawiki import MediaWikiSettings, MediaWikiSource, wikitext_to_text
 from flows.pipeline import sync_remote
 from flows.runtime import Services
+from tests.conftest import committed_documents
 from tests.fake_mediawiki import FakeWiki, flaky
 from tests.httpserver import Logged, Reply, ScriptedServer, serve
 from vectorstore import cursors, ledger, store
@@ -45,13 +46,6 @@ def source(srv: ScriptedServer, **http: object) -> MediaWikiSource:
     return MediaWikiSource(settings)
 
 
-def doc_count(svc: Services) -> int:
-    row = svc.conn.execute("SELECT count(*) AS n FROM documents WHERE status = 'committed'").fetchone()
-    svc.conn.commit()
-    assert row is not None
-    return int(row["n"])
-
-
 def test_wikitext_becomes_clean_text() -> None:
     text = wikitext_to_text("'''Bold''' and [[Target|shown]] {{Infobox|a=1}}\n== Head ==\nBody <ref>cite</ref>.")
     assert "Bold and shown" in text and "Head" in text and "Body" in text
@@ -74,7 +68,7 @@ def test_full_then_incremental_sync_with_edits_moves_and_deletions(
     wiki.add("Brand new page", "A capybara bathes in the hot spring.")
     again = sync_remote(services.pipeline, "wiki", source(srv))
     assert again.deleted == 1 and again.committed == 3  # edited, moved (title changed), new
-    assert doc_count(services) == 25
+    assert committed_documents(services) == 25
 
     def best(query: str) -> store.SearchHit:
         return store.search(services.conn, services.embedder.embed([query])[0], 1, text=query)[0]
@@ -96,13 +90,14 @@ def test_throttled_flaky_source_ingests_every_record_once_within_the_rate(
     wiki.fault = flaky(0.2)
     rate = 25.0
     counts = sync_remote(services.pipeline, "wiki", source(srv, rate_per_second=rate, burst=1, max_attempts=10))
-    assert counts.committed == 200 and doc_count(services) == 200
+    assert counts.committed == 200 and committed_documents(services) == 200
     rows = services.conn.execute("SELECT count(*) AS n, count(DISTINCT external_id) AS d FROM documents").fetchone()
     assert rows == {"n": 200, "d": 200}
     times = sorted(c.at for c in srv.calls("/w/api.php"))
     assert len(times) > 20
     for i, start in enumerate(times):
-        assert sum(1 for t in times[i:] if t - start < 1.0) <= rate + 1
+        # tokens are taken client-side; arrival at the server may bunch by a request's transit jitter
+        assert sum(1 for t in times[i:] if t - start < 1.0) <= rate + 2
 
 
 def test_a_crashed_sync_resumes_after_the_last_committed_batch(
@@ -122,12 +117,12 @@ def test_a_crashed_sync_resumes_after_the_last_committed_batch(
     wiki.fault = dies_after_three
     with pytest.raises(SourceError):
         sync_remote(services.pipeline, "wiki", source(srv, max_attempts=2, breaker_threshold=2))
-    assert doc_count(services) == 30
+    assert committed_documents(services) == 30
     listed_before = len([c for c in srv.calls() if c.query.get("generator") == ["allpages"]])
 
     wiki.fault = lambda _: None
     counts = sync_remote(services.pipeline, "wiki", source(srv))
-    assert counts.committed == 30 and doc_count(services) == 60
+    assert counts.committed == 30 and committed_documents(services) == 60
     listings = [c for c in srv.calls() if c.query.get("generator") == ["allpages"]][listed_before:]
     assert "gapcontinue" in listings[0].query  # resumed, not started over
     assert len(listings) == 3
