@@ -37,3 +37,8 @@ class CircuitOpenError(SourceError):
 
 class MalformedPayloadError(SourceError):
     """The source answered, but not with what its API promises (bad JSON, missing fields)."""
+
+
+class UnparseableBodyError(TransientError, MalformedPayloadError):
+    """A 2xx answer whose body does not parse: usually a cut transfer or a proxy's page, so it is retried;
+    once the attempts are spent it is reported as the malformed payload it is."""

@@ -24,7 +24,7 @@ import tenacity
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.breaker import CircuitBreaker
-from connectors.errors import CircuitOpenError, MalformedPayloadError, RequestRejectedError, TransientError
+from connectors.errors import CircuitOpenError, RequestRejectedError, TransientError, UnparseableBodyError
 from connectors.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -184,28 +184,33 @@ class ResilientClient:
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """Send with retries; returns a 2xx/3xx response or raises a ``SourceError``."""
-        retrying = tenacity.Retrying(
+        return self._retrying()(self._attempt, method, url, **kwargs)
+
+    def get_json(self, url: str, **kwargs: Any) -> Any:
+        return self._retrying()(self._json_attempt, "GET", url, **kwargs)
+
+    def post_json(self, url: str, **kwargs: Any) -> Any:
+        return self._retrying()(self._json_attempt, "POST", url, **kwargs)
+
+    def _retrying(self) -> tenacity.Retrying:
+        return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.policy.max_attempts),
             wait=self._backoff,
             retry=tenacity.retry_if_exception_type(TransientError),
             sleep=self._pause,
             reraise=True,
         )
-        return retrying(self._attempt, method, url, **kwargs)
 
-    def get_json(self, url: str, **kwargs: Any) -> Any:
-        return self._json(self.request("GET", url, **kwargs))
-
-    def post_json(self, url: str, **kwargs: Any) -> Any:
-        return self._json(self.request("POST", url, **kwargs))
-
-    def _json(self, response: httpx.Response) -> Any:
+    def _json_attempt(self, method: str, url: str, **kwargs: Any) -> Any:
+        """One attempt that must yield JSON. A 2xx body that does not parse is most often a transfer cut
+        short or a proxy's error page, so it is retried within the same attempt budget; if every attempt
+        gets one, the source is sending garbage and the run says so."""
+        response = self._attempt(method, url, **kwargs)
         try:
             return response.json()
         except ValueError as err:
-            raise MalformedPayloadError(
-                self.source, f"response of {response.request.url.path} is not JSON: {err}"
-            ) from err
+            message = f"response of {method} {response.request.url.path} is not JSON ({err}): {response.text[:80]!r}"
+            raise UnparseableBodyError(self.source, message) from err
 
     def _attempt(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         self.breaker.before_call()

@@ -110,25 +110,16 @@ def sync_source(source: str) -> dict[str, int]:
     try:
         sync_remote(svc.pipeline, source, connector, counts)
     except BaseException as err:
-        _http_counts(connector, counts)
         runs.finish_run(svc.conn, run_id, "failed", counts.as_dict(), f"{type(err).__name__}: {err}")
         raise
     finally:
         client = getattr(connector, "client", None)
         if client is not None:
             client.close()
-    _http_counts(connector, counts)
     runs.finish_run(
         svc.conn, run_id, "completed_with_quarantine" if counts.quarantined else "completed", counts.as_dict()
     )
     return counts.as_dict()
-
-
-def _http_counts(connector: object, counts: Counts) -> None:
-    client = getattr(connector, "client", None)
-    stats = getattr(client, "stats", None)
-    if stats is not None:
-        counts.http_requests, counts.http_retries, counts.throttled = stats.requests, stats.retries, stats.throttled
 
 
 def _flow_run_id() -> str | None:

@@ -20,6 +20,7 @@ import numpy as np
 from connectors.base import DocumentError, ParsedDocument, RemoteSource, SourceDocument
 from embedding.chunking import ChunkTooLongError, chunk_pages
 from embedding.model import Embedder
+from flows.prefetch import prefetch
 from flows.settings import RaglineSettings
 from vectorstore import cursors, ledger, store
 from vectorstore.db import Connection
@@ -302,20 +303,37 @@ def ingest_pdf_paths(pipeline: Pipeline, paths: Sequence[str], source: str = "pd
     return counts
 
 
-def sync_remote(pipeline: Pipeline, source: str, connector: RemoteSource, counts: Counts | None = None) -> Counts:
+def sync_remote(
+    pipeline: Pipeline,
+    source: str,
+    connector: RemoteSource,
+    counts: Counts | None = None,
+    *,
+    prefetch_depth: int = 2,
+) -> Counts:
     """Pull a remote source batch by batch from its saved cursor: each batch is planned against the ledger
     (unchanged records cost nothing), ingested, its deletions applied, and only then is its cursor saved.
-    A crash resumes after the last saved batch; replaying a batch writes the same rows. ``counts`` is
-    filled as the sync goes, so a failed sync still reports what it did."""
+    A crash resumes after the last saved batch; replaying a batch writes the same rows. The next pages are
+    fetched while this one is embedded (``prefetch_depth``). ``counts`` is filled as the sync goes, so a
+    failed sync still reports what it did."""
     source_id = ledger.ensure_source(pipeline.conn, source, connector.kind)
     counts = Counts() if counts is None else counts
-    for batch in connector.batches(cursors.load_cursor(pipeline.conn, source_id)):
-        ids = [d.external_id for d in batch.documents]
-        planned = plan(pipeline.conn, source_id, batch.documents, pipeline.fingerprints, lambda _: False, only=ids)
-        counts.merge(planned.counts)
-        counts.merge(pipeline.ingest(source_id, source, planned.work))
-        if batch.deleted:
-            known = ledger.entries(pipeline.conn, source_id, batch.deleted)
-            counts.deleted += pipeline.delete([e.id for e in known.values()], planned.planned_at)
-        cursors.save_cursor(pipeline.conn, source_id, batch.cursor)
+    try:
+        for batch in prefetch(connector.batches(cursors.load_cursor(pipeline.conn, source_id)), depth=prefetch_depth):
+            ids = [d.external_id for d in batch.documents]
+            planned = plan(pipeline.conn, source_id, batch.documents, pipeline.fingerprints, lambda _: False, only=ids)
+            counts.merge(planned.counts)
+            counts.merge(pipeline.ingest(source_id, source, planned.work))
+            if batch.deleted:
+                known = ledger.entries(pipeline.conn, source_id, batch.deleted)
+                counts.deleted += pipeline.delete([e.id for e in known.values()], planned.planned_at)
+            cursors.save_cursor(pipeline.conn, source_id, batch.cursor)
+    finally:
+        _http_counts(connector, counts)
     return counts
+
+
+def _http_counts(connector: object, counts: Counts) -> None:
+    stats = getattr(getattr(connector, "client", None), "stats", None)
+    if stats is not None:
+        counts.http_requests, counts.http_retries, counts.throttled = stats.requests, stats.retries, stats.throttled

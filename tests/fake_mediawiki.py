@@ -1,6 +1,6 @@
 """An emulated MediaWiki Action API (the parts ragline uses), served by tests.httpserver on 127.0.0.1:
 ``generator=allpages`` with ``continue`` paging, ``pageids`` lookups, ``list=recentchanges``, and fault
-injection (429 with and without Retry-After, 5xx, resets, malformed JSON)."""
+injection (429 with and without Retry-After, 5xx, resets, bodies cut short)."""
 
 from __future__ import annotations
 
@@ -156,6 +156,7 @@ def flaky(rate: float, seed: int = 1) -> Callable[[Logged], Reply | None]:
                 Reply(503, b"<html>Service Unavailable</html>"),
                 Reply(500, {"error": "internal"}),
                 Reply(reset=True),
+                Reply(200, b'{"query": {"pages": [{"pageid": 1, "tit'),  # a transfer cut short
             ]
         )
 

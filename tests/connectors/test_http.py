@@ -7,7 +7,7 @@ import email.utils
 import pytest
 
 from connectors.breaker import BreakerState, CircuitBreaker
-from connectors.errors import CircuitOpenError, RequestRejectedError, TransientError
+from connectors.errors import CircuitOpenError, MalformedPayloadError, RequestRejectedError, TransientError
 from connectors.http import HttpPolicy, ResilientClient, parse_retry_after, rate_limit_reset
 from connectors.ratelimit import TokenBucket
 from tests.httpserver import Reply, serve
@@ -206,3 +206,15 @@ def test_rate_is_never_exceeded_even_under_retries() -> None:
         in_window = sum(1 for t in times[i:] if t - start < 1.0)
         assert in_window <= rate * 1.0 + burst
     assert times[-1] - times[0] >= (len(times) - burst) / rate - 0.1
+
+
+def test_a_cut_json_body_is_retried_and_then_reported_as_malformed() -> None:
+    fake = FakeTime()
+    with serve() as srv:
+        srv.route("/x", [Reply(200, b'{"results": [{"id": 1'), Reply(200, {"results": []})])
+        assert client(srv.url, fake).get_json("/x") == {"results": []}
+        srv.route("/garbage", [Reply(200, b"<html>proxy error</html>")])
+        with pytest.raises(MalformedPayloadError, match="not JSON") as err:
+            client(srv.url, fake, max_attempts=3).get_json("/garbage")
+        assert "proxy error" in str(err.value)
+        assert len(srv.calls("/garbage")) == 3
