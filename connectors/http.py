@@ -50,6 +50,12 @@ class HttpPolicy(BaseModel):
     max_concurrency: int = Field(default=4, ge=1, description="Requests in flight at once to this source.")
     breaker_threshold: int = Field(default=5, ge=1, description="Consecutive failures that open the circuit.")
     breaker_reset_seconds: float = Field(default=60.0, gt=0, description="Open time before one probe call.")
+    shared_quota: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Name of a quota shared by every run and source calling the same API account: with "
+        "Prefect, each request also takes a slot of a global rate limit of that name (rate_per_second, burst).",
+    )
 
 
 @dataclass
@@ -139,6 +145,9 @@ class ResilientClient:
         self._sleep = sleep
         self._rng = rng
         self.stats = HttpStats()
+        # Called before each attempt, blocking until a quota shared with other processes allows it (set by
+        # the orchestration layer; a connector does not know who else calls its API).
+        self.gate: Callable[[], None] | None = None
         self.breaker = CircuitBreaker(source, policy.breaker_threshold, policy.breaker_reset_seconds, clock=clock)
         self.bucket = (
             TokenBucket(policy.rate_per_second, policy.burst, clock=clock, sleep=sleep)
@@ -214,6 +223,8 @@ class ResilientClient:
 
     def _attempt(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         self.breaker.before_call()
+        if self.gate is not None:
+            self.gate()
         if self.bucket is not None:
             self.stats.waited_seconds += self.bucket.acquire()
         with self._slots:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from connectors.base import RemoteSource
 from connectors.hubspot import HubSpotSettings, HubSpotSource
 from connectors.mediawiki import MediaWikiSettings, MediaWikiSource
+from connectors.salesforce import SalesforceSettings, SalesforceSource
 
 
 class PdfSourceSettings(BaseModel):
@@ -21,7 +22,9 @@ class PdfSourceSettings(BaseModel):
     schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
 
 
-SourceSettings = Annotated[PdfSourceSettings | MediaWikiSettings | HubSpotSettings, Field(discriminator="kind")]
+SourceSettings = Annotated[
+    PdfSourceSettings | MediaWikiSettings | HubSpotSettings | SalesforceSettings, Field(discriminator="kind")
+]
 
 
 def remote_source(settings: SourceSettings) -> RemoteSource:
@@ -29,4 +32,6 @@ def remote_source(settings: SourceSettings) -> RemoteSource:
         return MediaWikiSource(settings)
     if isinstance(settings, HubSpotSettings):
         return HubSpotSource(settings)
+    if isinstance(settings, SalesforceSettings):
+        return SalesforceSource(settings)
     raise ValueError(f"source {settings.name!r} of kind {settings.kind!r} is not a remote source")

@@ -13,7 +13,7 @@ from prefect.states import Completed
 
 from connectors.pdf import PdfConnector
 from connectors.registry import PdfSourceSettings, remote_source
-from flows import progress
+from flows import limits, progress
 from flows.pipeline import Counts, sync_remote
 from flows.runtime import services
 from vectorstore import ledger, runs
@@ -100,25 +100,31 @@ def ingest_pdf(paths: list[str], source: str = "pdf") -> Any:
 
 @task(name="sync-source", cache_policy=NO_CACHE)
 def sync_source(source: str) -> dict[str, int]:
-    """Pull a remote source from its checkpoint through the resilient HTTP layer and ingest it."""
+    """Pull a remote source from its checkpoint through the resilient HTTP layer and ingest it. The source's
+    global concurrency slot is held throughout: a second run of the same source waits for this one."""
     svc = services()
     settings = svc.settings.source(source)
-    connector = remote_source(settings)
-    source_id = ledger.ensure_source(svc.conn, source, settings.kind)
-    run_id = runs.start_run(svc.conn, source_id, _flow_run_id())
-    counts = Counts()
-    try:
-        sync_remote(svc.pipeline, source, connector, counts)
-    except BaseException as err:
-        runs.finish_run(svc.conn, run_id, "failed", counts.as_dict(), f"{type(err).__name__}: {err}")
-        raise
-    finally:
+    policy = getattr(settings, "http", None)
+    limits.ensure_limits(source, policy)
+    with limits.source_slot(source):
+        connector = remote_source(settings)
         client = getattr(connector, "client", None)
-        if client is not None:
-            client.close()
-    runs.finish_run(
-        svc.conn, run_id, "completed_with_quarantine" if counts.quarantined else "completed", counts.as_dict()
-    )
+        if client is not None and policy is not None:
+            client.gate = limits.quota_gate(policy)
+        source_id = ledger.ensure_source(svc.conn, source, settings.kind)
+        run_id = runs.start_run(svc.conn, source_id, _flow_run_id())
+        counts = Counts()
+        try:
+            sync_remote(svc.pipeline, source, connector, counts)
+        except BaseException as err:
+            runs.finish_run(svc.conn, run_id, "failed", counts.as_dict(), f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            if client is not None:
+                client.close()
+        runs.finish_run(
+            svc.conn, run_id, "completed_with_quarantine" if counts.quarantined else "completed", counts.as_dict()
+        )
     return counts.as_dict()
 
 

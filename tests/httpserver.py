@@ -31,6 +31,7 @@ class Logged:
     query: dict[str, list[str]]
     body: bytes
     at: float
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 Handler = Callable[[Logged], Reply]
@@ -75,7 +76,10 @@ def _handler_class(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             parsed = urlparse(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            reply = server._reply(Logged(self.command, parsed.path, parse_qs(parsed.query), body, time.monotonic()))
+            logged = Logged(
+                self.command, parsed.path, parse_qs(parsed.query), body, time.monotonic(), dict(self.headers)
+            )
+            reply = server._reply(logged)
             if reply.delay:
                 time.sleep(reply.delay)
             if reply.reset:

@@ -1,0 +1,393 @@
+"""Salesforce REST API: records of configured sObjects (Account, Contact, Opportunity, Case, ...) as documents.
+
+One SOQL query per object through ``queryAll`` (so records in the recycle bin come back with
+``IsDeleted = true`` and become deletions), ordered by ``SystemModstamp, Id`` and paged with the query
+locator in ``nextRecordsUrl``. Cursor per object: ``{"since": T, "next": locator}``, saved after each page:
+``T`` is the newest ``SystemModstamp`` of the pages committed so far (a SOQL datetime literal), ``next`` the
+locator of the page after them, or None once the query is done.
+
+- The next run queries ``SystemModstamp >= T``: records stamped in the same second as the last one seen
+  come again, so one committed in that second after the previous query ran is not lost; a re-seen
+  unchanged record costs a hash comparison.
+- A locator dies after some idle minutes (and with the session that opened it): a resumed or slow run that
+  gets 400/404 for it (or 401 for a locator saved by an earlier run) queries again from ``T``.
+- Records leave the recycle bin after 15 days: a source not synced within that time misses those deletions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDocument, failing_document
+from connectors.errors import MalformedPayloadError, RequestRejectedError
+from connectors.http import HttpPolicy, ResilientClient
+from connectors.text import clean_text
+
+log = logging.getLogger(__name__)
+
+# Only letters, digits and underscores (custom `__c`, namespaced `ns__X__c`, relationship `__r` names
+# included): nothing that could end an identifier and start SOQL of its own.
+OBJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# A field, or a path through up to five parent relationships (SOQL's limit): Account.Owner.Name.
+FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*){0,5}")
+SOQL_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+API_VERSION = re.compile(r"v\d+\.\d+")
+SYSTEM_FIELDS = ("Id", "SystemModstamp", "IsDeleted")
+
+DEFAULT_FIELDS: dict[str, list[str]] = {
+    "Account": ["Name", "Type", "Industry", "Website", "BillingCity", "BillingCountry", "Description"],
+    "Contact": ["Name", "Title", "Department", "Email", "Phone", "Account.Name", "Description"],
+    "Opportunity": ["Name", "StageName", "Amount", "CloseDate", "Type", "Account.Name", "NextStep", "Description"],
+    "Case": ["CaseNumber", "Subject", "Status", "Priority", "Origin", "Account.Name", "Description"],
+    "Lead": ["Name", "Company", "Title", "Email", "Status", "Industry", "Description"],
+}
+DEFAULT_OBJECTS = ["Account", "Contact", "Opportunity", "Case"]
+# Most objects have a Name; Case has none (its number is not a title people search for).
+DEFAULT_TITLE: dict[str, str] = {"Case": "Subject"}
+
+
+def _check_field(value: str, where: str) -> str:
+    if not FIELD_NAME.fullmatch(value):
+        raise ValueError(
+            f"{where} {value!r} is not a SOQL field name: letters, digits and underscores, starting with a "
+            "letter, relationship paths joined by dots (Account.Name)"
+        )
+    return value
+
+
+class SalesforceObject(BaseModel):
+    """One sObject to ingest. Written in config as a dict, or just its name where defaults exist."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="API name of the sObject: Account, Invoice__c, ns__Thing__c.")
+    fields: list[str] = Field(
+        min_length=1, description="Fields that become the record's text; parent fields as Account.Name."
+    )
+    title_field: str = Field(default="Name", description="Field shown as the title (Subject for Case).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"name": data}
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return data
+        data = dict(data)
+        # The standard objects in their canonical spelling: SOQL does not mind case, external ids do.
+        name = data["name"] = next((k for k in DEFAULT_FIELDS if k.lower() == data["name"].lower()), data["name"])
+        if data.get("fields") is None:
+            if name not in DEFAULT_FIELDS:
+                raise ValueError(f"no default fields for object {name!r}: list its fields")
+            data["fields"] = list(DEFAULT_FIELDS[name])
+        if data.get("title_field") is None:
+            data["title_field"] = DEFAULT_TITLE.get(name, "Name")
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _object_name(cls, value: str) -> str:
+        if not OBJECT_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a Salesforce object name: letters, digits and underscores, starting with a letter"
+            )
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _field_names(cls, value: list[str]) -> list[str]:
+        return [_check_field(v, f"fields[{i}]") for i, v in enumerate(value)]
+
+    @field_validator("title_field")
+    @classmethod
+    def _title_name(cls, value: str) -> str:
+        return _check_field(value, "title_field")
+
+
+class SalesforceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["salesforce"] = "salesforce"
+    name: str = Field(min_length=1, description="Source name in the ledger and the CLI.")
+    base_url: str = Field(description="Instance URL, e.g. https://example.my.salesforce.com")
+    api_version: str = Field(default="v60.0", description="REST API version, e.g. v60.0.")
+    token_env: str = Field(default="SALESFORCE_TOKEN", description="Environment variable with the OAuth access token.")
+    objects: list[SalesforceObject] = Field(
+        default_factory=lambda: [SalesforceObject.model_validate(o) for o in DEFAULT_OBJECTS],
+        description="Objects to ingest: names with defaults, {name, fields, title_field}, or {name: fields}.",
+    )
+    page_size: int = Field(
+        default=2000, ge=200, le=2000, description="Records per page (Sforce-Query-Options batchSize, 200-2000)."
+    )
+    # API calls count against the org's daily allowance; a few per second is plenty for paging 2,000 at a time.
+    http: HttpPolicy = Field(default_factory=lambda: HttpPolicy(rate_per_second=5.0, burst=5))
+    schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"{value!r} is not an http(s) URL of a Salesforce instance")
+        return value.rstrip("/")
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not API_VERSION.fullmatch(value):
+            raise ValueError(f"{value!r} is not an API version like v60.0")
+        return value
+
+    @field_validator("objects", mode="before")
+    @classmethod
+    def _objects_mapping(cls, value: Any) -> Any:
+        """``{Account: [Name, Industry], Case: null}`` is the short form of the list."""
+        if isinstance(value, Mapping):
+            return [{"name": k, "fields": v} for k, v in value.items()]
+        return value
+
+    @field_validator("objects")
+    @classmethod
+    def _unique_objects(cls, value: list[SalesforceObject]) -> list[SalesforceObject]:
+        seen: set[str] = set()
+        for obj in value:
+            if obj.name.lower() in seen:  # SOQL names are case-insensitive; the cursor is kept per object
+                raise ValueError(f"object {obj.name!r} is listed twice")
+            seen.add(obj.name.lower())
+        return value
+
+
+def select_fields(obj: SalesforceObject) -> list[str]:
+    """The system fields the sync needs, then the configured ones; SOQL rejects a field selected twice."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in [*SYSTEM_FIELDS, *obj.fields, obj.title_field]:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            out.append(name)
+    return out
+
+
+def build_soql(obj: SalesforceObject, since: str | None) -> str:
+    """The query of one object's changes from ``since`` (a SOQL datetime literal) on, oldest first.
+
+    Names were validated with the settings; ``since`` comes from a saved cursor and is checked again here,
+    so nothing but identifiers and a datetime literal ever reaches the query text."""
+    where = ""
+    if since is not None:
+        if not SOQL_DATETIME.fullmatch(since):
+            raise ValueError(f"cursor of {obj.name}: {since!r} is not a SOQL datetime like 2024-01-01T00:00:00Z")
+        where = f" WHERE SystemModstamp >= {since}"
+    select = ", ".join(select_fields(obj))
+    # SOQL over REST binds no parameters: every part here is a validated identifier or the checked literal.
+    return f"SELECT {select} FROM {obj.name}{where} ORDER BY SystemModstamp, Id"  # noqa: S608
+
+
+def soql_datetime(value: datetime) -> str:
+    """UTC, whole seconds: truncating only widens a ``>=`` query, so nothing is skipped."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_modstamp(value: Any) -> datetime | None:
+    """Salesforce writes ``2024-01-01T12:34:56.000+0000``."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def field_value(record: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path; keys are matched without regard to case, as SOQL matches names. A null
+    parent (a contact without account) gives None; a parent that is not an object is unusable."""
+    value: Any = record
+    for segment in path.split("."):
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{path}: {segment!r} is read from a {type(value).__name__}, not an object")
+        if segment in value:
+            value = value[segment]
+        else:
+            lower = segment.lower()
+            value = next((v for k, v in value.items() if k.lower() == lower), None)
+    return value
+
+
+def _lines(label: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, bool):
+        return [f"{label}: {'true' if value else 'false'}"]
+    if isinstance(value, str | int | float):
+        text = clean_text(str(value))
+        return [f"{label}: {text}"] if text else []
+    if isinstance(value, Mapping):
+        # A parent record or a compound field (an address): its parts, without the API's `attributes`.
+        return [line for k, v in value.items() if k != "attributes" for line in _lines(f"{label}.{k}", v)]
+    raise ValueError(f"{label}: a {type(value).__name__} is not a field value")
+
+
+def record_text(record: Mapping[str, Any], fields: Sequence[str], title_field: str) -> tuple[str, str]:
+    """(title, text) of a record: its configured fields as ``field: value`` lines. System timestamps are left
+    out, so a record touched without a change is not embedded again. Raises ValueError for unusable values."""
+    lines = [line for name in fields for line in _lines(name, field_value(record, name))]
+    title = field_value(record, title_field)
+    title_text = clean_text(str(title))[:200] if isinstance(title, str | int | float) else ""
+    return title_text, "\n".join(lines)
+
+
+def _parse(title: str, text: str) -> ParsedDocument:
+    body = f"{title}\n{text}" if title and text else title or text
+    if not any(ch.isalnum() for ch in body):
+        raise DocumentError("no_text", "the record has no text in its configured fields")
+    return ParsedDocument(title=title, pages=[Page(None, body)])
+
+
+def _locator_lost(err: RequestRejectedError, carried: bool) -> bool:
+    """Whether a rejected ``nextRecordsUrl`` means the locator is gone (expired, or purged as one of too many
+    open ones) rather than a request the source will never take. A locator belongs to the session that
+    opened it, so one saved by an earlier run may also meet 401 under today's token."""
+    return err.status in (400, 404) or (carried and err.status == 401)
+
+
+class _Page(NamedTuple):
+    """One answer: documents and deletions, its newest ``SystemModstamp``, and the next locator."""
+
+    documents: list[SourceDocument]
+    deleted: list[str]
+    newest: datetime | None
+    next_url: str | None
+
+
+class SalesforceSource:
+    kind = "salesforce"
+
+    def __init__(self, settings: SalesforceSettings, client: ResilientClient | None = None) -> None:
+        self.settings = settings
+        token = os.environ.get(settings.token_env)
+        if client is None and not token:
+            raise RequestRejectedError(
+                settings.name, 401, f"no token: set the environment variable {settings.token_env}"
+            )
+        self.client = client or ResilientClient(
+            settings.name,
+            settings.http,
+            base_url=settings.base_url,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        )
+
+    def _document(self, obj: SalesforceObject, record: dict[str, Any], rid: str) -> SourceDocument:
+        external_id = f"{obj.name}/{rid}"
+        uri = f"{self.settings.base_url}/lightning/r/{obj.name}/{rid}/view"
+        try:
+            title, text = record_text(record, obj.fields, obj.title_field)
+            modified = parse_modstamp(record.get("SystemModstamp"))
+            if modified is None:
+                raise ValueError(f"SystemModstamp {record.get('SystemModstamp')!r} is not a timestamp")
+        except ValueError as err:
+            digest = hashlib.sha256(repr(record).encode()).hexdigest()
+            return failing_document(
+                external_id, uri, f"malformed:{digest}", DocumentError("malformed", f"{external_id}: {err}")
+            )
+        return SourceDocument(
+            external_id=external_id,
+            uri=uri,
+            content_hash=hashlib.sha256(f"{title}\x1f{text}".encode()).hexdigest(),
+            load=partial(_parse, title, text),
+            title=title or external_id,
+            modified=modified,
+            metadata={"object": obj.name, "salesforce_id": rid},
+        )
+
+    def _page(self, obj: SalesforceObject, answer: Any) -> _Page:
+        records = answer.get("records") if isinstance(answer, dict) else None
+        if not isinstance(records, list) or not isinstance(answer.get("done"), bool):
+            raise MalformedPayloadError(self.settings.name, f"{obj.name} query answer has no records list or done flag")
+        next_url = answer.get("nextRecordsUrl")
+        if answer["done"]:
+            next_url = None
+        elif not isinstance(next_url, str) or not next_url.startswith("/services/data/"):
+            # Anything but a path on this instance could send the bearer token elsewhere.
+            raise MalformedPayloadError(
+                self.settings.name, f"{obj.name} query is not done but nextRecordsUrl is {next_url!r}"
+            )
+        docs: list[SourceDocument] = []
+        deleted: list[str] = []
+        newest: datetime | None = None
+        for record in records:
+            rid = record.get("Id") if isinstance(record, dict) else None
+            if not isinstance(record, dict) or not isinstance(rid, str) or not RECORD_ID.fullmatch(rid):
+                log.warning("%s: a %s record without a valid Id: %.200r", self.settings.name, obj.name, record)
+                continue
+            stamp = parse_modstamp(record.get("SystemModstamp"))
+            if stamp is not None and (newest is None or stamp > newest):
+                newest = stamp
+            if record.get("IsDeleted") is True:
+                deleted.append(f"{obj.name}/{rid}")
+            else:
+                docs.append(self._document(obj, record, rid))
+        return _Page(docs, deleted, newest, next_url)
+
+    def batches(self, cursor: dict[str, Any] | None) -> Iterator[Batch]:
+        state: dict[str, Any] = {k: dict(v) for k, v in (cursor or {}).items() if isinstance(v, dict)}
+        for obj in self.settings.objects:
+            yield from self._object(obj, state)
+
+    def _object(self, obj: SalesforceObject, state: dict[str, Any]) -> Iterator[Batch]:
+        mine = state.setdefault(obj.name, {"since": None, "next": None})
+        locator: str | None = mine.get("next")
+        carried = locator is not None  # saved by an earlier run
+        restarted_at: str | None = None
+        restarted = False
+        while True:
+            if locator is None:
+                answer = self.client.get_json(
+                    f"/services/data/{self.settings.api_version}/queryAll",
+                    params={"q": build_soql(obj, mine.get("since"))},
+                    headers={"Sforce-Query-Options": f"batchSize={self.settings.page_size}"},
+                )
+            else:
+                try:
+                    answer = self.client.get_json(_checked_locator(self.settings.name, obj.name, locator))
+                except RequestRejectedError as err:
+                    # A second loss without progress would loop: surface it instead.
+                    if not _locator_lost(err, carried) or (restarted and restarted_at == mine.get("since")):
+                        raise
+                    log.warning(
+                        "%s: the query locator of %s is gone (%s); querying again from %s",
+                        self.settings.name,
+                        obj.name,
+                        err,
+                        mine.get("since") or "the start",
+                    )
+                    restarted, restarted_at = True, mine.get("since")
+                    locator, carried = None, False
+                    continue
+                carried = False
+            page = self._page(obj, answer)
+            if page.newest is not None:
+                since = mine.get("since")
+                stamp = soql_datetime(page.newest)
+                mine["since"] = stamp if since is None or stamp > since else since
+            locator = mine["next"] = page.next_url
+            yield Batch(page.documents, page.deleted, {k: dict(v) for k, v in state.items()})
+            if locator is None:
+                return
+
+
+def _checked_locator(source: str, obj: str, locator: Any) -> str:
+    if not isinstance(locator, str) or not locator.startswith("/services/data/"):
+        raise MalformedPayloadError(source, f"saved locator of {obj} is not a /services/data/ path: {locator!r}")
+    return locator
