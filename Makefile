@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install sysdeps clean
 
 install: $(STAMP)  ## create .venv with ragline and its pinned dependencies
 
@@ -25,7 +25,13 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint  ## lint, then the whole test suite against the real Postgres, model and PDFs
+sysdeps:  ## system packages the tests use: a real MediaWiki (PHP + SQLite) from Debian
+	@command -v php >/dev/null && [ -f /usr/share/mediawiki/maintenance/install.php ] || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends mediawiki php-sqlite3 php-cli >/dev/null; }
+
+test: lint sysdeps  ## lint, then the whole test suite against the real Postgres, model, PDFs and MediaWiki
 	$(BIN)/pytest
 
 clean:  ## remove the virtual environment

@@ -1,5 +1,9 @@
 """MediaWiki Action API: pages with their wikitext as clean text, ``continue`` paging, incremental sync from
-``list=recentchanges`` (edits, new pages, moves, deletions).
+``list=recentchanges`` (edits, new pages, moves, deletions, restores).
+
+The index mirrors the content pages of the configured namespaces: redirects and pages moved out of those
+namespaces are not documents (a page that becomes one is deleted), a page moved in is ingested. Behaviour
+checked against a real MediaWiki 1.39 in tests/flows/test_real_mediawiki.py.
 
 The cursor is ``{"mode": "full", "continue": {...}, "since": T}`` during the first full listing (T: when
 it started, so edits made meanwhile are caught by the first incremental run) and
@@ -106,20 +110,46 @@ class MediaWikiSource:
             metadata={"revid": revision.get("revid"), "namespace": page.get("ns")},
         )
 
-    def _pages(self, body: dict[str, Any]) -> list[SourceDocument]:
-        pages = (body.get("query") or {}).get("pages") or []
-        if not isinstance(pages, list):
-            raise MalformedPayloadError(self.settings.name, "query.pages is not a list")
-        docs = []
-        for page in pages:
-            if isinstance(page, dict) and page.get("missing"):
-                continue
-            if isinstance(page, dict) and "revisions" not in page:
-                continue  # its content comes with a later continuation of the same listing
-            doc = self._document(page)
-            if doc is not None:
-                docs.append(doc)
-        return docs
+    def _complete_batches(
+        self, params: dict[str, Any], cont: dict[str, Any]
+    ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+        """Pages of each complete batch, with the continuation that follows it.
+
+        MediaWiki caps an answer's size ($wgAPIMaxResultSize): it then sends part of the pages' props and a
+        ``continue`` that repeats the same pages for the rest (``rvcontinue``, ``incontinue``), and says
+        ``batchcomplete`` only once every page of the batch has all of them. A page is judged only then:
+        before, a page without its revision is not yet a page without content, nor a deleted one.
+        """
+        merged: dict[int, dict[str, Any]] = {}
+        while True:
+            body = self._query({**params, **cont})
+            pages = (body.get("query") or {}).get("pages") or []
+            if not isinstance(pages, list):
+                raise MalformedPayloadError(self.settings.name, "query.pages is not a list")
+            for page in pages:
+                if not isinstance(page, dict) or not isinstance(page.get("pageid"), int):
+                    log.warning("%s: a page without pageid in the answer: %.200r", self.settings.name, page)
+                    continue
+                known = merged.setdefault(page["pageid"], {})
+                known.update({k: v for k, v in page.items() if k not in known or not known[k]})
+            following = body.get("continue") or {}
+            if not isinstance(following, dict):
+                raise MalformedPayloadError(self.settings.name, "continue is not an object")
+            if following and following == cont:
+                # a single page larger than the answer cap: MediaWiki would repeat the same answer forever
+                raise MalformedPayloadError(
+                    self.settings.name, f"continuation does not advance ({following}): result size limit too low?"
+                )
+            cont = following
+            if body.get("batchcomplete") or not cont:
+                yield list(merged.values()), cont
+                if not cont:
+                    return
+                merged = {}
+
+    def _wanted(self, page: dict[str, Any]) -> bool:
+        """Content pages of the configured namespaces; redirects carry no content of their own."""
+        return not page.get("missing") and not page.get("redirect") and page.get("ns") in self.settings.namespaces
 
     def _latest_change(self) -> str:
         """The wiki's own time of its latest change: incremental sync starts there, immune to clock skew
@@ -139,41 +169,50 @@ class MediaWikiSource:
 
     def _full(self, cursor: dict[str, Any]) -> Iterator[Batch]:
         since = cursor.get("since") or self._latest_change()
-        for namespace in self.settings.namespaces[
-            self.settings.namespaces.index(cursor["ns"]) if "ns" in cursor else 0 :
-        ]:
+        namespaces = self.settings.namespaces
+        first = namespaces.index(cursor["ns"]) if "ns" in cursor else 0
+        for position, namespace in enumerate(namespaces[first:], start=first):
             cont: dict[str, Any] = dict(cursor.get("continue") or {}) if cursor.get("ns") == namespace else {}
-            while True:
-                params = {
-                    "generator": "allpages",
-                    "gapnamespace": namespace,
-                    "gaplimit": self.settings.page_size,
-                    **_PAGE_PROPS,
-                    **cont,
-                }
-                body = self._query(params)
-                docs = self._pages(body)
-                cont = body.get("continue") or {}
-                if not isinstance(cont, dict):
-                    raise MalformedPayloadError(self.settings.name, "continue is not an object")
-                nxt = {"mode": "full", "since": since, "ns": namespace, "continue": cont}
-                if not cont:
-                    break
+            params = {
+                "generator": "allpages",
+                "gapnamespace": namespace,
+                "gapfilterredir": "nonredirects",
+                "gaplimit": self.settings.page_size,
+                **_PAGE_PROPS,
+            }
+            for pages, following in self._complete_batches(params, cont):
+                docs = [doc for page in pages if self._wanted(page) and (doc := self._document(page)) is not None]
+                nxt: dict[str, Any]
+                if following:
+                    nxt = {"mode": "full", "since": since, "ns": namespace, "continue": following}
+                elif position + 1 < len(namespaces):
+                    nxt = {"mode": "full", "since": since, "ns": namespaces[position + 1], "continue": {}}
+                else:  # all listed: from now on, only what changed since the listing began
+                    nxt = {"mode": "incremental", "since": since, "continue": {}}
                 yield Batch(docs, [], nxt)
-            # the last page of a namespace: move to the next one, or to incremental mode when all are listed
-            remaining = self.settings.namespaces[self.settings.namespaces.index(namespace) + 1 :]
-            done_ns: dict[str, Any]
-            if remaining:
-                done_ns = {"mode": "full", "since": since, "ns": remaining[0], "continue": {}}
-            else:
-                done_ns = {"mode": "incremental", "since": since, "continue": {}}
-            yield Batch(docs, [], done_ns)
+
+    def _concerns(self, change: dict[str, Any]) -> bool:
+        """Whether a change may touch a page of the configured namespaces. A move is listed under the old
+        title's namespace: a page moved in from elsewhere is found by the target namespace of its log."""
+        if change.get("ns") in self.settings.namespaces:
+            return True
+        params = change.get("logparams")
+        return (
+            change.get("logtype") == "move"
+            and isinstance(params, dict)
+            and (params.get("target_ns") in self.settings.namespaces)
+        )
 
     def _incremental(self, cursor: dict[str, Any]) -> Iterator[Batch]:
+        """Every page a change touched is looked up as it is now, and its current state decides: gone,
+        a redirect or moved out of the namespaces is deleted, anything else is (re)ingested. So a deletion
+        followed by a restore, or a move followed by an edit, ends where the wiki ends."""
         since = str(cursor["since"])
         cont = dict(cursor.get("continue") or {})
         latest = since
         while True:
+            # Not filtered by rcnamespace: a move is listed under its old namespace, and a page moved into
+            # the configured namespaces must not be missed; other namespaces' changes are dropped here.
             body = self._query(
                 {
                     "list": "recentchanges",
@@ -181,7 +220,6 @@ class MediaWikiSource:
                     "rcdir": "newer",
                     "rcprop": "title|ids|timestamp|loginfo",
                     "rctype": "edit|new|log",
-                    "rcnamespace": "|".join(str(n) for n in self.settings.namespaces),
                     "rclimit": 500,
                     **cont,
                 }
@@ -189,29 +227,33 @@ class MediaWikiSource:
             changes = (body.get("query") or {}).get("recentchanges")
             if not isinstance(changes, list):
                 raise MalformedPayloadError(self.settings.name, "query.recentchanges is not a list")
-            changed: list[int] = []
-            deleted: list[str] = []
+            touched: list[int] = []
             for change in changes:
                 if not isinstance(change, dict):
                     continue
                 latest = max(latest, str(change.get("timestamp") or latest))
-                pageid = int(change.get("pageid") or 0)
-                if change.get("type") == "log" and change.get("logtype") == "delete":
-                    if change.get("logaction") == "delete" and pageid:
-                        deleted.append(str(pageid))
-                    elif pageid:  # restored
-                        changed.append(pageid)
-                elif pageid:
-                    changed.append(pageid)
+                if not self._concerns(change):
+                    continue
+                pageid = change.get("pageid")
+                if isinstance(pageid, int) and pageid > 0:
+                    touched.append(pageid)
+                elif change.get("logtype") == "delete":
+                    # MediaWiki 1.39 gives the deleted page's id (log_page); an older wiki may not, and then
+                    # the deletion cannot be mapped to a document
+                    log.warning(
+                        "%s: deletion of %r without a page id, ignored", self.settings.name, change.get("title")
+                    )
             docs: list[SourceDocument] = []
-            unique = list(dict.fromkeys(changed))
+            deleted: list[str] = []
+            unique = list(dict.fromkeys(touched))
             for start in range(0, len(unique), self.settings.page_size):
                 ids = unique[start : start + self.settings.page_size]
-                page_body = self._query({"pageids": "|".join(map(str, ids)), **_PAGE_PROPS})
-                found = self._pages(page_body)
-                docs.extend(found)
-                missing = set(map(str, ids)) - {d.external_id for d in found}
-                deleted.extend(sorted(missing - set(deleted)))
+                for pages, _ in self._complete_batches({"pageids": "|".join(map(str, ids)), **_PAGE_PROPS}, {}):
+                    for page in pages:
+                        if not self._wanted(page):
+                            deleted.append(str(page["pageid"]))
+                        elif (doc := self._document(page)) is not None:
+                            docs.append(doc)
             cont = body.get("continue") or {}
             if cont:
                 yield Batch(docs, deleted, {"mode": "incremental", "since": since, "continue": cont})

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import RemoteSource
+from connectors.confluence import ConfluenceSettings, ConfluenceSource
 from connectors.hubspot import HubSpotSettings, HubSpotSource
 from connectors.mediawiki import MediaWikiSettings, MediaWikiSource
 from connectors.salesforce import SalesforceSettings, SalesforceSource
@@ -23,7 +24,8 @@ class PdfSourceSettings(BaseModel):
 
 
 SourceSettings = Annotated[
-    PdfSourceSettings | MediaWikiSettings | HubSpotSettings | SalesforceSettings, Field(discriminator="kind")
+    PdfSourceSettings | MediaWikiSettings | HubSpotSettings | SalesforceSettings | ConfluenceSettings,
+    Field(discriminator="kind"),
 ]
 
 
@@ -34,4 +36,6 @@ def remote_source(settings: SourceSettings) -> RemoteSource:
         return HubSpotSource(settings)
     if isinstance(settings, SalesforceSettings):
         return SalesforceSource(settings)
+    if isinstance(settings, ConfluenceSettings):
+        return ConfluenceSource(settings)
     raise ValueError(f"source {settings.name!r} of kind {settings.kind!r} is not a remote source")

@@ -106,13 +106,13 @@ def sync_source(source: str) -> dict[str, int]:
     settings = svc.settings.source(source)
     policy = getattr(settings, "http", None)
     limits.ensure_limits(source, policy)
-    with limits.source_slot(source):
+    source_id = ledger.ensure_source(svc.conn, source, settings.kind)
+    with limits.source_slot(source, stale_leases=runs.abandon_dead(svc.conn, source_id)) as lease:
         connector = remote_source(settings)
         client = getattr(connector, "client", None)
         if client is not None and policy is not None:
             client.gate = limits.quota_gate(policy)
-        source_id = ledger.ensure_source(svc.conn, source, settings.kind)
-        run_id = runs.start_run(svc.conn, source_id, _flow_run_id())
+        run_id = runs.start_run(svc.conn, source_id, _flow_run_id(), lease)
         counts = Counts()
         try:
             sync_remote(svc.pipeline, source, connector, counts)

@@ -1,17 +1,23 @@
 """Prefect global concurrency limits for sources: one sync of a source at a time across every process and
 machine (two would replay each other's pages and race on the cursor), and an optional request rate shared by
 all runs and sources that call one API account (``http.shared_quota``), which a per-process token bucket
-cannot see."""
+cannot see.
+
+The source slot uses Prefect's lease calls directly (``prefect.concurrency._sync``, pinned by the Prefect
+version range) rather than its ``concurrency`` context manager, because the lease id must be recorded with
+the run so that a run killed with SIGKILL can have its slot released by the next run."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 
 from connectors.http import HttpPolicy
 
 PREFIX = "ragline"
+LEASE_SECONDS = 60.0  # the server's minimum; renewed while the sync runs
 
 
 def _safe(name: str) -> str:
@@ -41,12 +47,30 @@ def ensure_limits(source: str, policy: HttpPolicy | None) -> None:
 
 
 @contextmanager
-def source_slot(source: str, timeout_seconds: float | None = None) -> Iterator[None]:
-    """Hold the source's single slot for the length of a sync; a second run waits for the first."""
-    from prefect.concurrency.sync import concurrency
+def source_slot(
+    source: str, timeout_seconds: float | None = None, stale_leases: Iterable[uuid.UUID] = ()
+) -> Iterator[uuid.UUID]:
+    """Hold the source's single slot for the length of a sync (a second run waits for the first); yields the
+    lease id, which the caller records. ``stale_leases``, held by runs known dead (killed on this host), are
+    released first: otherwise a killed run would block its source until the lease expired (60 s at least,
+    plus the server's sweep interval)."""
+    from prefect.concurrency._leases import maintain_concurrency_lease
+    from prefect.concurrency._sync import (
+        acquire_concurrency_slots_with_lease,
+        release_concurrency_slots_with_lease,
+    )
 
-    with concurrency(source_limit_name(source), occupy=1, timeout_seconds=timeout_seconds, strict=True):
-        yield
+    for lease in stale_leases:
+        with suppress(Exception):  # already expired or released: nothing to free
+            release_concurrency_slots_with_lease(lease)
+    granted = acquire_concurrency_slots_with_lease(
+        [source_limit_name(source)], 1, timeout_seconds=timeout_seconds, lease_duration=LEASE_SECONDS, strict=True
+    )
+    try:
+        with maintain_concurrency_lease(granted.lease_id, LEASE_SECONDS, raise_on_lease_renewal_failure=False):
+            yield granted.lease_id
+    finally:
+        release_concurrency_slots_with_lease(granted.lease_id)
 
 
 def quota_gate(policy: HttpPolicy) -> Callable[[], None] | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TypeVar, cast
 
 T = TypeVar("T")
@@ -19,7 +19,7 @@ class _Failed:
         self.error = error
 
 
-def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+def prefetch(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
     """Yield ``items`` while up to ``depth`` of the next ones are produced in a thread. An exception in the
     producer is re-raised at its place in the sequence; closing the consumer stops the producer."""
     if depth < 1:

@@ -124,11 +124,18 @@ def _v2_full_text(conn: Connection, dim: int, m: int, ef_construction: int) -> N
     conn.execute("CREATE INDEX chunks_tsv_gin ON chunks USING gin (tsv)")
 
 
+def _v3_run_holders(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
+    """Which host ran a run (a pid means nothing on another machine) and the Prefect lease it held on its
+    source, so a run killed outright does not keep its source locked until the lease expires."""
+    conn.execute("ALTER TABLE runs ADD COLUMN host text, ADD COLUMN lease_id uuid")
+
+
 Migration = Callable[[Connection, int, int, int], None]
 
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema: sources, models, documents ledger, chunks, runs", _v1_initial),
     (2, "full-text column and index on chunks for hybrid search", _v2_full_text),
+    (3, "host and concurrency lease of each run", _v3_run_holders),
 ]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -21,19 +23,33 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def start_run(conn: Connection, source_id: int, flow_run_id: str | None = None) -> int:
-    """Open a run; runs of this source left 'running' by a process that is gone (killed) become
-    'abandoned', so status never shows a dead run as in progress."""
+def abandon_dead(conn: Connection, source_id: int) -> list[uuid.UUID]:
+    """Mark this source's runs left 'running' by a process of this host that is gone (killed) as
+    'abandoned', so status never shows a dead run as in progress; returns the leases they held, for the
+    caller to release. Runs of other hosts are left alone: a pid says nothing about another machine."""
+    here = socket.gethostname()
     with conn.transaction():
         stale = conn.execute(
-            "SELECT id, pid FROM runs WHERE source_id = %s AND status = 'running'", (source_id,)
+            "SELECT id, pid, host, lease_id FROM runs WHERE source_id = %s AND status = 'running' FOR UPDATE",
+            (source_id,),
         ).fetchall()
-        dead = [r["id"] for r in stale if r["pid"] is None or not pid_alive(int(r["pid"]))]
+        dead = [r for r in stale if r["host"] in (None, here) and (r["pid"] is None or not pid_alive(int(r["pid"])))]
         if dead:
-            conn.execute("UPDATE runs SET status = 'abandoned', finished_at = now() WHERE id = ANY(%s)", (dead,))
+            ids = [r["id"] for r in dead]
+            conn.execute("UPDATE runs SET status = 'abandoned', finished_at = now() WHERE id = ANY(%s)", (ids,))
+    return [r["lease_id"] for r in dead if r["lease_id"] is not None]
+
+
+def start_run(
+    conn: Connection, source_id: int, flow_run_id: str | None = None, lease_id: uuid.UUID | None = None
+) -> int:
+    """Open a run (dead runs of the source are abandoned first)."""
+    abandon_dead(conn, source_id)
+    with conn.transaction():
         row = conn.execute(
-            "INSERT INTO runs (source_id, flow_run_id, pid, status) VALUES (%s, %s, %s, 'running') RETURNING id",
-            (source_id, flow_run_id, os.getpid()),
+            "INSERT INTO runs (source_id, flow_run_id, pid, host, lease_id, status)"
+            " VALUES (%s, %s, %s, %s, %s, 'running') RETURNING id",
+            (source_id, flow_run_id, os.getpid(), socket.gethostname(), lease_id),
         ).fetchone()
     assert row is not None
     return int(row["id"])

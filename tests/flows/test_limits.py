@@ -96,3 +96,16 @@ def test_every_request_takes_a_slot_of_the_shared_quota(prefect_api: str) -> Non
         assert client.get_json("/x") == {"ok": True}
         client.close()
     assert len(taken) == len(srv.calls("/x")) == 2  # the retry took its own slot; the refused call sent nothing
+
+
+def test_the_lease_of_a_killed_run_is_released_by_the_next_run(prefect_api: str) -> None:
+    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
+
+    limits.ensure_limits("lost", None)
+    leaked = acquire_concurrency_slots_with_lease(
+        [limits.source_limit_name("lost")], 1, lease_duration=600, strict=True
+    )  # held by a process that was then killed: nobody renews or releases it
+    with pytest.raises(TimeoutError), limits.source_slot("lost", timeout_seconds=1.0):
+        pass
+    with limits.source_slot("lost", timeout_seconds=30, stale_leases=[leaked.lease_id]) as lease:
+        assert lease != leaked.lease_id

@@ -22,11 +22,10 @@ def test_an_error_arrives_after_the_items_before_it() -> None:
         yield 2
         raise RuntimeError("source broke")
 
-    seen: list[int] = []
+    gen = prefetch(items())
+    assert [next(gen), next(gen)] == [1, 2]
     with pytest.raises(RuntimeError, match="source broke"):
-        for item in prefetch(items()):
-            seen.append(item)
-    assert seen == [1, 2]
+        next(gen)
 
 
 def test_the_producer_runs_ahead_by_at_most_depth_and_stops_with_the_consumer() -> None:
