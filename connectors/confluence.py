@@ -28,7 +28,6 @@ import base64
 import hashlib
 import html
 import logging
-import os
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,6 +44,7 @@ from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDo
 from connectors.errors import MalformedPayloadError, RequestRejectedError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.text import clean_text
+from connectors.values import parse_timestamp, secret_from_env
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +177,7 @@ def unpack_ids(packed: Any) -> set[str]:
     return set(raw.split("\n")) if raw else set()
 
 
-def parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+parse_time = parse_timestamp
 
 
 # ---- storage format -> text ---------------------------------------------------------------------------------
@@ -393,14 +386,7 @@ class ConfluenceSource:
         self._space_ids: dict[str, str] | None = None
         self._space_keys: dict[str, str] = {}
         if client is None:
-            credentials = []
-            for variable in (settings.email_env, settings.token_env):
-                value = os.environ.get(variable)
-                if not value:
-                    raise RequestRejectedError(
-                        settings.name, 401, f"no credentials: set the environment variable {variable}"
-                    )
-                credentials.append(value)
+            credentials = [secret_from_env(settings.name, v) for v in (settings.email_env, settings.token_env)]
             client = ResilientClient(
                 settings.name,
                 settings.http,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
@@ -19,9 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDocument, failing_document
-from connectors.errors import MalformedPayloadError, RequestRejectedError
+from connectors.errors import MalformedPayloadError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.text import clean_text
+from connectors.values import secret_from_env
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,7 @@ class HubSpotSource:
 
     def __init__(self, settings: HubSpotSettings, client: ResilientClient | None = None) -> None:
         self.settings = settings
-        token = os.environ.get(settings.token_env)
-        if client is None and not token:
-            raise RequestRejectedError(
-                settings.name, 401, f"no token: set the environment variable {settings.token_env}"
-            )
+        token = secret_from_env(settings.name, settings.token_env) if client is None else ""
         self.client = client or ResilientClient(
             settings.name, settings.http, base_url=settings.base_url, headers={"Authorization": f"Bearer {token}"}
         )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDo
 from connectors.errors import MalformedPayloadError, RequestRejectedError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.text import clean_text
+from connectors.values import parse_timestamp, secret_from_env
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +197,7 @@ def soql_datetime(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_modstamp(value: Any) -> datetime | None:
-    """Salesforce writes ``2024-01-01T12:34:56.000+0000``."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+parse_modstamp = parse_timestamp  # Salesforce writes 2024-01-01T12:34:56.000+0000
 
 
 def field_value(record: Mapping[str, Any], path: str) -> Any:
@@ -276,11 +268,7 @@ class SalesforceSource:
 
     def __init__(self, settings: SalesforceSettings, client: ResilientClient | None = None) -> None:
         self.settings = settings
-        token = os.environ.get(settings.token_env)
-        if client is None and not token:
-            raise RequestRejectedError(
-                settings.name, 401, f"no token: set the environment variable {settings.token_env}"
-            )
+        token = secret_from_env(settings.name, settings.token_env) if client is None else ""
         self.client = client or ResilientClient(
             settings.name,
             settings.http,
