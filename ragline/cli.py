@@ -396,6 +396,11 @@ def stop(obj: _Context) -> None:
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
+from ragline.snapshot_cmd import snapshot as _snapshot_group  # noqa: E402
+
+cli.add_command(_snapshot_group)
+
+
 def main() -> None:
     known = _known_errors()
     try:
