@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedding.chunking import ChunkingSettings
+from embedding.pool_settings import PoolSettings
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -44,11 +45,16 @@ class EmbeddingSettings(BaseModel):
     device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
-        description="Compute precision. auto: bfloat16 on CPUs with AMX, where it is reported 2-3x faster "
-        "than float32; float32 elsewhere (bf16 without AMX measured slower here: docs/benchmarks.md).",
+        description="Compute precision. auto: for Embedder, bfloat16 on CPUs with AMX, where it is reported "
+        "2-3x faster than float32, float32 elsewhere (bf16 without AMX measured slower here: "
+        "docs/benchmarks.md); for EmbeddingPool, measured per device (embedding.pool.precision).",
     )
-    batch_size: int = Field(default=32, gt=0, le=4096, description="Chunks per forward pass.")
+    batch_size: int = Field(default=32, gt=0, le=4096, description="Chunks per forward pass (Embedder only).")
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    pool: PoolSettings = Field(
+        default_factory=PoolSettings,
+        description="The worker pool (embedding.pool.EmbeddingPool): devices, token budgets, precision choice.",
+    )
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -133,6 +139,30 @@ class ModelTokenizer:
 
     def count(self, texts: Sequence[str]) -> list[int]:
         return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=True)]
+
+
+class TextEmbedder(Protocol):
+    """What the pipeline needs of an embedder: ``Embedder`` (one model in this thread) and
+    ``embedding.pool.EmbeddingPool`` (workers per device) both provide it."""
+
+    settings: EmbeddingSettings
+
+    @property
+    def revision(self) -> str: ...
+
+    @property
+    def identity(self) -> ModelIdentity: ...
+
+    @property
+    def tokenizer(self) -> ModelTokenizer: ...
+
+    @property
+    def max_seq_length(self) -> int: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 class Embedder:

@@ -19,7 +19,7 @@ import numpy as np
 
 from connectors.base import DocumentError, ParsedDocument, RemoteSource, SourceDocument
 from embedding.chunking import ChunkTooLongError, chunk_pages
-from embedding.model import Embedder
+from embedding.model import TextEmbedder
 from flows.prefetch import prefetch
 from flows.settings import RaglineSettings
 from vectorstore import cursors, ledger, store
@@ -74,7 +74,7 @@ class Plan:
         return not self.work and not self.deleted
 
 
-def pipeline_fingerprints(settings: RaglineSettings, embedder: Embedder) -> Fingerprints:
+def pipeline_fingerprints(settings: RaglineSettings, embedder: TextEmbedder) -> Fingerprints:
     """A change of chunking or model re-processes committed documents (chunks whose text is unchanged keep
     their vectors: their ids do not change); a change of parse settings (passwords, limits) only retries
     quarantined ones."""
@@ -135,7 +135,7 @@ class _Prepared:
 
 
 class Pipeline:
-    def __init__(self, conn: Connection, settings: RaglineSettings, embedder: Embedder) -> None:
+    def __init__(self, conn: Connection, settings: RaglineSettings, embedder: TextEmbedder) -> None:
         self.conn = conn
         self.settings = settings
         self.embedder = embedder

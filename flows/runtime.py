@@ -6,7 +6,8 @@ import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from embedding.model import Embedder
+from embedding.model import TextEmbedder
+from embedding.pool import EmbeddingPool
 from flows.pipeline import Pipeline
 from flows.settings import RaglineSettings, database_url, load_settings
 from vectorstore.db import Connection, connect
@@ -16,12 +17,19 @@ from vectorstore.migrations import migrate
 @dataclass
 class Services:
     settings: RaglineSettings
-    shared_embedder: Embedder | None = field(default=None, repr=False)
+    shared_embedder: TextEmbedder | None = field(default=None, repr=False)
 
     @cached_property
-    def embedder(self) -> Embedder:
-        """Cheap until ``embed`` is called: the model itself loads lazily."""
-        return self.shared_embedder or Embedder(self.settings.embedding)
+    def embedder(self) -> TextEmbedder:
+        """The worker pool (one worker per GPU, else the CPU), cheap until first used: workers start and load
+        the model lazily. Calibration results are cached under RAGLINE_HOME."""
+        if self.shared_embedder is not None:
+            return self.shared_embedder
+        embedding = self.settings.embedding
+        if embedding.pool.calibration_dir is None:
+            pool = embedding.pool.model_copy(update={"calibration_dir": self.settings.home / "calibration"})
+            embedding = embedding.model_copy(update={"pool": pool})
+        return EmbeddingPool(embedding)
 
     @cached_property
     def conn(self) -> Connection:
@@ -39,10 +47,14 @@ class Services:
         return Pipeline(self.conn, self.settings, self.embedder)
 
     def close(self) -> None:
+        if self.shared_embedder is None:
+            embedder = self.__dict__.pop("embedder", None)
+            if isinstance(embedder, EmbeddingPool):
+                embedder.close()
+        self.__dict__.pop("pipeline", None)
         if "conn" in self.__dict__:
             self.conn.close()
             del self.__dict__["conn"]
-            self.__dict__.pop("pipeline", None)
 
 
 _services: Services | None = None

@@ -1,0 +1,703 @@
+"""The embedding worker pool: one worker thread per device (each GPU, or the CPU), each with its model loaded
+once and kept warm, pulling token-budget batches from a two-lane queue.
+
+- Batches are packed from the queue by padded tokens (chunks sorted longest first) within the device's budget:
+  what its free memory allows for the calibrated memory per token, capped, and shrunk by out-of-memory.
+- A batch that runs out of memory goes back to the head of its lane and the device's budget halves, so it is
+  re-packed into smaller batches; the budget grows back after a streak of successes (``budget.BudgetController``).
+- A worker thread that dies mid-batch has its batch re-queued and is restarted; each chunk has a bounded number
+  of attempts, after which its request fails with the error, never silently.
+- Requests of few tokens take the low-latency lane, served before bulk work: at worst they wait for the batch
+  each worker has in hand.
+- ``stats()`` gives the scaling signal (queued and in-flight chunks) and per-device throughput and batch sizes.
+
+Threads suffice: torch releases the GIL in its kernels. The pool offers the ``Embedder`` surface the pipeline
+uses (``embed``, ``identity``, ``tokenizer``, ``max_seq_length``, ``dimension``, ``settings``, ``revision``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from embedding.budget import BudgetController, MemoryModel, pack, take_batch
+from embedding.calibration_text import QUERIES, calibration_texts
+from embedding.devices import CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS, Device, MemoryProbe, default_probe, discover_devices
+from embedding.devices import is_oom as is_oom
+from embedding.model import Embedder, EmbeddingSettings, ModelIdentity, ModelTokenizer
+from embedding.pool_settings import PoolSettings
+from embedding.precision import CalibrationCache, PrecisionChoice, Thresholds, calibrate, candidates, choose
+from embedding.runner import Runner, RunnerFactory, TorchRunner
+
+log = logging.getLogger(__name__)
+
+
+class Lane(IntEnum):
+    """Served in this order."""
+
+    INTERACTIVE = 0
+    BULK = 1
+
+
+class EmbeddingError(RuntimeError):
+    """A request that could not be embedded; the message names the device, the chunk and the cause."""
+
+
+class EmbedRequest:
+    """A submitted request: ``result()`` waits for its vectors (in the order of its texts)."""
+
+    def __init__(self, count: int, dim: int, lane: Lane, tokens: int) -> None:
+        self.lane = lane
+        self.tokens = tokens
+        self.vectors = np.zeros((count, dim), dtype=np.float32)
+        self._written = np.zeros(count, dtype=bool)
+        self._remaining = count
+        self._event = threading.Event()
+        self.error: EmbeddingError | None = None
+        if count == 0:
+            self._event.set()
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"embedding request of {len(self.vectors)} chunks not done after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.vectors
+
+
+@dataclass(eq=False)
+class _Item:
+    request: EmbedRequest
+    index: int
+    text: str
+    tokens: int
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class DeviceStats:
+    key: str
+    state: str
+    precision: str | None
+    batches: int
+    chunks: int
+    tokens: int
+    padded_tokens: int
+    busy_s: float
+    tokens_per_s: float
+    mean_batch_chunks: float
+    max_batch_chunks: int
+    last_batch_chunks: int
+    last_batch_padded_tokens: int
+    budget_tokens: int | None
+    budget_ceiling: int | None
+    ooms: int
+    shrinks: int
+    regrows: int
+    crashes: int
+    restarts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    queued_chunks: int
+    queued_tokens: int
+    queued_interactive: int
+    queued_bulk: int
+    in_flight_batches: int
+    in_flight_chunks: int
+    pending_requests: int
+    duplicates: int
+    devices: list[DeviceStats]
+
+    @property
+    def load(self) -> int:
+        """The scaling signal: chunks waiting or being embedded."""
+        return self.queued_chunks + self.in_flight_chunks
+
+
+@dataclass
+class _Counters:
+    batches: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    busy_s: float = 0.0
+    max_batch: int = 0
+    last_batch: int = 0
+    last_padded: int = 0
+    ooms: int = 0
+    crashes: int = 0
+    restarts: int = 0
+    crash_streak: int = 0
+
+
+@dataclass(eq=False)
+class _Worker:
+    device: Device
+    state: Literal["starting", "ready", "retired", "stopped"] = "starting"
+    runner: Runner | None = None
+    precision: PrecisionChoice | None = None
+    memory: MemoryModel | None = None
+    usable_bytes: float = 0.0
+    controller: BudgetController | None = None
+    thread: threading.Thread | None = None
+    in_flight: list[_Item] | None = None
+    counters: _Counters = field(default_factory=_Counters)
+    error: str | None = None
+
+    def budget(self, length: int) -> int:
+        assert self.controller is not None and self.memory is not None
+        return max(1, min(self.controller.limit, self.memory.max_padded_tokens(self.usable_bytes, length)))
+
+
+class EmbeddingPool:
+    def __init__(
+        self,
+        settings: EmbeddingSettings | None = None,
+        *,
+        embedder: Embedder | None = None,
+        devices: Sequence[Device] | None = None,
+        probe: MemoryProbe = default_probe,
+        runner_factory: RunnerFactory | None = None,
+        calibration_texts: Sequence[str] | None = None,
+        calibration_queries: Sequence[str] | None = None,
+        calibration_rounds: int = 2,
+        clock: Callable[[], float] = time.perf_counter,
+        cpu_bf16: bool | None = None,
+    ) -> None:
+        """``embedder`` lends the model's metadata (identity, tokenizer) without loading it; ``devices``,
+        ``probe`` and ``runner_factory`` are seams for tests and benchmarks (default: discovered devices,
+        real memory probes, torch runners)."""
+        if embedder is not None and settings is not None and embedder.settings.model != settings.model:
+            raise ValueError(
+                f"embedding.model {settings.model!r} differs from the given embedder's {embedder.settings.model!r}"
+            )
+        self._meta = embedder or Embedder(settings or EmbeddingSettings())
+        self.settings: EmbeddingSettings = settings or self._meta.settings
+        self.pool_settings: PoolSettings = self.settings.pool
+        self._devices = list(devices) if devices is not None else None
+        self._probe = probe
+        self._factory: RunnerFactory = runner_factory or (lambda d, p: TorchRunner(self.model_dir, d, p))
+        self._calibration_texts = list(calibration_texts) if calibration_texts is not None else None
+        self._calibration_queries = list(calibration_queries) if calibration_queries is not None else None
+        self._calibration_rounds = calibration_rounds
+        self._clock = clock
+        self._cpu_bf16 = cpu_bf16  # None: detected (AMX tiles)
+        self._cache = CalibrationCache(self.pool_settings.calibration_dir)
+        self._cond = threading.Condition()
+        self._start_lock = threading.Lock()
+        self._calibration_lock = threading.Lock()
+        # Each lane: units (a request's chunks, or a re-queued batch), each sorted longest first.
+        self._lanes: dict[Lane, deque[deque[_Item]]] = {lane: deque() for lane in Lane}
+        self._workers: list[_Worker] = []
+        self._requests: set[EmbedRequest] = set()
+        self._duplicates = 0
+        self._started = False
+        self._closing = False
+
+    # The Embedder surface the pipeline uses.
+    @property
+    def model_dir(self) -> Path:
+        return self._meta.model_dir
+
+    @property
+    def revision(self) -> str:
+        return self._meta.revision
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return self._meta.identity
+
+    @property
+    def tokenizer(self) -> ModelTokenizer:
+        return self._meta.tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return self._meta.max_seq_length
+
+    @property
+    def dimension(self) -> int:
+        return self._meta.dimension
+
+    def embed(
+        self, texts: Sequence[str], *, token_counts: Sequence[int] | None = None, lane: Lane | None = None
+    ) -> np.ndarray:
+        """Unit-length float32 vectors, one per text, in order (the ``Embedder.embed`` contract)."""
+        return self.submit(texts, token_counts=token_counts, lane=lane).result()
+
+    def submit(
+        self, texts: Sequence[str], *, token_counts: Sequence[int] | None = None, lane: Lane | None = None
+    ) -> EmbedRequest:
+        """Queue ``texts`` without waiting. ``token_counts`` (the chunker's, special tokens included) saves
+        counting them again; ``lane`` defaults to INTERACTIVE for requests of at most
+        ``pool.small_request_tokens`` tokens."""
+        counts = list(token_counts) if token_counts is not None else self.tokenizer.count(texts) if texts else []
+        if len(counts) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(counts)} token counts")
+        window = self.max_seq_length
+        clipped = [max(1, min(c, window)) for c in counts]
+        total = sum(clipped)
+        if lane is None:
+            lane = Lane.INTERACTIVE if total <= self.pool_settings.small_request_tokens else Lane.BULK
+        request = EmbedRequest(len(texts), self.dimension, lane, total)
+        if not texts:
+            return request
+        self.start()
+        items = [_Item(request, i, t, n) for i, (t, n) in enumerate(zip(texts, clipped, strict=True))]
+        items.sort(key=lambda item: -item.tokens)
+        with self._cond:
+            if self._closing:
+                raise EmbeddingError("the embedding pool is closed")
+            if not any(w.state in ("starting", "ready") for w in self._workers):
+                raise EmbeddingError(f"no embedding device is usable: {self._device_errors()}")
+            self._requests.add(request)
+            self._lanes[lane].append(deque(items))
+            self._cond.notify_all()
+        return request
+
+    def start(self) -> None:
+        """Start the workers (idempotent); each loads its model in its own thread. Called by the first
+        ``submit``; call it early to have the models warm before the first request."""
+        with self._start_lock:
+            if self._started:
+                return
+            devices = self._devices
+            if devices is None:
+                pool = self.pool_settings
+                explicit = self.settings.device if "device" in self.settings.model_fields_set else None
+                devices = discover_devices(pool.devices, explicit_device=explicit, cpu_threads=pool.cpu_threads)
+            with self._cond:
+                for device in devices:
+                    worker = _Worker(device)
+                    self._workers.append(worker)
+                    self._spawn(worker)
+                self._started = True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the workers after their current batch; requests still queued fail with an error."""
+        with self._cond:
+            self._closing = True
+            self._fail_all(EmbeddingError("the embedding pool was closed before this request was embedded"))
+            self._cond.notify_all()
+            threads = [w.thread for w in self._workers if w.thread is not None]
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+
+    def __enter__(self) -> EmbeddingPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until every worker has loaded and calibrated its model (or failed to)."""
+        self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while any(w.state == "starting" for w in self._workers):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"embedding workers not ready after {timeout} s")
+                self._cond.wait(left)
+
+    def precision_choices(self) -> dict[str, PrecisionChoice]:
+        with self._cond:
+            return {w.device.key: w.precision for w in self._workers if w.precision is not None}
+
+    def stats(self) -> PoolStats:
+        with self._cond:
+            queued = [item for lane in Lane for unit in self._lanes[lane] for item in unit]
+            per_lane = {lane: sum(len(u) for u in self._lanes[lane]) for lane in Lane}
+            in_flight = [w.in_flight for w in self._workers if w.in_flight is not None]
+            devices = [self._device_stats(w) for w in self._workers]
+            return PoolStats(
+                queued_chunks=len(queued),
+                queued_tokens=sum(item.tokens for item in queued),
+                queued_interactive=per_lane[Lane.INTERACTIVE],
+                queued_bulk=per_lane[Lane.BULK],
+                in_flight_batches=len(in_flight),
+                in_flight_chunks=sum(len(b) for b in in_flight),
+                pending_requests=len(self._requests),
+                duplicates=self._duplicates,
+                devices=devices,
+            )
+
+    @staticmethod
+    def _device_stats(w: _Worker) -> DeviceStats:
+        c = w.counters
+        return DeviceStats(
+            key=w.device.key,
+            state=w.state,
+            precision=w.precision.precision if w.precision else None,
+            batches=c.batches,
+            chunks=c.chunks,
+            tokens=c.tokens,
+            padded_tokens=c.padded_tokens,
+            busy_s=c.busy_s,
+            tokens_per_s=c.tokens / c.busy_s if c.busy_s > 0 else 0.0,
+            mean_batch_chunks=c.chunks / c.batches if c.batches else 0.0,
+            max_batch_chunks=c.max_batch,
+            last_batch_chunks=c.last_batch,
+            last_batch_padded_tokens=c.last_padded,
+            budget_tokens=w.controller.limit if w.controller else None,
+            budget_ceiling=w.controller.ceiling if w.controller else None,
+            ooms=c.ooms,
+            shrinks=w.controller.shrinks if w.controller else 0,
+            regrows=w.controller.regrows if w.controller else 0,
+            crashes=c.crashes,
+            restarts=c.restarts,
+            error=w.error,
+        )
+
+    # Workers.
+    def _spawn(self, worker: _Worker) -> None:
+        worker.thread = threading.Thread(
+            target=self._run, args=(worker,), name=f"embed-{worker.device.key}", daemon=True
+        )
+        worker.thread.start()
+
+    def _run(self, worker: _Worker) -> None:
+        error: BaseException | None = None
+        try:
+            if worker.state == "starting":
+                self._prepare(worker)
+            while (batch := self._next_batch(worker)) is not None:
+                self._process(worker, batch)
+        except BaseException as err:  # noqa: BLE001  (the thread is ending: _exited re-queues and reports it)
+            error = err
+        finally:
+            self._exited(worker, error)
+
+    def _prepare(self, worker: _Worker) -> None:
+        """Load, choose the precision, calibrate memory and size the budget, in the worker's thread."""
+        device, pool = worker.device, self.pool_settings
+        if device.kind == "cpu" and device.threads:
+            import torch
+
+            torch.set_num_threads(device.threads)  # per thread for OpenMP; threads started later inherit it
+        if device.kind == "cuda":
+            import torch
+
+            torch.cuda.set_device(device.torch_device)  # kernels that use the current device land on ours
+        # One calibration at a time: workers on like devices then reuse the first one's result, and two
+        # calibrations never compete for the same cores.
+        with self._calibration_lock:
+            choice = self._choose_precision(device)
+            runner = self._factory(device, choice.precision)
+            runner.load()
+            memory = self._memory_model(device, choice.precision, runner)
+        usable = self._probe(device) * pool.memory_fraction
+        cap = pool.max_batch_tokens or (CPU_BATCH_TOKENS if device.kind == "cpu" else CUDA_BATCH_TOKENS)
+        ceiling = max(1, min(cap, memory.max_padded_tokens(usable, 1)))
+        controller = BudgetController(ceiling, pool.regrow_after, pool.regrow_factor)
+        with self._cond:
+            worker.runner, worker.precision, worker.memory = runner, choice, memory
+            worker.usable_bytes, worker.controller = usable, controller
+            worker.state = "ready"
+            self._cond.notify_all()
+        log.info(
+            "embedding worker %s ready: %s; memory %s; %.0f MiB usable, budget %d padded tokens at %d tokens",
+            device.key,
+            choice.summary(),
+            memory.source,
+            usable / 2**20,
+            worker.budget(self.max_seq_length),
+            self.max_seq_length,
+        )
+
+    def _requested_precision(self) -> str:
+        configured = self.pool_settings.precision
+        return configured if configured is not None else self.settings.dtype
+
+    def _choose_precision(self, device: Device) -> PrecisionChoice:
+        requested = self._requested_precision()
+        if requested != "auto":
+            return PrecisionChoice(requested, "configured")
+        names = candidates(device, cuda_bf16=device.kind == "cuda" and _cuda_bf16(device), cpu_bf16=self._cpu_bf16)
+        if len(names) == 1:
+            return PrecisionChoice(names[0], "the only candidate on this device")
+        texts = self._calibration_texts or calibration_texts()
+        queries = self._calibration_queries if self._calibration_queries is not None else list(QUERIES)
+        pool = self.pool_settings
+        thresholds = Thresholds(pool.min_cosine, pool.min_neighbour_overlap, pool.min_speedup)
+        key = {
+            "model": self.revision,
+            "device": device.label,
+            "threads": device.threads,
+            "torch": _torch_version(),
+            "candidates": names,
+            "thresholds": [thresholds.min_cosine, thresholds.min_neighbour_overlap, thresholds.min_speedup],
+            "calibration": hashlib.sha256(json.dumps([queries, texts]).encode()).hexdigest()[:16],
+            "batch_tokens": pool.max_batch_tokens,
+        }
+        cached = self._cache.get("precision", key)
+        if cached is not None:
+            choice = PrecisionChoice.from_json(cached, cached=True)
+            log.info("precision for %s from the calibration cache: %s", device.key, choice.summary())
+            return choice
+        everything = [*queries, *texts]
+        counts = [max(1, min(c, self.max_seq_length)) for c in self.tokenizer.count(everything)]
+        cap = pool.max_batch_tokens or (CPU_BATCH_TOKENS if device.kind == "cpu" else CUDA_BATCH_TOKENS)
+        batches = pack(counts, lambda _length: cap, pool.max_batch_items)
+
+        def make(name: str) -> Runner:
+            runner = self._factory(device, name)
+            runner.load()
+            return runner
+
+        measurements = calibrate(
+            make,
+            names,
+            everything,
+            batches,
+            sum(counts),
+            len(queries),
+            rounds=self._calibration_rounds,
+            clock=self._clock,
+        )
+        choice = choose(measurements, thresholds)
+        self._cache.put("precision", key, choice.to_json())
+        log.info("precision for %s calibrated: %s", device.key, choice.summary())
+        return choice
+
+    def _memory_model(self, device: Device, precision: str, runner: Runner) -> MemoryModel:
+        key = {
+            "model": self.revision,
+            "device": device.label,
+            "precision": precision,
+            "torch": _torch_version(),
+            "max_seq_length": self.max_seq_length,
+        }
+        cached = self._cache.get("memory", key)
+        if cached is not None:
+            return MemoryModel.from_json(cached)
+        model = runner.memory_model(self.max_seq_length)
+        self._cache.put("memory", key, model.to_json())
+        return model
+
+    def _next_batch(self, worker: _Worker) -> list[_Item] | None:
+        with self._cond:
+            while True:
+                if self._closing:
+                    return None
+                batch = self._take(worker)
+                if batch:
+                    worker.in_flight = batch
+                    return batch
+                self._cond.wait()
+
+    def _take(self, worker: _Worker) -> list[_Item]:
+        """The next batch for ``worker``: from the interactive lane if it has work, else the bulk lane."""
+        for lane in Lane:
+            units = self._lanes[lane]
+            if not units:
+                continue
+            count = take_batch(
+                (item.tokens for unit in units for item in unit), worker.budget, self.pool_settings.max_batch_items
+            )
+            batch: list[_Item] = []
+            while len(batch) < count:
+                unit = units[0]
+                batch.append(unit.popleft())
+                if not unit:
+                    units.popleft()
+            return batch
+        return []
+
+    def _process(self, worker: _Worker, batch: list[_Item]) -> None:
+        assert worker.runner is not None
+        padded = len(batch) * max(item.tokens for item in batch)
+        start = self._clock()
+        oom: str | None = None
+        try:
+            vectors = worker.runner.forward([item.text for item in batch])
+        except Exception as err:
+            if not is_oom(err):
+                raise  # a crash: the thread ends, and _exited re-queues the batch
+            # Only the message is kept: the traceback's frames hold the failed batch's tensors, and the
+            # device cache cannot be emptied while they live.
+            oom = f"{type(err).__name__}: {err}"
+        if oom is not None:
+            self._out_of_memory(worker, batch, padded, oom)
+            return
+        elapsed = self._clock() - start
+        if vectors.shape != (len(batch), self.dimension):
+            raise EmbeddingError(
+                f"device {worker.device.key} returned vectors of shape {vectors.shape} for a batch of {len(batch)}"
+            )
+        if self._complete(worker, batch, vectors, padded, elapsed):
+            self._refresh_memory(worker)
+
+    def _complete(self, worker: _Worker, batch: list[_Item], vectors: np.ndarray, padded: int, elapsed: float) -> bool:
+        """Record a finished batch; True when the budget grew (memory is then probed again)."""
+        assert worker.controller is not None
+        with self._cond:
+            for item, vector in zip(batch, vectors, strict=True):
+                request = item.request
+                if request.error is not None:
+                    continue
+                if request._written[item.index]:
+                    self._duplicates += 1  # never expected: an item is in one place at a time
+                    log.error("chunk %d embedded twice on %s", item.index, worker.device.key)
+                    continue
+                request.vectors[item.index] = vector
+                request._written[item.index] = True
+                request._remaining -= 1
+                if request._remaining == 0:
+                    self._requests.discard(request)
+                    request._event.set()
+            c = worker.counters
+            c.batches += 1
+            c.chunks += len(batch)
+            c.tokens += sum(item.tokens for item in batch)
+            c.padded_tokens += padded
+            c.busy_s += elapsed
+            c.max_batch = max(c.max_batch, len(batch))
+            c.last_batch, c.last_padded = len(batch), padded
+            c.crash_streak = 0
+            worker.in_flight = None
+            return worker.controller.on_success()
+
+    def _out_of_memory(self, worker: _Worker, batch: list[_Item], padded: int, err: str) -> None:
+        assert worker.controller is not None and worker.runner is not None
+        worker.runner.after_oom()
+        with self._cond:
+            worker.counters.ooms += 1
+            before = worker.controller.limit
+            after = worker.controller.on_oom(padded)
+            log.warning(
+                "out of memory on %s with %d chunks (%d padded tokens): budget %d -> %d padded tokens "
+                "(shrink %d on this device): %s",
+                worker.device.key,
+                len(batch),
+                padded,
+                before,
+                after,
+                worker.controller.shrinks,
+                err,
+            )
+            if len(batch) == 1:
+                batch[0].attempts += 1  # a chunk that does not fit alone: retried a bounded number of times
+            self._requeue(batch, f"out of memory on {worker.device.key}: {err}")
+            worker.in_flight = None
+            self._cond.notify_all()
+        self._refresh_memory(worker)
+
+    def _refresh_memory(self, worker: _Worker) -> None:
+        """Probe free memory again (others may have taken or freed some) and move the ceiling with it."""
+        assert worker.memory is not None and worker.controller is not None
+        usable = self._probe(worker.device) * self.pool_settings.memory_fraction
+        cap = self.pool_settings.max_batch_tokens or (
+            CPU_BATCH_TOKENS if worker.device.kind == "cpu" else CUDA_BATCH_TOKENS
+        )
+        with self._cond:
+            worker.usable_bytes = usable
+            worker.controller.set_ceiling(max(1, min(cap, worker.memory.max_padded_tokens(usable, 1))))
+
+    def _requeue(self, batch: list[_Item], cause: str) -> None:
+        """Put ``batch`` back at the head of its lanes (callers hold the lock); chunks out of attempts fail
+        their request instead."""
+        retry: dict[Lane, list[_Item]] = {}
+        for item in batch:
+            if item.request.error is not None:
+                continue
+            if item.attempts >= self.pool_settings.max_attempts:
+                self._fail(
+                    item.request,
+                    EmbeddingError(
+                        f"chunk {item.index} ({item.tokens} tokens) failed {item.attempts} times; last: {cause}"
+                    ),
+                )
+                continue
+            retry.setdefault(item.request.lane, []).append(item)
+        for lane, items in retry.items():
+            alive = sorted((item for item in items if item.request.error is None), key=lambda item: -item.tokens)
+            if alive:
+                self._lanes[lane].appendleft(deque(alive))
+
+    def _exited(self, worker: _Worker, error: BaseException | None) -> None:
+        with self._cond:
+            if worker.in_flight:
+                for item in worker.in_flight:
+                    item.attempts += 1
+                self._requeue(worker.in_flight, f"worker {worker.device.key} died: {error!r}")
+                worker.in_flight = None
+            if error is None or self._closing:
+                worker.state = "stopped" if worker.state != "retired" else worker.state
+                self._cond.notify_all()
+                return
+            worker.counters.crashes += 1
+            worker.counters.crash_streak += 1
+            worker.error = f"{type(error).__name__}: {error}"
+            loading = worker.state == "starting"
+            if loading or worker.counters.crash_streak > self.pool_settings.max_restarts:
+                log.error(
+                    "embedding device %s retired after %s: %s",
+                    worker.device.key,
+                    "failing to start" if loading else f"{worker.counters.crash_streak} crashes in a row",
+                    worker.error,
+                    exc_info=error,
+                )
+                worker.state = "retired"
+                if not any(w.state in ("starting", "ready") for w in self._workers):
+                    self._fail_all(EmbeddingError(f"no embedding device is usable: {self._device_errors()}"))
+            else:
+                log.error(
+                    "embedding worker %s died (%s); its batch is re-queued and the worker restarted",
+                    worker.device.key,
+                    worker.error,
+                    exc_info=error,
+                )
+                worker.counters.restarts += 1
+                self._spawn(worker)
+            self._cond.notify_all()
+
+    def _fail(self, request: EmbedRequest, error: EmbeddingError) -> None:
+        """Fail ``request`` and drop its queued chunks (callers hold the lock)."""
+        if request.error is not None or request.done():
+            return
+        request.error = error
+        self._requests.discard(request)
+        request._event.set()
+        for lane in Lane:
+            units = [deque(item for item in unit if item.request is not request) for unit in self._lanes[lane]]
+            self._lanes[lane] = deque(unit for unit in units if unit)
+
+    def _fail_all(self, error: EmbeddingError) -> None:
+        for request in list(self._requests):
+            self._fail(request, error)
+        for lane in Lane:
+            self._lanes[lane].clear()
+
+    def _device_errors(self) -> str:
+        return "; ".join(f"{w.device.key}: {w.error or w.state}" for w in self._workers) or "no devices"
+
+
+def _cuda_bf16(device: Device) -> bool:
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)

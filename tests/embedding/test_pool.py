@@ -1,0 +1,435 @@
+"""The worker pool on the real model (CPU): faults come from wrappers around the real runner (out of memory,
+a worker thread dying, a device that cannot load), memory from an injected probe, speed from an injected
+clock. Ordering is proved by comparing every vector with the model's own output; nothing is timed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from embedding.budget import MemoryModel
+from embedding.calibration_text import QUERIES, calibration_texts
+from embedding.devices import Device
+from embedding.model import Embedder, EmbeddingSettings, TextEmbedder
+from embedding.pool import EmbeddingError, EmbeddingPool, Lane
+from embedding.runner import Runner, TorchRunner
+
+WAIT = 120.0  # generous bound on waits on a shared 2-core machine; never reached when things work
+GIB = 1 << 30
+TEXTS = [
+    f"Chunk {i}: " + " ".join(["alpha", "beta", "gamma", "delta"][i % 4] for _ in range(1 + 7 * (i % 9)))
+    for i in range(48)
+]
+
+
+def cpu(key: str = "cpu") -> Device:
+    return Device(key=key, torch_device="cpu", kind="cpu", label="test cpu")
+
+
+class WorkerKilled(BaseException):
+    """Not an Exception: nothing in the worker's batch handling catches it, so its thread dies."""
+
+
+class Wrapped:
+    """The real float32 model (shared, never reloaded), recording batches; subclasses inject faults."""
+
+    def __init__(self, model: Any, device: Device, precision: str = "float32") -> None:
+        self.inner = TorchRunner(Path("unused"), device, precision, model=model)
+        self.device = device
+        self.batches: list[list[str]] = []
+        self.memory = MemoryModel(0.0, 16_000.0, 0.0, "test")
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def forward(self, texts: Sequence[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        return self.inner.forward(texts)
+
+    def after_oom(self) -> None:
+        self.inner.after_oom()
+
+    def memory_model(self, max_seq_length: int) -> MemoryModel:
+        return self.memory
+
+
+class OomAbove(Wrapped):
+    """Runs out of memory on batches of more than ``max_items`` chunks, the first ``times`` times."""
+
+    def __init__(self, model: Any, device: Device, max_items: int, error: Exception, times: int = 10**6) -> None:
+        super().__init__(model, device)
+        self.max_items, self.error, self.times = max_items, error, times
+        self.raised = 0
+
+    def forward(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) > self.max_items and self.raised < self.times:
+            self.raised += 1
+            raise self.error
+        return super().forward(texts)
+
+
+class DiesOnce(Wrapped):
+    """Its worker thread dies mid-batch on the first batch (the model is left usable, as after a crash in
+    the worker's own code)."""
+
+    def __init__(self, model: Any, device: Device, deaths: int = 1) -> None:
+        super().__init__(model, device)
+        self.deaths = deaths
+
+    def forward(self, texts: Sequence[str]) -> np.ndarray:
+        if self.deaths > 0:
+            self.deaths -= 1
+            self.batches.append(list(texts))
+            raise WorkerKilled("killed mid-batch")
+        return super().forward(texts)
+
+
+class Gated(Wrapped):
+    """Holds its first batch until released, so a test can queue work behind it."""
+
+    def __init__(self, model: Any, device: Device) -> None:
+        super().__init__(model, device)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def forward(self, texts: Sequence[str]) -> np.ndarray:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(WAIT)
+        return super().forward(texts)
+
+
+def make_pool(
+    embedder: Embedder,
+    runners: dict[str, Runner],
+    *,
+    devices: Sequence[Device] | None = None,
+    probe: Callable[[Device], int] = lambda _device: 64 * GIB,
+    **pool: Any,
+) -> EmbeddingPool:
+    settings = EmbeddingSettings.model_validate({"pool": {"precision": "float32", **pool}})
+    return EmbeddingPool(
+        settings,
+        embedder=embedder,
+        devices=devices or [cpu()],
+        probe=probe,
+        runner_factory=lambda device, _precision: runners[device.key],
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(embedder: Embedder) -> np.ndarray:
+    return embedder.embed(TEXTS)
+
+
+def assert_same(vectors: np.ndarray, reference: np.ndarray) -> None:
+    """Every row is the model's vector of the same text: order kept, nothing lost or swapped."""
+    assert vectors.shape == reference.shape
+    assert np.min(np.sum(vectors * reference, axis=1)) > 0.9999
+
+
+def test_pool_offers_the_embedder_surface_and_keeps_order(embedder: Embedder, reference: np.ndarray) -> None:
+    runner = Wrapped(embedder.model, cpu())
+    with make_pool(embedder, {"cpu": runner}, max_batch_tokens=512) as pool:
+        surface: TextEmbedder = pool
+        assert (surface.identity, surface.dimension, surface.max_seq_length) == (
+            embedder.identity,
+            384,
+            embedder.max_seq_length,
+        )
+        assert surface.revision == embedder.revision and surface.settings.pool.precision == "float32"
+        assert_same(pool.embed(TEXTS), reference)
+        assert pool.embed([]).shape == (0, 384)
+        stats = pool.stats()
+    assert len(runner.batches) > 1  # split by the 512-token budget
+    assert sorted(t for b in runner.batches for t in b) == sorted(TEXTS)  # each chunk once
+    lengths = embedder.tokenizer.count(TEXTS)
+    by_text = dict(zip(TEXTS, lengths, strict=True))
+    for batch in runner.batches:
+        assert len(batch) * max(by_text[t] for t in batch) <= 512 or len(batch) == 1
+    (device,) = stats.devices
+    assert device.batches == len(runner.batches) and device.chunks == len(TEXTS)
+    assert device.tokens == sum(lengths) and device.padded_tokens >= device.tokens and device.tokens_per_s > 0
+    assert (stats.queued_chunks, stats.in_flight_chunks, stats.pending_requests, stats.duplicates) == (0, 0, 0, 0)
+
+
+def test_budget_follows_probe_arithmetic(embedder: Embedder) -> None:
+    runner = Wrapped(embedder.model, cpu())
+    runner.memory = MemoryModel(fixed_bytes=1_000_000, per_token=1000.0, per_token_position=0.0, source="test")
+    # (6 MB x 0.5 - 1 MB) / 1000 bytes = 2000 padded tokens; with every chunk counted as 100 tokens: 20 per batch
+    with make_pool(embedder, {"cpu": runner}, probe=lambda _d: 6_000_000, memory_fraction=0.5) as pool:
+        pool.embed(TEXTS, token_counts=[100] * len(TEXTS))
+        (device,) = pool.stats().devices
+    assert [len(b) for b in runner.batches] == [20, 20, 8]
+    assert (device.budget_tokens, device.budget_ceiling) == (2000, 2000)
+    # the configured cap wins where it is lower than what memory allows
+    capped = Wrapped(embedder.model, cpu())
+    capped.memory = runner.memory
+    with make_pool(
+        embedder, {"cpu": capped}, probe=lambda _d: 6_000_000, memory_fraction=0.5, max_batch_tokens=1000
+    ) as pool:
+        pool.embed(TEXTS, token_counts=[100] * len(TEXTS))
+    assert [len(b) for b in capped.batches] == [10] * 4 + [8]
+
+
+def test_memory_is_probed_again_after_an_oom(embedder: Embedder) -> None:
+    runner = OomAbove(embedder.model, cpu(), max_items=0, error=torch.OutOfMemoryError("out of memory"), times=1)
+    runner.memory = MemoryModel(fixed_bytes=1_000_000, per_token=1000.0, per_token_position=0.0, source="test")
+    free = [6_000_000]
+
+    def probe(_device: Device) -> int:
+        seen = free[0]
+        free[0] = 3_000_000  # another process took half of what was free
+        return seen
+
+    with make_pool(embedder, {"cpu": runner}, probe=probe, memory_fraction=0.5) as pool:
+        pool.embed(TEXTS, token_counts=[100] * len(TEXTS))
+        (device,) = pool.stats().devices
+    # 2000 padded tokens at start; the OOM halves the failed batch of 20 and the probe lowers the ceiling
+    # to (1.5 MB - 1 MB) / 1000 = 500 tokens: 5 chunks per batch from then on
+    assert runner.raised == 1 and device.budget_ceiling == 500
+    assert [len(b) for b in runner.batches] == [5] * 9 + [3]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"),
+        MemoryError(),
+    ],
+)
+def test_oom_splits_shrinks_regrows_and_loses_nothing(
+    embedder: Embedder, reference: np.ndarray, error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = OomAbove(embedder.model, cpu(), max_items=6, error=error)
+    caplog.set_level(logging.WARNING, logger="embedding.pool")
+    with make_pool(embedder, {"cpu": runner}, max_batch_tokens=8192, regrow_after=2, regrow_factor=2) as pool:
+        vectors = pool.embed(TEXTS)
+        (device,) = pool.stats().devices
+        assert pool.stats().duplicates == 0
+    assert_same(vectors, reference)
+    done = [t for b in runner.batches for t in b]
+    assert sorted(done) == sorted(TEXTS)  # every chunk embedded exactly once
+    assert all(len(b) <= 6 for b in runner.batches)
+    assert device.ooms == device.shrinks == runner.raised >= 2  # 48 chunks -> 24 -> ... -> <= 6
+    assert device.regrows >= 1  # grew back after 2 successes, and shrank again on the next OOM
+    shrink_logs = [r for r in caplog.records if "out of memory on cpu" in r.getMessage()]
+    assert len(shrink_logs) == device.shrinks
+    assert "budget" in shrink_logs[0].getMessage()
+
+
+def test_budget_grows_back_to_the_ceiling_after_a_transient_oom(embedder: Embedder, reference: np.ndarray) -> None:
+    runner = OomAbove(embedder.model, cpu(), max_items=0, error=torch.OutOfMemoryError("out of memory"), times=1)
+    with make_pool(embedder, {"cpu": runner}, max_batch_tokens=2048, regrow_after=1, regrow_factor=2) as pool:
+        assert_same(pool.embed(TEXTS), reference)
+        (device,) = pool.stats().devices
+    assert (device.shrinks, device.ooms) == (1, 1)
+    assert device.regrows >= 1 and device.budget_tokens == device.budget_ceiling == 2048
+
+
+def test_a_chunk_that_never_fits_fails_its_request_with_the_cause(embedder: Embedder) -> None:
+    runner = OomAbove(embedder.model, cpu(), max_items=0, error=torch.OutOfMemoryError("CUDA out of memory"))
+    with make_pool(embedder, {"cpu": runner}, max_attempts=2) as pool:
+        with pytest.raises(EmbeddingError, match=r"chunk 0 \(\d+ tokens\) failed 2 times; last: out of memory on cpu"):
+            pool.embed(["one chunk too many"])
+        assert pool.stats().pending_requests == 0
+
+
+def test_a_worker_dying_mid_batch_is_restarted_and_its_batch_redone(embedder: Embedder, reference: np.ndarray) -> None:
+    runner = DiesOnce(embedder.model, cpu())
+    with make_pool(embedder, {"cpu": runner}, max_batch_tokens=1024) as pool:
+        vectors = pool.embed(TEXTS)
+        (device,) = pool.stats().devices
+        again = pool.embed(TEXTS[:3])  # the restarted worker keeps serving
+    assert_same(vectors, reference)
+    assert_same(again, reference[:3])
+    killed = runner.batches[0]
+    assert sum(b == killed for b in runner.batches) == 2  # the dead worker's batch, done once more
+    assert (device.crashes, device.restarts, device.state) == (1, 1, "ready")
+    assert "WorkerKilled" in (device.error or "")
+
+
+def test_crashed_batches_go_to_the_other_worker_when_one_device_keeps_dying(
+    embedder: Embedder, reference: np.ndarray
+) -> None:
+    bad = DiesOnce(embedder.model, cpu("cpu"), deaths=10**6)
+    good = Wrapped(embedder.model, cpu("cpu#1"))
+    devices = [cpu("cpu"), cpu("cpu#1")]
+    with make_pool(
+        embedder, {"cpu": bad, "cpu#1": good}, devices=devices, max_batch_tokens=1024, max_restarts=1, max_attempts=5
+    ) as pool:
+        assert_same(pool.embed(TEXTS), reference)
+        stats = {d.key: d for d in pool.stats().devices}
+    assert stats["cpu"].state == "retired" and stats["cpu"].crashes == 2 and stats["cpu"].chunks == 0
+    assert stats["cpu#1"].chunks == len(TEXTS)
+    assert sorted(t for b in good.batches for t in b) == sorted(TEXTS)
+
+
+def test_work_is_spread_over_two_workers(embedder: Embedder, reference: np.ndarray) -> None:
+    both = threading.Barrier(2, timeout=WAIT)
+
+    class Meets(Wrapped):
+        def forward(self, texts: Sequence[str]) -> np.ndarray:
+            if not self.batches:
+                both.wait()  # each worker holds a batch at the same time
+            return super().forward(texts)
+
+    runners: dict[str, Runner] = {"cpu": Meets(embedder.model, cpu()), "cpu#1": Meets(embedder.model, cpu("cpu#1"))}
+    with make_pool(embedder, runners, devices=[cpu(), cpu("cpu#1")], max_batch_tokens=512) as pool:
+        assert_same(pool.embed(TEXTS), reference)
+        stats = pool.stats()
+    assert all(d.chunks > 0 for d in stats.devices)
+    assert sum(d.chunks for d in stats.devices) == len(TEXTS)
+
+
+def test_the_low_latency_lane_is_served_before_queued_bulk_work(embedder: Embedder, reference: np.ndarray) -> None:
+    runner = Gated(embedder.model, cpu())
+    with make_pool(embedder, {"cpu": runner}, max_batch_items=4, small_request_tokens=64) as pool:
+        bulk = pool.submit(TEXTS)  # > 64 tokens: the bulk lane
+        assert bulk.lane is Lane.BULK
+        assert runner.entered.wait(WAIT)  # the worker holds the first bulk batch
+        urgent = pool.submit(["where is the on-demand document?"])
+        assert urgent.lane is Lane.INTERACTIVE
+        stats = pool.stats()
+        assert (stats.queued_interactive, stats.queued_bulk, stats.in_flight_chunks) == (1, len(TEXTS) - 4, 4)
+        assert stats.load == len(TEXTS) + 1  # the scaling signal: queued + in flight
+        runner.release.set()
+        assert urgent.result(WAIT).shape == (1, 384)
+        assert_same(bulk.result(WAIT), reference)
+    assert runner.batches[1] == ["where is the on-demand document?"]
+    assert len(runner.batches) == 1 + 1 + len(TEXTS) // 4 - 1
+
+
+def test_a_device_that_cannot_load_fails_requests_with_its_error(embedder: Embedder) -> None:
+    class Broken(Wrapped):
+        def load(self) -> None:
+            raise RuntimeError("model.safetensors: no such file")
+
+    with make_pool(embedder, {"cpu": Broken(embedder.model, cpu())}) as pool:
+        with pytest.raises(EmbeddingError, match=r"no embedding device is usable: cpu: RuntimeError: model.safe"):
+            pool.embed(TEXTS[:2])
+        with pytest.raises(EmbeddingError, match="no embedding device is usable"):
+            pool.submit(TEXTS[:2])
+
+
+def test_close_fails_what_is_still_queued(embedder: Embedder) -> None:
+    runner = Gated(embedder.model, cpu())
+    pool = make_pool(embedder, {"cpu": runner}, max_batch_items=4)
+    request = pool.submit(TEXTS)
+    assert runner.entered.wait(WAIT)
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    with pytest.raises(EmbeddingError, match="closed before this request"):
+        request.result(WAIT)
+    runner.release.set()
+    closer.join(WAIT)
+    with pytest.raises(EmbeddingError, match="closed"):
+        pool.submit(TEXTS[:1])
+
+
+class Timed(Wrapped):
+    """A real runner (``bfloat16`` casts a copy of the model for real) whose speed is set on a fake clock."""
+
+    def __init__(self, model: Any, device: Device, precision: str, clock: list[float], cost: float) -> None:
+        super().__init__(model, device, precision)
+        self.clock, self.cost = clock, cost
+
+    def forward(self, texts: Sequence[str]) -> np.ndarray:
+        self.clock[0] += self.cost * len(texts)
+        return super().forward(texts)
+
+
+def test_auto_precision_is_measured_chosen_cached_and_reported(embedder: Embedder, tmp_path: Path) -> None:
+    now = [0.0]
+    cost = {"float32": 1.0, "bfloat16": 0.4, "autocast-bfloat16": 0.5}
+    built: list[str] = []
+
+    def factory(device: Device, precision: str) -> Runner:
+        built.append(precision)
+        return Timed(embedder.model, device, precision, now, cost[precision])
+
+    def pool_for(cache: Path) -> EmbeddingPool:
+        settings = EmbeddingSettings.model_validate({"pool": {"precision": "auto", "calibration_dir": cache}})
+        return EmbeddingPool(
+            settings,
+            embedder=embedder,
+            devices=[cpu()],
+            probe=lambda _d: 64 * GIB,
+            runner_factory=factory,
+            calibration_texts=[t for t in calibration_texts() if len(t) < 400][:40],
+            calibration_queries=QUERIES[:5],
+            calibration_rounds=1,
+            clock=lambda: now[0],
+            cpu_bf16=True,
+        )
+
+    with pool_for(tmp_path / "cal") as pool:
+        pool.wait_ready(WAIT)
+        choice = pool.precision_choices()["cpu"]
+        assert pool.stats().devices[0].precision == "bfloat16"
+    # bf16 on the fake clock is 2.5x faster, and its real vectors keep quality (cosine and neighbours)
+    assert (choice.precision, choice.cached) == ("bfloat16", False)
+    measured = {m.precision: m for m in choice.measurements}
+    assert measured["bfloat16"].tokens_per_s == pytest.approx(2.5 * measured["float32"].tokens_per_s)
+    assert measured["bfloat16"].min_cosine >= 0.999 and measured["bfloat16"].neighbour_overlap >= 0.95
+    assert "2.50x float32" in choice.summary()
+    assert built == ["float32", "bfloat16", "autocast-bfloat16", "bfloat16"]  # candidates, then the choice
+    assert len(list((tmp_path / "cal").glob("precision-*.json"))) == 1
+
+    built.clear()
+    with pool_for(tmp_path / "cal") as pool:  # a second start reads the cache: no calibration runs
+        pool.wait_ready(WAIT)
+        again = pool.precision_choices()["cpu"]
+    assert (again.precision, again.cached, built) == ("bfloat16", True, ["bfloat16"])
+
+
+def test_settings_and_embedder_must_name_the_same_model(embedder: Embedder) -> None:
+    with pytest.raises(ValueError, match=r"embedding.model '/elsewhere' differs"):
+        EmbeddingPool(EmbeddingSettings(model="/elsewhere"), embedder=embedder)
+
+
+def test_configured_dtype_is_followed_without_calibration(embedder: Embedder) -> None:
+    built: list[str] = []
+
+    def factory(device: Device, precision: str) -> Runner:
+        built.append(precision)
+        return Wrapped(embedder.model, device, precision)
+
+    settings = EmbeddingSettings(dtype="bfloat16")
+    with EmbeddingPool(settings, embedder=embedder, devices=[cpu()], runner_factory=factory) as pool:
+        vectors = pool.embed(TEXTS[:4])
+        assert pool.precision_choices()["cpu"].reason == "configured"
+    assert built == ["bfloat16"]
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # renormalised in float32
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[None]:
+    """CPU workers set torch's thread count, which threads started later inherit: restore it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_two_real_cpu_workers_from_settings(embedder: Embedder, reference: np.ndarray) -> None:
+    """The default path: devices from settings, models loaded from safetensors per worker, memory
+    calibrated (analytic estimate checked against the resident set), real probe."""
+    settings = EmbeddingSettings.model_validate(
+        {"pool": {"devices": ["cpu", "cpu"], "precision": "float32", "max_batch_tokens": 1024}}
+    )
+    with EmbeddingPool(settings, embedder=embedder) as pool:
+        assert_same(pool.embed(TEXTS), reference)
+        stats = pool.stats()
+    assert [d.key for d in stats.devices] == ["cpu", "cpu#1"]
+    assert sum(d.chunks for d in stats.devices) == len(TEXTS)
+    for device in stats.devices:
+        assert device.state == "ready" and device.budget_ceiling == 1024
