@@ -21,7 +21,7 @@ from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDo
 from connectors.errors import MalformedPayloadError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.text import clean_text
-from connectors.values import secret_from_env
+from connectors.values import parse_timestamp, secret_from_env
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,8 @@ def _millis(value: Any) -> int | None:
     text = str(value)
     if text.isdigit():
         return int(text)
-    try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return None
+    stamp = parse_timestamp(text)
+    return int(stamp.timestamp() * 1000) if stamp else None
 
 
 class HubSpotSource:

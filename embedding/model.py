@@ -162,7 +162,10 @@ class TextEmbedder(Protocol):
     @property
     def dimension(self) -> int: ...
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed(self, texts: Sequence[str], *, token_counts: Sequence[int] | None = None) -> np.ndarray:
+        """Unit vectors in order; ``token_counts`` (with special tokens), when the caller has them, spare the
+        embedder counting again."""
+        ...
 
 
 class Embedder:
@@ -241,8 +244,8 @@ class Embedder:
         )
         return model
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length float32 vectors, one per text, in order."""
+    def embed(self, texts: Sequence[str], *, token_counts: Sequence[int] | None = None) -> np.ndarray:
+        """Unit-length float32 vectors, one per text, in order (``token_counts`` is not needed here)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = self.model.encode(

@@ -259,7 +259,7 @@ class Pipeline:
             progress("quarantined", doc.external_id)
 
     def _embed(self, rows: Sequence[ChunkRow], counts: Counts) -> dict[uuid.UUID, np.ndarray]:
-        vectors = self.embedder.embed([r.text for r in rows])
+        vectors = self.embedder.embed([r.text for r in rows], token_counts=[r.token_count for r in rows])
         counts.embedded_tokens += sum(r.token_count for r in rows)
         return {r.id: vectors[i] for i, r in enumerate(rows)}
 

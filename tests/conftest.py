@@ -58,9 +58,9 @@ class CountingEmbedder(Embedder):
         self.__dict__.update(inner.__dict__)
         self.calls: list[int] = []
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, token_counts: Sequence[int] | None = None) -> np.ndarray:
         self.calls.append(len(texts))
-        return super().embed(texts)
+        return super().embed(texts, token_counts=token_counts)
 
 
 @pytest.fixture

@@ -4,9 +4,6 @@ content search (``space in (...)``, ``type = page``, ``lastmodified >= "yyyy/MM/
 lastmodified``) with ``_links.next`` paging, basic auth answered with Atlassian's 401 JSON, and a ``fault``
 hook for injected failures. The page store has its own clock: every change moves it on a little, so several
 changes share a CQL minute as they do on a busy site.
-
-``tests.httpserver.Logged`` carries no headers, so ``serve_confluence`` hands them to the fake through a
-thread-local set by a subclass of the scripted server's handler (each request is served on its own thread).
 """
 
 from __future__ import annotations
@@ -15,16 +12,14 @@ import base64
 import itertools
 import re
 import secrets
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlencode
 
-from tests.httpserver import Logged, Reply, ScriptedServer, _handler_class
+from tests.httpserver import Logged, Reply, ScriptedServer, serve
 
 EMAIL = "bot@example.com"
 TOKEN = "atlassian-api-token"
@@ -36,8 +31,6 @@ _CQL = re.compile(
     re.IGNORECASE,
 )
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-_local = threading.local()
 
 
 @dataclass
@@ -127,16 +120,16 @@ class FakeConfluence:
     def _route_space(self, server: ScriptedServer, space_id: str) -> None:
         server.route(f"/wiki/api/v2/spaces/{space_id}/pages", self.handler())
 
-    def _authorized(self) -> bool:
+    def _authorized(self, req: Logged) -> bool:
         expected = "Basic " + base64.b64encode(f"{self.email}:{self.token}".encode()).decode()
-        return bool(getattr(_local, "headers", {}).get("authorization") == expected)
+        return {k.lower(): v for k, v in req.headers.items()}.get("authorization") == expected
 
     def handler(self) -> Callable[[Logged], Reply]:
         def handle(req: Logged) -> Reply:
             injected = self.fault(req)
             if injected is not None:
                 return injected
-            if not self._authorized():
+            if not self._authorized(req):
                 return Reply(401, UNAUTHORIZED)
             q = {k: v[0] for k, v in req.query.items()}
             if req.path == "/wiki/api/v2/spaces":
@@ -257,34 +250,9 @@ class FakeConfluence:
         return item
 
 
-def _with_headers(server: ScriptedServer) -> type[Any]:
-    base: type[Any] = _handler_class(server)
-
-    class WithHeaders(base):  # type: ignore[misc]
-        def _serve(self) -> None:
-            _local.headers = {k.lower(): v for k, v in self.headers.items()}
-            try:
-                super()._serve()
-            finally:
-                _local.headers = {}
-
-        do_GET = do_POST = _serve
-
-    return WithHeaders
-
-
 @contextmanager
 def serve_confluence(fake: FakeConfluence) -> Iterator[ScriptedServer]:
     """The fake on 127.0.0.1 under ``/wiki``; the server's log counts requests as ``tests.httpserver`` does."""
-    server = ScriptedServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _with_headers(server))
-    httpd.daemon_threads = True
-    server.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    fake.mount(server)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve() as server:
+        fake.mount(server)
         yield server
-    finally:
-        httpd.shutdown()
-        httpd.server_close()

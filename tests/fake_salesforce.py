@@ -188,18 +188,15 @@ class FakeSalesforce:
         return handle
 
 
-def _headers(req: Logged) -> dict[str, str] | None:
-    """Request headers where the test server logs them (tests.httpserver may not)."""
-    headers: Any = getattr(req, "headers", None)
-    return {str(k).lower(): str(v) for k, v in headers.items()} if hasattr(headers, "items") else None
+def _headers(req: Logged) -> dict[str, str]:
+    return {k.lower(): v for k, v in req.headers.items()}
 
 
 def _authorized(req: Logged, token: str) -> bool:
-    headers = _headers(req)
-    return headers is None or headers.get("authorization") == f"Bearer {token}"
+    return _headers(req).get("authorization") == f"Bearer {token}"
 
 
 def _batch_size(req: Logged) -> int | None:
-    options = (_headers(req) or {}).get("sforce-query-options", "")
+    options = _headers(req).get("sforce-query-options", "")
     match = re.search(r"batchSize=(\d+)", options)
     return max(200, min(2000, int(match[1]))) if match else None

@@ -180,6 +180,32 @@ def _state(db: str) -> tuple[int, set[Any], int]:
     return int(docs[0]), ids, int(rows[0])
 
 
+def _kill_once_committed(home: Path, db: str, args: list[str], docs: int, **env: str) -> None:
+    """Run ``ragline ARGS`` and SIGKILL its whole process group once ``docs`` documents are committed
+    (0: 1.5 s after start, while it is starting up)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ragline", *args],
+        env=_env(home, RAGLINE_DATABASE_URL=db, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if docs == 0:
+            time.sleep(1.5)
+            break
+        try:
+            if _state(db)[0] >= docs:
+                break
+        except psycopg.Error:
+            pass  # schema not created yet
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: make the input larger"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_sigkill_of_the_process_group_then_rerun_matches_a_clean_run(
     tmp_path: Path, cli_home: Path, pg_server: str
@@ -196,27 +222,7 @@ def test_sigkill_of_the_process_group_then_rerun_matches_a_clean_run(
     db = fresh_database(pg_server)
     # Kill once while the run is starting and again in the middle of committing documents.
     for wait_for_docs in (0, 8):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ragline", "ingest", "pdf", str(docs)],
-            env=_env(cli_home, RAGLINE_DATABASE_URL=db, RAGLINE_CONFIG=str(config)),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if wait_for_docs == 0:
-                time.sleep(1.5)
-                break
-            try:
-                if _state(db)[0] >= wait_for_docs:
-                    break
-            except psycopg.Error:
-                pass  # schema not created yet
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed: make the corpus larger"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill_once_committed(cli_home, db, ["ingest", "pdf", str(docs)], wait_for_docs, RAGLINE_CONFIG=str(config))
 
     partial = _state(db)
     assert partial[0] < 24
@@ -314,24 +320,7 @@ def test_sigkill_mid_sync_then_rerun_fetches_only_what_was_not_committed(
         served[0].clear()
 
         db = fresh_database(pg_server)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ragline", "ingest", "source", "harbours"],
-            env=_env(cli_home, RAGLINE_DATABASE_URL=db, RAGLINE_CONFIG=str(config)),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if _state(db)[0] >= 20:
-                    break
-            except psycopg.Error:
-                pass  # schema not created yet
-            time.sleep(0.05)
-        assert proc.poll() is None, "the sync finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill_once_committed(cli_home, db, ["ingest", "source", "harbours"], 20, RAGLINE_CONFIG=str(config))
         phase[0] = 1
         with psycopg.connect(db) as conn:
             rows = conn.execute("SELECT external_id FROM documents WHERE status = 'committed'").fetchall()

@@ -77,6 +77,8 @@ def test_a_second_sync_of_a_source_waits_for_the_first(prefect_api: str) -> None
 
 
 def test_every_request_takes_a_slot_of_the_shared_quota(prefect_api: str) -> None:
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
     policy = HttpPolicy(rate_per_second=50.0, burst=5, shared_quota="portal-3", backoff_base=0.01)
     gate = limits.quota_gate(policy)
     assert gate is not None and limits.quota_gate(HttpPolicy()) is None
@@ -90,7 +92,7 @@ def test_every_request_takes_a_slot_of_the_shared_quota(prefect_api: str) -> Non
         srv.route("/x", [Reply(503), Reply(200, {"ok": True})])
         client = ResilientClient("crm", policy, base_url=srv.url)
         client.gate = counting_gate
-        with pytest.raises(Exception, match="portal-3"):  # strict: a quota nobody created is an error
+        with pytest.raises(ConcurrencySlotAcquisitionError, match="portal-3"):  # strict: nobody created it
             client.get_json("/x")
         limits.ensure_limits("crm", policy)
         assert client.get_json("/x") == {"ok": True}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flows.pipeline import Counts, ingest_pdf_paths
@@ -210,10 +212,10 @@ class ExplodingEmbedder(CountingEmbedder):
         super().__init__(inner)
         self.survive = survive
 
-    def embed(self, texts):  # type: ignore[no-untyped-def]
+    def embed(self, texts: Sequence[str], *, token_counts: Sequence[int] | None = None) -> np.ndarray:
         if len(self.calls) >= self.survive:
             raise RuntimeError("simulated crash")
-        return super().embed(texts)
+        return super().embed(texts, token_counts=token_counts)
 
 
 def test_crash_mid_run_then_rerun_equals_a_clean_run(

@@ -30,9 +30,11 @@ def org() -> Iterator[tuple[FakeSalesforce, ScriptedServer]]:
         yield fake, srv
 
 
-def salesforce(srv: ScriptedServer, policy: HttpPolicy = FAST, **settings: object) -> SalesforceSource:
+def salesforce(
+    srv: ScriptedServer, policy: HttpPolicy = FAST, token: str = TOKEN, **settings: object
+) -> SalesforceSource:
     cfg = SalesforceSettings.model_validate({"name": "sf", "base_url": srv.url, **settings})
-    client = ResilientClient("sf", policy, base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"})
+    client = ResilientClient("sf", policy, base_url=srv.url, headers={"Authorization": f"Bearer {token}"})
     return SalesforceSource(cfg, client)
 
 
@@ -199,6 +201,7 @@ def test_malformed_records_are_quarantined_and_the_cursor_moves_on(
     ("setup", "message"),
     [
         ("session", "HTTP 401: Session expired or invalid"),
+        ("token", "HTTP 401: Session expired or invalid"),
         ("schema", "HTTP 400: No such column 'Revenue__c' on entity 'Account'"),
     ],
 )
@@ -209,9 +212,10 @@ def test_a_rejected_request_surfaces_the_provider_message(
     accounts(fake, 3)
     if setup == "session":
         fake.session_valid = False
-    else:
+    elif setup == "schema":
         fake.schema = {"Account": {"Name", "Industry"}}
+    token = "00Dstale!token" if setup == "token" else TOKEN
     with pytest.raises(RequestRejectedError, match=message):
-        sync_remote(services.pipeline, "sf", salesforce(srv, objects={"Account": ["Name", "Revenue__c"]}))
+        sync_remote(services.pipeline, "sf", salesforce(srv, token=token, objects={"Account": ["Name", "Revenue__c"]}))
     assert len(srv.log) == 1  # rejected at once, not retried
     assert committed_documents(services) == 0
