@@ -65,6 +65,11 @@ class HubSpotSettings(BaseModel):
     search_cap: int = Field(default=SEARCH_CAP, ge=1, description="Results the search API serves per query.")
     http: HttpPolicy = Field(default_factory=lambda: HttpPolicy(rate_per_second=4.0, burst=4))
     schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
+    tenant: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Tenant of every document and chunk of this source (searches can be scoped to one).",
+    )
 
 
 def record_text(obj: str, properties: dict[str, Any], wanted: list[str]) -> tuple[str, str]:

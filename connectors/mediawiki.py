@@ -47,6 +47,11 @@ class MediaWikiSettings(BaseModel):
     user_agent: str = Field(default="ragline/0.1 (RAG ingestion)", description="Sent as User-Agent, as wikis ask.")
     http: HttpPolicy = Field(default_factory=HttpPolicy)
     schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
+    tenant: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Tenant of every document and chunk of this source (searches can be scoped to one).",
+    )
 
 
 def wikitext_to_text(wikitext: str) -> str:

@@ -21,6 +21,11 @@ class PdfSourceSettings(BaseModel):
     name: str = Field(min_length=1, description="Source name in the ledger and the CLI.")
     paths: list[str] = Field(min_length=1, description="PDF files and directories (walked recursively).")
     schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
+    tenant: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Tenant of every document and chunk of this source (searches can be scoped to one).",
+    )
 
 
 SourceSettings = Annotated[

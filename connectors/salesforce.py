@@ -132,6 +132,11 @@ class SalesforceSettings(BaseModel):
     # API calls count against the org's daily allowance; a few per second is plenty for paging 2,000 at a time.
     http: HttpPolicy = Field(default_factory=lambda: HttpPolicy(rate_per_second=5.0, burst=5))
     schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
+    tenant: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Tenant of every document and chunk of this source (searches can be scoped to one).",
+    )
 
     @field_validator("base_url")
     @classmethod

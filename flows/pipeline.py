@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,9 +23,11 @@ from embedding.chunking import ChunkTooLongError, chunk_pages
 from embedding.model import TextEmbedder
 from flows.prefetch import prefetch
 from flows.settings import RaglineSettings
-from vectorstore import cursors, ledger, store
+from vectorstore import cursors, generations, indexing, ledger, store
 from vectorstore.db import Connection
+from vectorstore.generations import Generation
 from vectorstore.ids import chunk_id
+from vectorstore.indexing import IndexLoad, IndexOptions
 from vectorstore.ledger import Decision, DocumentVersion, Fingerprints
 from vectorstore.store import ChunkRow
 
@@ -51,6 +54,8 @@ class Counts:
     http_requests: int = 0
     http_retries: int = 0
     throttled: int = 0
+    done_elsewhere: int = 0
+    """Planned here but committed by a concurrent run (another worker claimed it first)."""
 
     def merge(self, other: Counts) -> None:
         for key, value in asdict(other).items():
@@ -134,22 +139,75 @@ class _Prepared:
     missing: list[ChunkRow]
 
 
+def claim_key(source_id: int, external_id: str) -> int:
+    """The advisory lock of one document: a 64-bit hash, so concurrent runs agree on it without a table."""
+    digest = hashlib.sha256(f"{source_id}\x1f{external_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 class Pipeline:
+    """Parse, chunk, embed and commit documents through one connection.
+
+    Concurrent runs over the same documents (several workers on one source set) claim each document with a
+    session advisory lock before parsing it and re-read its ledger row once claimed: a document is processed
+    by one run, the others skip it, and a run that dies releases its claims with its connection.
+    """
+
     def __init__(self, conn: Connection, settings: RaglineSettings, embedder: TextEmbedder) -> None:
         self.conn = conn
         self.settings = settings
         self.embedder = embedder
         self.fingerprints = pipeline_fingerprints(settings, embedder)
-        self._model_id: int | None = None
+        self.index_options = IndexOptions.from_settings(settings.database)
+        self._generation: Generation | None = None
+        self._load: IndexLoad | None = None
+        self._claims: set[int] = set()
 
     @property
     def model_key(self) -> str:
         return f"{self.embedder.settings.model}@{self.embedder.revision}"
 
+    @property
+    def generation(self) -> Generation:
+        """The generation this pipeline writes: the serving one, or the one being built when the configured
+        model differs from the model that serves search. A serving index lost with a killed load is rebuilt."""
+        if self._generation is None:
+            self._generation = generations.register(self.conn, self.embedder.identity, self.fingerprints.committed)
+            if self._generation.state == "active":
+                indexing.repair(self.conn, self.index_options)
+        return self._generation
+
     def model_id(self) -> int:
-        if self._model_id is None:
-            self._model_id = store.ensure_model(self.conn, self.embedder.identity)
-        return self._model_id
+        return self.generation.id
+
+    def source_id(self, name: str, kind: str) -> int:
+        """The ledger id of source ``name``, with the tenant its configuration names."""
+        tenant = next((s.tenant for s in self.settings.sources if s.name == name), None)
+        return ledger.ensure_source(self.conn, name, kind, tenant)
+
+    def begin_load(self, expected_chunks: int | None = None) -> IndexLoad:
+        """Start (or extend) this run's load: ``expected_chunks``, when known, lets a large load skip the live
+        index from its first write instead of switching once it has grown."""
+        if self._load is None:
+            self._load = IndexLoad(self.conn, self.generation, self.index_options, expected=expected_chunks)
+        elif expected_chunks is not None:
+            self._load.expected = max(self._load.expected or 0, expected_chunks)
+        return self._load
+
+    def expected_chunks(self, documents: int) -> int:
+        """Chunks ``documents`` new documents will likely make, from this generation's chunks per document."""
+        row = self.conn.execute(
+            "SELECT count(*) AS chunks, count(DISTINCT document_id) AS docs FROM chunks WHERE model_id = %s",
+            (self.model_id(),),
+        ).fetchone()
+        self.conn.commit()
+        per_doc = row["chunks"] / row["docs"] if row and row["docs"] else 20.0
+        return int(documents * per_doc)
+
+    def finish_load(self) -> float:
+        """End this run's load: an index dropped for it is built again (unless another load still runs)."""
+        load, self._load = self._load, None
+        return load.finish() if load is not None else 0.0
 
     def plan(self, source_id: int, documents: Iterable[SourceDocument], covers: Callable[[str], bool]) -> Plan:
         return plan(self.conn, source_id, documents, self.fingerprints, covers)
@@ -161,21 +219,82 @@ class Pipeline:
         documents: Sequence[SourceDocument],
         progress: Progress | None = None,
     ) -> Counts:
-        """Parse, chunk, embed and commit ``documents``; poison documents are quarantined, never fatal."""
+        """Parse, chunk, embed and commit ``documents``; poison documents are quarantined, never fatal.
+
+        Documents claimed by a concurrent run are left to it at first; at the end each is waited for and
+        processed here only if that run did not commit it.
+        """
         counts = Counts()
         pending: list[_Prepared] = []
         pending_chunks = 0
-        for source_doc in documents:
-            prepared = self._prepare(source_id, source_name, source_doc, counts, progress)
-            if prepared is None:
-                continue
-            pending.append(prepared)
-            pending_chunks += len(prepared.missing)
-            if pending_chunks >= self.settings.batch_chunks:
-                self._flush(source_id, pending, counts, progress)
-                pending, pending_chunks = [], 0
-        self._flush(source_id, pending, counts, progress)
+        contended: list[SourceDocument] = []
+        try:
+            for source_doc in documents:
+                if not self._claim(source_id, source_doc, wait=False):
+                    contended.append(source_doc)
+                    continue
+                if not self._still_due(source_id, source_doc, counts):
+                    continue
+                prepared = self._prepare(source_id, source_name, source_doc, counts, progress)
+                if prepared is None:
+                    self._release(source_id, [source_doc.external_id])
+                    continue
+                pending.append(prepared)
+                pending_chunks += len(prepared.missing)
+                if pending_chunks >= self.settings.batch_chunks:
+                    self._flush(source_id, pending, counts, progress)
+                    pending, pending_chunks = [], 0
+            self._flush(source_id, pending, counts, progress)
+            pending = []
+            for source_doc in contended:  # one at a time: never wait while holding another claim
+                self._claim(source_id, source_doc, wait=True)
+                if self._still_due(source_id, source_doc, counts):
+                    prepared = self._prepare(source_id, source_name, source_doc, counts, progress)
+                    if prepared is not None:
+                        pending = [prepared]
+                        self._flush(source_id, pending, counts, progress)
+                        pending = []
+                        continue
+                self._release(source_id, [source_doc.external_id])
+        finally:
+            self._release(source_id, [p.doc.external_id for p in pending])
         return counts
+
+    def _claim(self, source_id: int, doc: SourceDocument, *, wait: bool) -> bool:
+        key = claim_key(source_id, doc.external_id)
+        if key in self._claims:
+            return True
+        if wait:
+            self.conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            got = True
+        else:
+            row = self.conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (key,)).fetchone()
+            got = bool(row and row["got"])
+        self.conn.commit()
+        if got:
+            self._claims.add(key)
+        return got
+
+    def _release(self, source_id: int, external_ids: Sequence[str]) -> None:
+        keys = [k for k in (claim_key(source_id, e) for e in external_ids) if k in self._claims]
+        if not keys or self.conn.closed:
+            return
+        self.conn.rollback()  # an unlock inside a failed transaction would fail too
+        for key in keys:
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            self._claims.discard(key)
+        self.conn.commit()
+
+    def _still_due(self, source_id: int, doc: SourceDocument, counts: Counts) -> bool:
+        """Once claimed, whether the document still needs work: a concurrent run may have committed (or
+        quarantined) this very version since it was planned. Releases the claim when it does not."""
+        entry = ledger.entries(self.conn, source_id, [doc.external_id]).get(doc.external_id)
+        decision = ledger.decide(entry, doc.content_hash, self.fingerprints, ledger.now(self.conn))
+        if decision in (Decision.UNCHANGED, Decision.QUARANTINED):
+            counts.done_elsewhere += 1
+            self._release(source_id, [doc.external_id])
+            return False
+        return True
 
     def _version(self, doc: SourceDocument, parsed: ParsedDocument | None, fingerprint: str) -> DocumentVersion:
         metadata = dict(doc.metadata)
@@ -266,22 +385,31 @@ class Pipeline:
     def _flush(self, source_id: int, pending: list[_Prepared], counts: Counts, progress: Progress | None) -> None:
         if not pending:
             return
-        vectors = self._embed([r for p in pending for r in p.missing], counts)
-        model_id = self.model_id()
-        for p in pending:
-            try:
-                store.commit_document(self.conn, source_id, p.doc, p.rows, vectors, model_id)
-                written = len(p.missing)
-            except store.StaleChunksError:
-                # A concurrent writer removed chunks we meant to keep: embed the whole document and retry.
-                vectors.update(self._embed(p.rows, counts))
-                store.commit_document(self.conn, source_id, p.doc, p.rows, vectors, model_id)
-                written = len(p.rows)
-            counts.committed += 1
-            counts.chunks_written += written
-            counts.chunks_reused += len(p.rows) - written
-            if progress:
-                progress("committed", p.doc.external_id)
+        try:
+            vectors = self._embed([r for p in pending for r in p.missing], counts)
+            model_id = self.model_id()
+            load = self.begin_load()
+            load.before_write(sum(len(p.missing) for p in pending))
+            started, rows = time.perf_counter(), 0
+            for p in pending:
+                try:
+                    store.commit_document(self.conn, source_id, p.doc, p.rows, vectors, model_id)
+                    written = len(p.missing)
+                except store.StaleChunksError:
+                    # A concurrent writer removed chunks we meant to keep: embed the whole document and retry.
+                    vectors.update(self._embed(p.rows, counts))
+                    store.commit_document(self.conn, source_id, p.doc, p.rows, vectors, model_id)
+                    written = len(p.rows)
+                self._release(source_id, [p.doc.external_id])
+                rows += written
+                counts.committed += 1
+                counts.chunks_written += written
+                counts.chunks_reused += len(p.rows) - written
+                if progress:
+                    progress("committed", p.doc.external_id)
+            load.observe(rows, time.perf_counter() - started)
+        finally:
+            self._release(source_id, [p.doc.external_id for p in pending])  # no-op for released ones
 
     def delete(self, document_ids: list[int], planned_at: datetime) -> int:
         return ledger.mark_deleted(self.conn, document_ids, planned_at)
@@ -294,11 +422,15 @@ def ingest_pdf_paths(pipeline: Pipeline, paths: Sequence[str], source: str = "pd
 
     from connectors.pdf import PdfConnector
 
-    source_id = ledger.ensure_source(pipeline.conn, source, "pdf")
+    source_id = pipeline.source_id(source, "pdf")
     connector = PdfConnector([Path(p) for p in paths], pipeline.settings.pdf)
     planned = pipeline.plan(source_id, connector.iter_documents(), connector.covers)
     counts = planned.counts
-    counts.merge(pipeline.ingest(source_id, source, planned.work))
+    try:
+        pipeline.begin_load(pipeline.expected_chunks(len(planned.work)))
+        counts.merge(pipeline.ingest(source_id, source, planned.work))
+    finally:
+        pipeline.finish_load()
     counts.deleted += pipeline.delete(planned.deleted, planned.planned_at)
     return counts
 
@@ -316,7 +448,7 @@ def sync_remote(
     A crash resumes after the last saved batch; replaying a batch writes the same rows. The next pages are
     fetched while this one is embedded (``prefetch_depth``). ``counts`` is filled as the sync goes, so a
     failed sync still reports what it did."""
-    source_id = ledger.ensure_source(pipeline.conn, source, connector.kind)
+    source_id = pipeline.source_id(source, connector.kind)
     counts = Counts() if counts is None else counts
     try:
         for batch in prefetch(connector.batches(cursors.load_cursor(pipeline.conn, source_id)), depth=prefetch_depth):
@@ -330,6 +462,7 @@ def sync_remote(
             cursors.save_cursor(pipeline.conn, source_id, batch.cursor)
     finally:
         _http_counts(connector, counts)
+        pipeline.finish_load()
     return counts
 
 

@@ -5,19 +5,28 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
-from embedding.model import TextEmbedder
+from psycopg_pool import ConnectionPool
+
+from embedding.model import Embedder, TextEmbedder
 from embedding.pool import EmbeddingPool
 from flows.pipeline import Pipeline
 from flows.settings import RaglineSettings, database_url, load_settings
-from vectorstore.db import Connection, connect
+from vectorstore import generations, store
+from vectorstore.db import Connection, DatabaseError, connect, open_pool
+from vectorstore.generations import Generation
 from vectorstore.migrations import migrate
+from vectorstore.settings import SearchSettings
+from vectorstore.store import SearchFilter, SearchHit
 
 
 @dataclass
 class Services:
     settings: RaglineSettings
     shared_embedder: TextEmbedder | None = field(default=None, repr=False)
+    _query_embedders: dict[int, Any] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
     def embedder(self) -> TextEmbedder:
@@ -40,13 +49,73 @@ class Services:
             hnsw_m=self.settings.database.hnsw_m,
             hnsw_ef_construction=self.settings.database.hnsw_ef_construction,
         )
+        if self.settings.database.row_level_security:
+            from vectorstore.tenancy import ensure_row_level_security
+
+            ensure_row_level_security(conn)
         return conn
 
     @cached_property
     def pipeline(self) -> Pipeline:
         return Pipeline(self.conn, self.settings, self.embedder)
 
+    @cached_property
+    def pool(self) -> ConnectionPool[Connection]:
+        """Connections for searches, which may come from many threads (``ragline serve``)."""
+        _ = self.conn  # migrated first
+        database = self.settings.database
+        return open_pool(database_url(self.settings), size=database.pool_size, connect_timeout=database.connect_timeout)
+
+    def query_embedder(self, serving: Generation) -> TextEmbedder:
+        """The model that embeds queries for ``serving``: the configured one, or, while a new generation is
+        being built, the model of the generation that still serves (it must still be installed)."""
+        identity = self.embedder.identity
+        if (identity.name, identity.revision, identity.dim) == (serving.name, serving.revision, serving.dim):
+            return self.embedder
+        with self._lock:
+            cached = self._query_embedders.get(serving.id)
+            if cached is None:
+                settings = self.settings.embedding.model_copy(update={"model": serving.name, "dtype": "float32"})
+                cached = Embedder(settings)
+                if cached.identity.revision != serving.revision or cached.dimension != serving.dim:
+                    raise DatabaseError(
+                        f"search is served by {serving.label}, but the installed {serving.name} is "
+                        f"{cached.identity.revision} (dim {cached.dimension}): install that revision, or finish "
+                        "the re-embed into the configured model (ragline generation migrate)"
+                    )
+                self._query_embedders[serving.id] = cached
+        return cached
+
+    def search(
+        self, query: str, k: int, *, settings: SearchSettings | None = None, where: SearchFilter | None = None
+    ) -> list[SearchHit]:
+        """Embed ``query`` with the serving generation's model and search it; safe from many threads."""
+        settings = settings or self.settings.search
+        with self.pool.connection() as conn:
+            serving = generations.active(conn)
+            conn.commit()
+            if serving is None:
+                return []
+            vector = self.query_embedder(serving).embed([query])[0]
+            return store.search(
+                conn,
+                vector,
+                k,
+                text=query,
+                settings=settings,
+                where=where,
+                generation=serving,
+                row_level_security=self.settings.database.row_level_security,
+            )
+
     def close(self) -> None:
+        pipeline = self.__dict__.get("pipeline")
+        if pipeline is not None and "conn" in self.__dict__ and not self.conn.closed:
+            pipeline.finish_load()
+        pool = self.__dict__.pop("pool", None)
+        if pool is not None:
+            pool.close()
+        self._query_embedders.clear()
         if self.shared_embedder is None:
             embedder = self.__dict__.pop("embedder", None)
             if isinstance(embedder, EmbeddingPool):

@@ -263,21 +263,54 @@ def ingest_all_cmd(obj: _Context, as_json: bool) -> None:
 @click.argument("query")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 1000), help="Results to return.")
 @click.option("--source", default=None, help="Only search this source.")
+@click.option("--tenant", default=None, help="Only search this tenant's chunks (enforced by Postgres with RLS).")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only documents whose metadata has KEY equal to VALUE (JSON value, else a string); repeatable.",
+)
 @click.option(
     "--mode", type=click.Choice(["hybrid", "vector"]), default=None, help="Override search.mode of the config."
 )
+@click.option("--exact", is_flag=True, help="Exact (sequential) vector search instead of the HNSW index.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, best first.")
 @click.pass_obj
-def search(obj: _Context, query: str, k: int, source: str | None, mode: str | None, as_json: bool) -> None:
-    """Semantic search over the ingested chunks."""
-    from vectorstore import store
+def search(
+    obj: _Context,
+    query: str,
+    k: int,
+    source: str | None,
+    tenant: str | None,
+    filters: tuple[str, ...],
+    mode: str | None,
+    exact: bool,
+    as_json: bool,
+) -> None:
+    """Semantic search over the ingested chunks (of the model generation that serves search)."""
+    from vectorstore.store import SearchFilter
 
     if not query.strip():
         _fail("the query is empty")
+    metadata: dict[str, Any] = {}
+    for item in filters:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            _fail(f"--filter {item!r}: expected KEY=VALUE")
+        try:
+            metadata[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            metadata[key] = raw
     svc = obj.services
-    vector = svc.embedder.embed([query])[0]
-    settings = svc.settings.search if mode is None else svc.settings.search.model_copy(update={"mode": mode})
-    hits = store.search(svc.conn, vector, k, text=query, settings=settings, source=source)
+    update: dict[str, Any] = {}
+    if mode is not None:
+        update["mode"] = mode
+    if exact:
+        update["exact"] = "always"
+    settings = svc.settings.search.model_copy(update=update)
+    scope = SearchFilter(source=source, tenant=tenant, metadata=metadata or None)
+    hits = svc.search(query, k, settings=settings, where=scope)
     if as_json:
         click.echo(json.dumps([h.as_json() for h in hits], ensure_ascii=False))
         return
@@ -313,8 +346,13 @@ def status(obj: _Context, as_json: bool) -> None:
             f"  {name} ({s['kind']}): {s['documents']} documents, {s['chunks']} chunks, "
             f"{s['quarantined']} quarantined; last run {last.get('status', '-')} {last.get('finished_at') or ''}"
         )
-    for m in data["models"]:
-        click.echo(f"  model {m['name']} ({m['revision']}, dim {m['dim']}): {m['chunks']} chunks")
+    for g in data["generations"]:
+        pending = f", {g['pending_documents']} documents to re-embed" if "pending_documents" in g else ""
+        index = "indexed" if g["indexed"] else "no index"
+        click.echo(
+            f"  model {g['name']} ({g['revision']}, dim {g['dim']}): {g['state']}, {g['chunks']} chunks, "
+            f"{index}{pending}"
+        )
     if data["prefect_ui"]:
         click.echo(f"Prefect UI: {data['prefect_ui']}")
 
@@ -399,6 +437,8 @@ def stop(obj: _Context) -> None:
 from ragline.snapshot_cmd import snapshot as _snapshot_group  # noqa: E402
 
 cli.add_command(_snapshot_group)
+
+
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Connections: one per process for the CLI, with pgvector's adapters registered."""
+"""Connections: one per process for the pipeline, and a pool for concurrent searches (a server answering
+many requests), with pgvector's adapters registered on every connection."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
 
 class DatabaseError(RuntimeError):
@@ -22,6 +24,28 @@ def connect(url: str, *, connect_timeout: int = 10) -> Connection:
     except psycopg.OperationalError as err:
         raise DatabaseError(f"cannot connect to the database: {first_line(err)}") from err
     return conn
+
+
+def open_pool(url: str, *, size: int = 4, connect_timeout: int = 10) -> ConnectionPool[Connection]:
+    """A pool of up to ``size`` connections, opened with one ready. The schema must exist (migrated)."""
+    pool: ConnectionPool[Connection] = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        kwargs={"row_factory": dict_row, "connect_timeout": connect_timeout, "autocommit": False},
+        configure=register_pgvector,
+        timeout=connect_timeout,
+        open=False,
+    )
+    try:
+        pool.open(wait=True, timeout=connect_timeout)
+    except psycopg.OperationalError as err:
+        pool.close()
+        raise DatabaseError(f"cannot connect to the database: {first_line(err)}") from err
+    except Exception as err:  # PoolTimeout
+        pool.close()
+        raise DatabaseError(f"cannot open a connection pool to the database: {first_line(err)}") from err
+    return pool
 
 
 def register_pgvector(conn: Connection) -> None:

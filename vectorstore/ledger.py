@@ -76,19 +76,29 @@ def decide(entry: LedgerEntry | None, content_hash: str, fingerprints: Fingerpri
     return Decision.QUARANTINED
 
 
-def ensure_source(conn: Connection, name: str, kind: str) -> int:
+def ensure_source(conn: Connection, name: str, kind: str, tenant: str | None = None) -> int:
+    """The id of source ``name``, created on first use. A ``tenant`` that differs from the recorded one moves
+    the source with its documents and chunks to that tenant (None: keep what is recorded)."""
     with conn.transaction():
         row = conn.execute(
             """
-            INSERT INTO sources (name, kind) VALUES (%s, %s)
+            INSERT INTO sources (name, kind, tenant) VALUES (%s, %s, coalesce(%s, 'default'))
             ON CONFLICT (name) DO UPDATE SET updated_at = sources.updated_at
-            RETURNING id, kind
+            RETURNING id, kind, tenant
             """,
-            (name, kind),
+            (name, kind, tenant),
         ).fetchone()
-    assert row is not None
-    if row["kind"] != kind:
-        raise SourceKindMismatchError(f"source {name!r} is a {row['kind']} source, not {kind}")
+        assert row is not None
+        if row["kind"] != kind:
+            raise SourceKindMismatchError(f"source {name!r} is a {row['kind']} source, not {kind}")
+        if tenant is not None and row["tenant"] != tenant:
+            source_id = row["id"]
+            conn.execute("UPDATE sources SET tenant = %s, updated_at = now() WHERE id = %s", (tenant, source_id))
+            conn.execute("UPDATE documents SET tenant = %s WHERE source_id = %s", (tenant, source_id))
+            conn.execute(
+                "UPDATE chunks SET tenant = %s WHERE document_id IN (SELECT id FROM documents WHERE source_id = %s)",
+                (tenant, source_id),
+            )
     return int(row["id"])
 
 
@@ -114,8 +124,8 @@ def upsert_version(conn: Connection, source_id: int, doc: DocumentVersion) -> in
     row = conn.execute(
         """
         INSERT INTO documents (source_id, external_id, uri, title, content_hash, fingerprint, status,
-                               source_modified_at, page_count, metadata)
-        VALUES (%s, %s, %s, %s, %s, %s, 'quarantined', %s, %s, %s)
+                               source_modified_at, page_count, metadata, tenant)
+        VALUES (%s, %s, %s, %s, %s, %s, 'quarantined', %s, %s, %s, (SELECT tenant FROM sources WHERE id = %s))
         ON CONFLICT (source_id, external_id) DO UPDATE SET updated_at = now()
         RETURNING id
         """,
@@ -129,6 +139,7 @@ def upsert_version(conn: Connection, source_id: int, doc: DocumentVersion) -> in
             doc.source_modified_at,
             doc.page_count,
             Jsonb(doc.metadata or {}),
+            source_id,
         ),
     ).fetchone()
     assert row is not None

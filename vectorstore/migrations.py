@@ -1,6 +1,8 @@
 """Versioned schema migrations, applied by ragline itself under an advisory lock.
 
-A migration is a function of the vector dimension (the ``vector(n)`` column is typed, so HNSW can index it).
+A migration is a function of the vector dimension and HNSW options (the first schema typed the column
+``vector(n)``; since v4 the column is untyped and each model generation has its own partial HNSW index over
+``embedding::vector(dim)``, so two models of different dimensions share the table during a re-embed).
 Append new migrations; never edit an applied one.
 """
 
@@ -130,12 +132,85 @@ def _v3_run_holders(conn: Connection, dim: int, m: int, ef_construction: int) ->
     conn.execute("ALTER TABLE runs ADD COLUMN host text, ADD COLUMN lease_id uuid")
 
 
+def _v4_generations_tenants(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
+    """Model generations (one active, at most one being built, the rest retired), one partial HNSW index per
+    generation, a tenant on every row, and the bookkeeping of loads that run without the live index."""
+    conn.execute("DROP INDEX IF EXISTS chunks_embedding_hnsw")
+    conn.execute("ALTER TABLE chunks ALTER COLUMN embedding TYPE vector")
+    conn.execute(
+        """
+        ALTER TABLE models
+            ADD COLUMN state text NOT NULL DEFAULT 'retired' CHECK (state IN ('active', 'building', 'retired')),
+            ADD COLUMN state_changed_at timestamptz NOT NULL DEFAULT now(),
+            ADD COLUMN fingerprint text
+        """
+    )
+    conn.execute("CREATE UNIQUE INDEX models_one_active ON models ((true)) WHERE state = 'active'")
+    conn.execute("CREATE UNIQUE INDEX models_one_building ON models ((true)) WHERE state = 'building'")
+    # The model of the newest chunks serves search; chunks of older models are replaced as documents change.
+    conn.execute(
+        """
+        UPDATE models SET state = 'active'
+        WHERE id = (SELECT model_id FROM chunks GROUP BY model_id ORDER BY max(created_at) DESC LIMIT 1)
+        """
+    )
+    for table in ("sources", "documents", "chunks"):
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN tenant text NOT NULL DEFAULT 'default'").format(sql.Identifier(table))
+        )
+    conn.execute(
+        """
+        CREATE TABLE index_loads (
+            holder      text PRIMARY KEY,
+            model_id    integer NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+            host        text NOT NULL,
+            pid         integer NOT NULL,
+            started_at  timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE store_stats (
+            key         text PRIMARY KEY,
+            value       double precision NOT NULL,
+            updated_at  timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    for row in conn.execute("SELECT id, dim FROM models WHERE state = 'active'").fetchall():
+        conn.execute(index_ddl(row["id"], row["dim"], "vector", m, ef_construction))
+
+
+def index_name(model_id: int) -> str:
+    return f"chunks_hnsw_m{model_id}"
+
+
+def index_ddl(model_id: int, dim: int, index_type: str, m: int, ef_construction: int) -> sql.Composed:
+    """The partial HNSW index of one model generation. ``halfvec`` stores the graph's vectors in half
+    precision (half the memory the index needs to stay cached); the table keeps full precision."""
+    opclass = {"vector": "vector_cosine_ops", "halfvec": "halfvec_cosine_ops"}[index_type]
+    return sql.SQL(
+        "CREATE INDEX IF NOT EXISTS {name} ON chunks USING hnsw ((embedding::{type}({dim})) {opclass}) "
+        "WITH (m = {m}, ef_construction = {ef}) WHERE model_id = {model}"
+    ).format(
+        name=sql.Identifier(index_name(model_id)),
+        type=sql.SQL(index_type),
+        dim=sql.Literal(dim),
+        opclass=sql.SQL(opclass),
+        m=sql.Literal(m),
+        ef=sql.Literal(ef_construction),
+        model=sql.Literal(model_id),
+    )
+
+
 Migration = Callable[[Connection, int, int, int], None]
 
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema: sources, models, documents ledger, chunks, runs", _v1_initial),
     (2, "full-text column and index on chunks for hybrid search", _v2_full_text),
     (3, "host and concurrency lease of each run", _v3_run_holders),
+    (4, "model generations with per-model HNSW indexes, tenants, deferred-index loads", _v4_generations_tenants),
 ]
 
 
@@ -166,26 +241,4 @@ def migrate(conn: Connection, dim: int, *, hnsw_m: int = 16, hnsw_ef_constructio
     except psycopg.errors.UndefinedFile as err:
         raise DatabaseError(f"the pgvector extension is not installed on the server: {first_line(err)}") from err
     register_pgvector(conn)
-    check_dimension(conn, dim)
     return applied
-
-
-def column_dimension(conn: Connection) -> int | None:
-    row = conn.execute(
-        """
-        SELECT a.atttypmod AS dim FROM pg_attribute a
-        WHERE a.attrelid = 'chunks'::regclass AND a.attname = 'embedding'
-        """
-    ).fetchone()
-    conn.commit()
-    return int(row["dim"]) if row and row["dim"] > 0 else None
-
-
-def check_dimension(conn: Connection, dim: int) -> None:
-    """The configured model must produce vectors the column can hold, before any work is done."""
-    column = column_dimension(conn)
-    if column is not None and column != dim:
-        raise DatabaseError(
-            f"chunks.embedding holds {column}-dim vectors but the configured model produces {dim}: "
-            "use the model this store was built with, or a new database"
-        )

@@ -10,14 +10,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from vectorstore import ledger
+from vectorstore import generations, ledger
 from vectorstore.db import Connection
+from vectorstore.generations import Generation, ModelIdentity
 from vectorstore.ledger import DocumentVersion
 from vectorstore.settings import SearchSettings
 
@@ -36,38 +37,18 @@ class StaleChunksError(RuntimeError):
     """Chunks assumed present (so not embedded) vanished before the commit: embed them and try again."""
 
 
-class ModelIdentity(Protocol):
-    """What produced a vector (the embedding package's identity satisfies this)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def revision(self) -> str: ...
-    @property
-    def dim(self) -> int: ...
-    @property
-    def normalized(self) -> bool: ...
-
-
 _COPY_CHUNKS = sql.SQL(
-    "COPY chunks (id, document_id, chunk_index, page, text, token_count, model_id, embedding, metadata) "
+    "COPY chunks (id, document_id, chunk_index, page, text, token_count, model_id, embedding, metadata, tenant) "
     "FROM STDIN (FORMAT BINARY)"
 )
-_COPY_TYPES = ["uuid", "int8", "int4", "int4", "text", "int4", "int4", "vector", "jsonb"]
+_COPY_TYPES = ["uuid", "int8", "int4", "int4", "text", "int4", "int4", "vector", "jsonb", "text"]
 
 
-def ensure_model(conn: Connection, identity: ModelIdentity) -> int:
-    with conn.transaction():
-        row = conn.execute(
-            """
-            INSERT INTO models (name, revision, dim, normalized) VALUES (%s, %s, %s, %s)
-            ON CONFLICT (name, revision, dim, normalized) DO UPDATE SET name = EXCLUDED.name
-            RETURNING id
-            """,
-            (identity.name, identity.revision, identity.dim, identity.normalized),
-        ).fetchone()
-    assert row is not None
-    return int(row["id"])
+def ensure_model(conn: Connection, identity: ModelIdentity, fingerprint: str | None = None) -> int:
+    """Register the configured model as a generation (serving, or being built when another model serves); the
+    serving generation of a new store gets its (empty, so instant) index at once."""
+    generation = generations.register(conn, identity, fingerprint)
+    return generation.id
 
 
 def existing_chunk_ids(conn: Connection, source_id: int, external_id: str) -> set[uuid.UUID]:
@@ -99,8 +80,23 @@ def commit_document(
     with conn.transaction():
         document_id = ledger.upsert_version(conn, source_id, doc)
         keep = [c.id for c in chunks]
-        conn.execute("DELETE FROM chunks WHERE document_id = %s AND NOT (id = ANY(%s))", (document_id, keep))
-        present = {r["id"] for r in conn.execute("SELECT id FROM chunks WHERE document_id = %s", (document_id,))}
+        # Only this model's rows (and leftovers of retired generations) are replaced: while a new generation
+        # is built, the serving generation keeps this document's previous vectors until the switch.
+        conn.execute(
+            """
+            DELETE FROM chunks WHERE document_id = %s AND NOT (id = ANY(%s))
+              AND (model_id = %s OR model_id IN (SELECT id FROM models WHERE state = 'retired'))
+            """,
+            (document_id, keep, model_id),
+        )
+        tenant_row = conn.execute("SELECT tenant FROM documents WHERE id = %s", (document_id,)).fetchone()
+        tenant = tenant_row["tenant"] if tenant_row else "default"
+        present = {
+            r["id"]
+            for r in conn.execute(
+                "SELECT id FROM chunks WHERE document_id = %s AND model_id = %s", (document_id, model_id)
+            )
+        }
         missing = [c for c in chunks if c.id not in present]
         if any(c.id not in vectors for c in missing):
             raise StaleChunksError(f"chunks of {doc.external_id} changed during the run")
@@ -119,6 +115,7 @@ def commit_document(
                             model_id,
                             vectors[c.id],
                             Jsonb(c.metadata),
+                            tenant,
                         )
                     )
         ledger.mark_committed(conn, document_id, doc, len(chunks))
@@ -153,37 +150,55 @@ class SearchHit:
         }
 
 
-_SOURCE_FILTER = sql.SQL(
+@dataclass(frozen=True)
+class SearchFilter:
+    """What a search may return: a source, a tenant, documents whose metadata contains ``metadata``."""
+
+    source: str | None = None
+    tenant: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+_FILTERS = sql.SQL(
     """(%(source)s::text IS NULL OR c.document_id IN (
-    SELECT d.id FROM documents d JOIN sources s ON s.id = d.source_id WHERE s.name = %(source)s))"""
+        SELECT d.id FROM documents d JOIN sources s ON s.id = d.source_id WHERE s.name = %(source)s))
+    AND (%(tenant)s::text IS NULL OR c.tenant = %(tenant)s)
+    AND (%(meta)s::jsonb IS NULL OR c.metadata @> %(meta)s
+         OR c.document_id IN (SELECT d.id FROM documents d WHERE d.metadata @> %(meta)s))"""
 )
 
-# Chunks holding the query's words as a phrase (in order, after stemming and stop words): quoted passages,
-# names, error messages. Only for queries of several words; ordered by cosine among themselves.
-_PHRASE_SQL = sql.SQL("""
-SELECT c.id FROM chunks c
-WHERE numnode(phraseto_tsquery('english', %(text)s)) >= 5
-  AND c.tsv @@ phraseto_tsquery('english', %(text)s) AND {source_filter}
-ORDER BY c.embedding <=> %(q)s
-LIMIT %(n)s
-""").format(source_filter=_SOURCE_FILTER)
 
-# Chunks holding all of the query's words, ranked by cover density (words close together first).
-_ALL_WORDS_SQL = sql.SQL("""
-SELECT c.id FROM chunks c
-WHERE c.tsv @@ plainto_tsquery('english', %(text)s) AND {source_filter}
-ORDER BY ts_rank_cd(c.tsv, plainto_tsquery('english', %(text)s)) DESC, c.id
-LIMIT %(n)s
-""").format(source_filter=_SOURCE_FILTER)
+def _queries(model_id: int, distance: sql.Composable) -> dict[str, sql.Composed]:
+    """The rankings of one generation. The model id is a literal so the planner can match the generation's
+    partial index; ``distance`` is the indexed expression, or the plain column for an exact scan."""
+    where = sql.SQL("c.model_id = {model} AND {filters}").format(model=sql.Literal(model_id), filters=_FILTERS)
+    return {
+        "vector": sql.SQL("SELECT c.id FROM chunks c WHERE {where} ORDER BY {distance} LIMIT %(n)s").format(
+            where=where, distance=distance
+        ),
+        # Chunks holding the query's words as a phrase (in order, after stemming and stop words): quoted
+        # passages, names, error messages. Only for queries of several words; ordered by cosine among themselves.
+        "phrase": sql.SQL(
+            """SELECT c.id FROM chunks c
+            WHERE numnode(phraseto_tsquery('english', %(text)s)) >= 5
+              AND c.tsv @@ phraseto_tsquery('english', %(text)s) AND {where}
+            ORDER BY c.embedding <=> %(q)s LIMIT %(n)s"""
+        ).format(where=where),
+        # Chunks holding all of the query's words, ranked by cover density (words close together first).
+        "all_words": sql.SQL(
+            """SELECT c.id FROM chunks c
+            WHERE c.tsv @@ plainto_tsquery('english', %(text)s) AND {where}
+            ORDER BY ts_rank_cd(c.tsv, plainto_tsquery('english', %(text)s)) DESC, c.id LIMIT %(n)s"""
+        ).format(where=where),
+        # Any of the query's words: only when too few chunks hold them all (it ranks every chunk with any word).
+        "any_words": sql.SQL(
+            """WITH q AS (SELECT nullif(replace(plainto_tsquery('english', %(text)s)::text, ' & ', ' | '), '')::tsquery
+                          AS tsq)
+            SELECT c.id FROM chunks c, q WHERE c.tsv @@ q.tsq AND {where}
+            ORDER BY ts_rank_cd(c.tsv, q.tsq) DESC, c.id LIMIT %(n)s"""
+        ).format(where=where),
+    }
 
-# Any of the query's words: only when too few chunks hold them all (it ranks every chunk with any word).
-_ANY_WORDS_SQL = sql.SQL("""
-WITH q AS (SELECT nullif(replace(plainto_tsquery('english', %(text)s)::text, ' & ', ' | '), '')::tsquery AS tsq)
-SELECT c.id FROM chunks c, q
-WHERE c.tsv @@ q.tsq AND {source_filter}
-ORDER BY ts_rank_cd(c.tsv, q.tsq) DESC, c.id
-LIMIT %(n)s
-""").format(source_filter=_SOURCE_FILTER)
 
 _HITS_SQL = """
 SELECT c.id, c.text, c.page, c.chunk_index, c.document_id, c.embedding <=> %(q)s AS distance,
@@ -191,14 +206,6 @@ SELECT c.id, c.text, c.page, c.chunk_index, c.document_id, c.embedding <=> %(q)s
 FROM chunks c JOIN documents d ON d.id = c.document_id JOIN sources s ON s.id = d.source_id
 WHERE c.id = ANY(%(ids)s)
 """
-
-
-_VECTOR_SQL = sql.SQL("""
-SELECT c.id FROM chunks c
-WHERE {source_filter}
-ORDER BY c.embedding <=> %(q)s
-LIMIT %(n)s
-""").format(source_filter=_SOURCE_FILTER)
 
 
 def _unique(*lists: Sequence[uuid.UUID]) -> list[uuid.UUID]:
@@ -218,6 +225,13 @@ def fuse(rankings: Sequence[Sequence[uuid.UUID]], k: int, rrf_k: int = 60) -> li
     return sorted(scores.items(), key=lambda kv: (-kv[1], str(kv[0])))[:k]
 
 
+class QueryDimensionError(ValueError):
+    """The query vector does not come from the serving generation's model."""
+
+
+TENANT_ROLE = "ragline_tenant"
+
+
 def search(
     conn: Connection,
     vector: np.ndarray,
@@ -226,34 +240,71 @@ def search(
     text: str | None = None,
     settings: SearchSettings | None = None,
     source: str | None = None,
+    where: SearchFilter | None = None,
+    generation: Generation | None = None,
+    row_level_security: bool = False,
 ) -> list[SearchHit]:
-    """Best chunks for a query.
+    """Best chunks of the serving generation (or ``generation``) for a query embedded by its model.
 
-    Vector mode: nearest by cosine through the HNSW index. Hybrid mode (the default, when ``text`` is given):
-    chunks holding the query as a phrase come first (score above 1, ordered by cosine), then the cosine
-    ranking and a full-text ranking (all words, or any word when too few chunks hold all) are fused by
-    reciprocal rank fusion. A small embedding model blurs exact wording (names, commands, quoted passages);
-    the words find it. Measured on real manuals: bench/known_item.py, docs/benchmarks.md.
+    Vector mode: nearest by cosine, through the generation's HNSW index, or an exact scan when the
+    generation is small or has no index (a large load is running without it). Hybrid mode (the default,
+    when ``text`` is given): chunks holding the query as a phrase come first (score above 1, ordered by
+    cosine), then the cosine ranking and a full-text ranking (all words, or any word when too few chunks hold
+    all) are fused by reciprocal rank fusion. A small embedding model blurs exact wording (names, commands,
+    quoted passages); the words find it. Measured on real manuals: bench/known_item.py, docs/benchmarks.md.
+
+    With ``row_level_security`` and a tenant, the queries run as role ragline_tenant under Postgres policies
+    that only show that tenant's rows, whatever the SQL says.
     """
     settings = settings or SearchSettings()
+    where = where or SearchFilter()
+    if source is not None:
+        where = SearchFilter(source=source, tenant=where.tenant, metadata=where.metadata)
     hybrid = settings.mode == "hybrid" and bool(text and text.strip())
     n = max(k, settings.candidates) if hybrid else k
-    params: dict[str, Any] = {"q": vector, "n": n, "source": source, "text": text}
+    params: dict[str, Any] = {
+        "q": vector,
+        "n": n,
+        "source": where.source,
+        "tenant": where.tenant,
+        "meta": Jsonb(where.metadata) if where.metadata else None,
+        "text": text,
+    }
     with conn.transaction():
-        # HNSW returns at most ef_search rows; iterative scans keep filtered queries from coming back short.
-        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(settings.ef_search, n))))
-        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        gen = generation or generations.active(conn)
+        if gen is None:
+            return []
+        if len(vector) != gen.dim:
+            raise QueryDimensionError(
+                f"the query vector has {len(vector)} dimensions, the serving model {gen.label} makes {gen.dim}"
+            )
+        if row_level_security and where.tenant is not None:
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(TENANT_ROLE)))
+            conn.execute("SELECT set_config('ragline.tenant', %s, true)", (where.tenant,))
+        index_type = generations.index_type(conn, gen.id)
+        exact = settings.exact == "always" or index_type is None
+        if settings.exact == "auto" and not exact:
+            exact = _rows_below(conn, gen.id, settings.exact_below)
+        if exact:
+            distance: sql.Composable = sql.SQL("c.embedding <=> %(q)s")
+        else:
+            cast = sql.SQL("{}({})").format(sql.SQL(index_type or "vector"), sql.Literal(gen.dim))
+            distance = sql.SQL("c.embedding::{cast} <=> %(q)s::{cast}").format(cast=cast)
+            # HNSW returns at most ef_search rows; iterative scans keep filtered queries from coming back short.
+            conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(settings.ef_search, n))))
+            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        queries = _queries(gen.id, distance)
 
-        def ids(query: str | sql.Composed) -> list[uuid.UUID]:
-            return [r["id"] for r in conn.execute(query, params).fetchall()]
+        def ids(name: str) -> list[uuid.UUID]:
+            return [r["id"] for r in conn.execute(queries[name], params).fetchall()]
 
-        by_vector = ids(_VECTOR_SQL)
+        by_vector = ids("vector")
         phrase: list[uuid.UUID] = []
         if hybrid:
-            phrase = ids(_PHRASE_SQL)
-            by_words = _unique(phrase, ids(_ALL_WORDS_SQL))
+            phrase = ids("phrase")
+            by_words = _unique(phrase, ids("all_words"))
             if len(by_words) < k:
-                by_words = _unique(by_words, ids(_ANY_WORDS_SQL))
+                by_words = _unique(by_words, ids("any_words"))
             fused = fuse([by_vector, by_words], n, settings.rrf_k)
             ranked = [(c, 1.0 + 1.0 / (settings.rrf_k + i)) for i, c in enumerate(phrase, start=1)]
             first = set(phrase)
@@ -281,9 +332,23 @@ def search(
                 document_id=r["document_id"],
             )
         )
-    if not hybrid:  # iterative HNSW scans in relaxed order may return rows slightly out of order
+    if not hybrid:  # iterative HNSW scans in relaxed order (and halfvec graphs) may order rows slightly off
         hits.sort(key=lambda h: -h.similarity)
     return hits
+
+
+def _rows_below(conn: Connection, model_id: int, limit: int) -> bool:
+    """Whether the generation holds fewer than ``limit`` chunks: the planner's estimate of the table when
+    there is one (free), else a count that reads at most ``limit`` rows."""
+    if limit <= 0:
+        return False
+    estimate = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'chunks'::regclass").fetchone()
+    if estimate and estimate["reltuples"] >= 0:  # the table's size as of its last analyze (all generations)
+        return float(estimate["reltuples"]) < limit
+    row = conn.execute(
+        "SELECT count(*) AS n FROM (SELECT 1 FROM chunks WHERE model_id = %s LIMIT %s) s", (model_id, limit)
+    ).fetchone()
+    return row is not None and int(row["n"]) < limit
 
 
 def status(conn: Connection) -> dict[str, Any]:
@@ -310,13 +375,7 @@ def status(conn: Connection) -> dict[str, Any]:
         FROM sources s ORDER BY s.name
         """
     ).fetchall()
-    models = conn.execute(
-        """
-        SELECT m.name, m.revision, m.dim, m.normalized, count(c.id) AS chunks
-        FROM models m LEFT JOIN chunks c ON c.model_id = m.id
-        GROUP BY m.id ORDER BY m.id
-        """
-    ).fetchall()
+    gens = generations.overview(conn)
     conn.commit()
     return {
         "documents": int(totals["documents"]),
@@ -333,5 +392,11 @@ def status(conn: Connection) -> dict[str, Any]:
             }
             for s in sources
         },
-        "models": [dict(m) for m in models if m["chunks"]],
+        "models": [
+            {k: g[k] for k in ("name", "revision", "dim", "normalized", "chunks", "state")} for g in gens if g["chunks"]
+        ],
+        "generations": [
+            {**{k: v for k, v in g.items() if k != "state_changed_at"}, "since": g["state_changed_at"].isoformat()}
+            for g in gens
+        ],
     }

@@ -56,11 +56,39 @@ def test_migrations_are_idempotent_and_safe_concurrently(database_url: str) -> N
         assert versions == [v for v, _, _ in MIGRATIONS]
 
 
-def test_model_dimension_is_checked_against_the_column(database_url: str) -> None:
+def test_a_v3_store_migrates_to_generations_keeping_its_vectors_and_index(database_url: str) -> None:
+    """A store made before generations (typed column, one global index) keeps its rows; its model serves and
+    gets its own partial index, used by search."""
     with connect(database_url) as conn:
-        migrate(conn, 384)
-    with connect(database_url) as conn, pytest.raises(DatabaseError, match=r"384-dim.*produces 768"):
-        migrate(conn, 768)
+        with conn.transaction():
+            conn.execute(
+                "CREATE TABLE ragline_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, name, apply in MIGRATIONS[:3]:
+                apply(conn, 3, 16, 64)
+                conn.execute("INSERT INTO ragline_migrations (version, name) VALUES (%s, %s)", (version, name))
+            conn.execute("INSERT INTO sources (name, kind) VALUES ('s', 'pdf')")
+            conn.execute("INSERT INTO models (name, revision, dim, normalized) VALUES ('m', 'r', 3, true)")
+            conn.execute(
+                "INSERT INTO documents (source_id, external_id, uri, content_hash, status) "
+                "VALUES (1, 'd', 'd', 'h', 'committed')"
+            )
+            conn.execute(
+                "INSERT INTO chunks (id, document_id, chunk_index, text, token_count, model_id, embedding) "
+                "VALUES (gen_random_uuid(), 1, 0, 'x', 1, 1, '[1,0,0]')"
+            )
+        assert migrate(conn, 3) == [4]
+        gen = conn.execute("SELECT state FROM models WHERE id = 1").fetchone()
+        assert gen is not None and gen["state"] == "active"
+        indexes = {r["indexname"] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'chunks'")}
+        assert "chunks_hnsw_m1" in indexes and "chunks_embedding_hnsw" not in indexes
+        tenant = conn.execute("SELECT tenant FROM chunks").fetchone()
+        assert tenant is not None and tenant["tenant"] == "default"
+        hits = store.search(
+            conn, np.array([1.0, 0.0, 0.0], dtype=np.float32), 1, settings=SearchSettings(exact="never")
+        )
+        assert [h.text for h in hits] == ["x"]
 
 
 def test_unreachable_database_is_a_clear_error() -> None:
