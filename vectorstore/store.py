@@ -18,7 +18,8 @@ from psycopg.types.json import Jsonb
 
 from vectorstore import generations, ledger
 from vectorstore.db import Connection
-from vectorstore.generations import Generation, ModelIdentity
+from vectorstore.generations import Generation
+from vectorstore.generations import ModelIdentity as ModelIdentity  # re-exported: callers type with it
 from vectorstore.ledger import DocumentVersion
 from vectorstore.settings import SearchSettings
 
