@@ -180,6 +180,10 @@ class Pipeline:
     def model_id(self) -> int:
         return self.generation.id
 
+    def refresh_generation(self) -> None:
+        """Forget the cached generation (after a switch, its state changed)."""
+        self._generation = None
+
     def source_id(self, name: str, kind: str) -> int:
         """The ledger id of source ``name``, with the tenant its configuration names."""
         tenant = next((s.tenant for s in self.settings.sources if s.name == name), None)

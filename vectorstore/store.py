@@ -101,26 +101,109 @@ def commit_document(
         missing = [c for c in chunks if c.id not in present]
         if any(c.id not in vectors for c in missing):
             raise StaleChunksError(f"chunks of {doc.external_id} changed during the run")
-        if missing:
-            with conn.cursor().copy(_COPY_CHUNKS) as copy:
-                copy.set_types(_COPY_TYPES)
-                for c in missing:
-                    copy.write_row(
-                        (
-                            c.id,
-                            document_id,
-                            c.chunk_index,
-                            c.page,
-                            c.text,
-                            c.token_count,
-                            model_id,
-                            vectors[c.id],
-                            Jsonb(c.metadata),
-                            tenant,
-                        )
-                    )
+        _copy_chunks(conn, document_id, missing, vectors, model_id, tenant)
         ledger.mark_committed(conn, document_id, doc, len(chunks))
     return document_id
+
+
+def _copy_chunks(
+    conn: Connection,
+    document_id: int,
+    rows: Sequence[ChunkRow],
+    vectors: dict[uuid.UUID, np.ndarray],
+    model_id: int,
+    tenant: str,
+) -> None:
+    if not rows:
+        return
+    with conn.cursor().copy(_COPY_CHUNKS) as copy:
+        copy.set_types(_COPY_TYPES)
+        for c in rows:
+            copy.write_row(
+                (
+                    c.id,
+                    document_id,
+                    c.chunk_index,
+                    c.page,
+                    c.text,
+                    c.token_count,
+                    model_id,
+                    vectors[c.id],
+                    Jsonb(c.metadata),
+                    tenant,
+                )
+            )
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    chunk_index: int
+    page: int | None
+    text: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GenerationWork:
+    """A document whose chunks the target generation lacks, with what is needed to embed them again."""
+
+    document_id: int
+    source: str
+    external_id: str
+    status: str
+    chunks: list[StoredChunk]
+
+
+def generation_work(conn: Connection, document_ids: Sequence[int], serving_model_id: int) -> list[GenerationWork]:
+    """The serving generation's chunks of ``document_ids``: a re-embed works from stored text (a remote
+    source's records are not fetched again)."""
+    docs = conn.execute(
+        """
+        SELECT d.id, d.external_id, d.status, s.name AS source FROM documents d JOIN sources s ON s.id = d.source_id
+        WHERE d.id = ANY(%s) ORDER BY d.id
+        """,
+        (list(document_ids),),
+    ).fetchall()
+    rows = conn.execute(
+        """
+        SELECT document_id, chunk_index, page, text, metadata FROM chunks
+        WHERE document_id = ANY(%s) AND model_id = %s ORDER BY document_id, chunk_index
+        """,
+        (list(document_ids), serving_model_id),
+    ).fetchall()
+    conn.commit()
+    by_doc: dict[int, list[StoredChunk]] = {}
+    for r in rows:
+        by_doc.setdefault(r["document_id"], []).append(
+            StoredChunk(chunk_index=r["chunk_index"], page=r["page"], text=r["text"], metadata=r["metadata"])
+        )
+    return [GenerationWork(d["id"], d["source"], d["external_id"], d["status"], by_doc.get(d["id"], [])) for d in docs]
+
+
+def add_generation_chunks(
+    conn: Connection,
+    document_id: int,
+    rows: Sequence[ChunkRow],
+    vectors: dict[uuid.UUID, np.ndarray],
+    model_id: int,
+    fingerprint: str | None,
+) -> bool:
+    """Give a document its chunks in the generation being built, atomically, unless it got them meanwhile
+    (a run with the new model committed it). A committed document takes ``fingerprint`` (so the next run sees
+    it as done); a quarantined one stays quarantined. Returns whether anything was written."""
+    with conn.transaction():
+        doc = conn.execute("SELECT status, tenant FROM documents WHERE id = %s FOR UPDATE", (document_id,)).fetchone()
+        if doc is None or doc["status"] == "deleted":
+            return False
+        done = conn.execute(
+            "SELECT 1 FROM chunks WHERE document_id = %s AND model_id = %s LIMIT 1", (document_id, model_id)
+        ).fetchone()
+        if done:
+            return False
+        _copy_chunks(conn, document_id, rows, vectors, model_id, doc["tenant"])
+        if doc["status"] == "committed" and fingerprint is not None:
+            conn.execute("UPDATE documents SET fingerprint = %s WHERE id = %s", (fingerprint, document_id))
+    return True
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,240 @@
+"""Model generations, deferred-index loads, tenants and filters, against the real embedded Postgres."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from vectorstore import bulk, generations, indexing, ledger, store
+from vectorstore.db import Connection, connect
+from vectorstore.generations import SwitchRefusedError
+from vectorstore.indexing import IndexLoad, IndexOptions
+from vectorstore.ledger import DocumentVersion
+from vectorstore.migrations import migrate
+from vectorstore.settings import SearchSettings
+from vectorstore.store import ChunkRow, QueryDimensionError, SearchFilter
+from vectorstore.tenancy import ensure_row_level_security
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    revision: str
+    dim: int
+    normalized: bool = True
+
+
+OLD = Model("old-model", "1", 3)
+NEW = Model("new-model", "7", 4)
+OPTIONS = IndexOptions(maintenance_work_mem="64MB", min_rows=0)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[Connection]:
+    c = connect(database_url)
+    migrate(c, 384)
+    yield c
+    c.close()
+
+
+def unit(values: list[float]) -> np.ndarray:
+    v = np.array(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def commit(
+    conn: Connection,
+    source: str,
+    name: str,
+    vectors: list[list[float]],
+    model: int,
+    *,
+    fp: str = "f",
+    meta: dict[str, str] | None = None,
+) -> None:
+    source_id = ledger.ensure_source(conn, source, "pdf")
+    rows = [
+        ChunkRow(uuid.uuid5(uuid.NAMESPACE_URL, f"{source}/{name}/{i}/{model}"), i, 1, f"{name} {i}", 3)
+        for i in range(len(vectors))
+    ]
+    doc = DocumentVersion(external_id=name, uri=name, title=name, content_hash="h", fingerprint=fp, metadata=meta)
+    store.commit_document(
+        conn, source_id, doc, rows, {r.id: unit(v) for r, v in zip(rows, vectors, strict=True)}, model
+    )
+
+
+def texts(hits: list[store.SearchHit]) -> list[str]:
+    return [h.text for h in hits]
+
+
+def test_first_model_serves_and_a_new_one_is_built_beside_it(conn: Connection) -> None:
+    old = generations.register(conn, OLD, "fp-old")
+    assert old.state == "active"
+    commit(conn, "s", "a", [[1, 0, 0], [0, 1, 0]], old.id, fp="fp-old")
+    commit(conn, "s", "b", [[0, 0, 1]], old.id, fp="fp-old")
+    indexing.build_index(conn, old, OPTIONS)
+
+    new = generations.register(conn, NEW, "fp-new")
+    assert new.state == "building"
+    assert generations.register(conn, OLD).state == "active"  # the serving model keeps serving
+    assert generations.count_pending(conn, old, new) == 2
+
+    # a document re-committed by a run with the new model: its old vectors keep serving until the switch
+    commit(conn, "s", "a", [[1, 0, 0, 0]], new.id, fp="fp-new")
+    assert texts(store.search(conn, unit([1, 0, 0]), 5))[0] == "a 0"
+    assert conn.execute("SELECT count(*) AS n FROM chunks WHERE model_id = %s", (old.id,)).fetchone() == {"n": 3}
+    with pytest.raises(QueryDimensionError, match="serving model old-model"):
+        store.search(conn, unit([1, 0, 0, 0]), 5)
+
+    with pytest.raises(SwitchRefusedError, match="1 document"):
+        generations.switch(conn, new)
+    work = store.generation_work(conn, generations.pending_documents(conn, old, new, 10), old.id)
+    assert [(w.external_id, [c.text for c in w.chunks]) for w in work] == [("b", ["b 0"])]
+    rows = [ChunkRow(uuid.uuid4(), 0, 1, "b 0", 3)]
+    assert store.add_generation_chunks(
+        conn, work[0].document_id, rows, {rows[0].id: unit([0, 0, 1, 0])}, new.id, "fp-new"
+    )
+    assert not store.add_generation_chunks(
+        conn, work[0].document_id, rows, {rows[0].id: unit([0, 0, 1, 0])}, new.id, "x"
+    )
+    with pytest.raises(SwitchRefusedError, match="index"):
+        generations.switch(conn, new)
+    indexing.build_index(conn, generations.by_id(conn, new.id) or new, OPTIONS)
+    generations.switch(conn, new)
+
+    assert generations.active(conn) == generations.by_id(conn, new.id)
+    assert texts(store.search(conn, unit([0, 0, 1, 0]), 1, settings=SearchSettings(exact="never"))) == ["b 0"]
+    overview = {g["name"]: g for g in generations.overview(conn)}
+    assert overview["old-model"]["state"] == "retired" and overview["new-model"]["state"] == "active"
+    assert generations.purge_retired(conn, batch=1) == 3
+    assert conn.execute("SELECT count(*) AS n FROM chunks WHERE model_id = %s", (old.id,)).fetchone() == {"n": 0}
+    assert not generations.index_present(conn, old.id)
+    fps = {r["external_id"]: r["fingerprint"] for r in conn.execute("SELECT external_id, fingerprint FROM documents")}
+    assert fps == {"a": "fp-new", "b": "fp-new"}
+
+
+def test_configuring_a_third_model_mid_build_retires_the_unfinished_one(conn: Connection) -> None:
+    generations.register(conn, OLD)
+    first = generations.register(conn, NEW)
+    second = generations.register(conn, Model("third", "1", 3))
+    assert second.state == "building"
+    assert (generations.by_id(conn, first.id) or first).state == "retired"
+
+
+def test_costs_choose_live_for_increments_and_deferred_for_large_loads() -> None:
+    costs = bulk.IndexCosts()
+    assert bulk.choose(100_000, 500, costs) is bulk.Strategy.LIVE  # under min_rows
+    assert bulk.choose(0, 100_000, costs) is bulk.Strategy.DEFERRED
+    assert bulk.choose(100_000, 5_000, costs) is bulk.Strategy.LIVE
+    assert bulk.choose(100_000, 50_000, costs) is bulk.Strategy.DEFERRED
+    # the break-even moves with the measured costs: a slow build keeps more loads live
+    slow_build = bulk.IndexCosts(build=3e-3)
+    assert bulk.choose(100_000, 50_000, slow_build) is bulk.Strategy.LIVE
+    assert bulk.projected(10, None) == 20 and bulk.projected(10, 500) == 500
+    assert bulk.ewma(None, 2.0) == 2.0 and bulk.ewma(1.0, 2.0, weight=0.5) == 1.5
+
+
+def test_a_large_load_drops_the_index_searches_stay_exact_and_the_index_comes_back(conn: Connection) -> None:
+    gen = generations.register(conn, OLD)
+    indexing.build_index(conn, gen, OPTIONS)
+    load = IndexLoad(conn, gen, IndexOptions(min_rows=10), expected=5000)
+    assert load.before_write(100) is bulk.Strategy.DEFERRED
+    assert not generations.index_present(conn, gen.id)
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        commit(conn, "s", f"d{i}", rng.normal(size=(10, 3)).tolist(), gen.id)
+    load.observe(200, 0.5)
+    hits = store.search(conn, unit([1, 0, 0]), 3)  # no index: an exact scan, still correct
+    assert len(hits) == 3 and hits[0].similarity >= hits[-1].similarity
+    assert load.finish() > 0
+    assert generations.index_present(conn, gen.id)
+    stats = {r["key"] for r in conn.execute("SELECT key FROM store_stats")}
+    assert {"plain_insert_s_per_row", "build_s_per_row"} <= stats
+    # costs measured on this store now drive the choice
+    assert indexing.costs(conn).plain_insert == pytest.approx(0.5 / 200)
+
+
+def test_two_deferred_loads_build_once_after_the_last(conn: Connection) -> None:
+    gen = generations.register(conn, OLD)
+    first, second = (IndexLoad(conn, gen, IndexOptions(min_rows=0), expected=10**6) for _ in range(2))
+    first.before_write(10)
+    second.before_write(10)
+    assert first.finish() == 0.0 and not generations.index_present(conn, gen.id)
+    assert second.finish() >= 0.0 and generations.index_present(conn, gen.id)
+
+
+def test_a_killed_load_leaves_its_rebuild_to_the_next_start(conn: Connection, database_url: str) -> None:
+    gen = generations.register(conn, OLD)
+    indexing.build_index(conn, gen, OPTIONS)
+    script = (
+        "import sys; from vectorstore.db import connect; from vectorstore import generations;"
+        "from vectorstore.indexing import IndexLoad, IndexOptions;"
+        "c = connect(sys.argv[1]); g = generations.active(c);"
+        "IndexLoad(c, g, IndexOptions(min_rows=0), expected=10**6).before_write(10)"  # exits without finish()
+    )
+    subprocess.run([sys.executable, "-c", script, database_url], check=True, env={**os.environ})
+    assert not generations.index_present(conn, gen.id)
+    holders = conn.execute("SELECT host FROM index_loads").fetchall()
+    assert holders == [{"host": socket.gethostname()}]
+    assert indexing.repair(conn, OPTIONS) == [gen.id]
+    assert generations.index_present(conn, gen.id)
+    assert conn.execute("SELECT count(*) AS n FROM index_loads").fetchone() == {"n": 0}
+
+
+def test_filters_by_source_tenant_and_metadata(conn: Connection) -> None:
+    gen = generations.register(conn, OLD)
+    ledger.ensure_source(conn, "acme-wiki", "pdf", "acme")
+    ledger.ensure_source(conn, "globex-wiki", "pdf", "globex")
+    commit(conn, "acme-wiki", "a", [[1, 0, 0]], gen.id, meta={"lang": "en", "team": "ops"})
+    commit(conn, "globex-wiki", "g", [[1, 0.1, 0]], gen.id, meta={"lang": "de"})
+    q = unit([1, 0, 0])
+    assert texts(store.search(conn, q, 5)) == ["a 0", "g 0"]
+    assert texts(store.search(conn, q, 5, where=SearchFilter(tenant="globex"))) == ["g 0"]
+    assert texts(store.search(conn, q, 5, where=SearchFilter(source="acme-wiki"))) == ["a 0"]
+    assert texts(store.search(conn, q, 5, where=SearchFilter(metadata={"team": "ops"}))) == ["a 0"]
+    assert texts(store.search(conn, q, 5, where=SearchFilter(metadata={"lang": "fr"}))) == []
+    # moving a source to another tenant moves its rows
+    ledger.ensure_source(conn, "acme-wiki", "pdf", "globex")
+    assert texts(store.search(conn, q, 5, where=SearchFilter(tenant="globex"))) == ["a 0", "g 0"]
+
+
+def test_row_level_security_confines_a_tenant_whatever_the_sql(conn: Connection) -> None:
+    gen = generations.register(conn, OLD)
+    ledger.ensure_source(conn, "acme-wiki", "pdf", "acme")
+    ledger.ensure_source(conn, "globex-wiki", "pdf", "globex")
+    commit(conn, "acme-wiki", "a", [[1, 0, 0]], gen.id)
+    commit(conn, "globex-wiki", "g", [[1, 0.1, 0]], gen.id)
+    ensure_row_level_security(conn)
+    ensure_row_level_security(conn)  # idempotent
+    hits = store.search(conn, unit([1, 0, 0]), 5, where=SearchFilter(tenant="acme"), row_level_security=True)
+    assert texts(hits) == ["a 0"]
+    with conn.transaction():  # the policy, not the filter: a raw query as the tenant role sees one tenant
+        conn.execute("SET LOCAL ROLE ragline_tenant")
+        conn.execute("SELECT set_config('ragline.tenant', 'globex', true)")
+        seen = conn.execute("SELECT text FROM chunks").fetchall()
+        docs = conn.execute("SELECT external_id FROM documents").fetchall()
+    assert seen == [{"text": "g 0"}] and docs == [{"external_id": "g"}]
+    with conn.transaction():  # no tenant set: nothing at all
+        conn.execute("SET LOCAL ROLE ragline_tenant")
+        assert conn.execute("SELECT count(*) AS n FROM chunks").fetchone() == {"n": 0}
+
+
+def test_halfvec_index_answers_like_the_full_precision_scan(conn: Connection) -> None:
+    gen = generations.register(conn, OLD)
+    rng = np.random.default_rng(7)
+    for i in range(30):
+        commit(conn, "s", f"d{i}", rng.normal(size=(10, 3)).tolist(), gen.id)
+    indexing.build_index(conn, gen, IndexOptions(index_type="halfvec", maintenance_work_mem="64MB"))
+    assert generations.index_type(conn, gen.id) == "halfvec"
+    q = unit([0.3, -1, 0.2])
+    exact = texts(store.search(conn, q, 10, settings=SearchSettings(exact="always")))
+    indexed = texts(store.search(conn, q, 10, settings=SearchSettings(exact="never", ef_search=200)))
+    assert len(set(exact) & set(indexed)) >= 9
