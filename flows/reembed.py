@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 class ReembedResult:
     serving: str | None = None
     target: str | None = None
+    planned: int = 0
+    """Documents pending when the re-embed started."""
     documents: int = 0
     chunks: int = 0
     recut: int = 0
@@ -94,7 +96,8 @@ def migrate_generation(
         result.purged = generations.purge_retired(conn)
         result.seconds = time.perf_counter() - started
         return result
-    log.info("re-embedding %s into %s", serving.label, target.label)
+    result.planned = generations.count_pending(conn, serving, target)
+    log.info("re-embedding %d documents from %s into %s", result.planned, serving.label, target.label)
     last: list[int] = []
     while True:
         ids = generations.pending_documents(conn, serving, target, batch_documents)

@@ -434,9 +434,11 @@ def stop(obj: _Context) -> None:
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
+from ragline.generation_cmd import generation as _generation_group  # noqa: E402
 from ragline.snapshot_cmd import snapshot as _snapshot_group  # noqa: E402
 
 cli.add_command(_snapshot_group)
+cli.add_command(_generation_group)
 
 
 
