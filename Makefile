@@ -25,11 +25,12 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-sysdeps:  ## system packages the tests use: a real MediaWiki (PHP + SQLite) from Debian
-	@command -v php >/dev/null && [ -f /usr/share/mediawiki/maintenance/install.php ] || { \
+sysdeps:  ## system packages the tests use: a real MediaWiki (PHP + SQLite) and Chromium (the Prefect UI test)
+	@command -v php >/dev/null && [ -f /usr/share/mediawiki/maintenance/install.php ] && command -v chromium >/dev/null \
+	  && [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    --no-install-recommends mediawiki php-sqlite3 php-cli >/dev/null; }
+	    --no-install-recommends mediawiki php-sqlite3 php-cli chromium fonts-dejavu-core >/dev/null; }
 
 test: lint sysdeps  ## lint, then the whole test suite against the real Postgres, model, PDFs and MediaWiki
 	$(BIN)/pytest

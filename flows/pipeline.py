@@ -446,6 +446,7 @@ def sync_remote(
     counts: Counts | None = None,
     *,
     prefetch_depth: int = 2,
+    progress: Progress | None = None,
 ) -> Counts:
     """Pull a remote source batch by batch from its saved cursor: each batch is planned against the ledger
     (unchanged records cost nothing), ingested, its deletions applied, and only then is its cursor saved.
@@ -459,7 +460,7 @@ def sync_remote(
             ids = [d.external_id for d in batch.documents]
             planned = plan(pipeline.conn, source_id, batch.documents, pipeline.fingerprints, lambda _: False, only=ids)
             counts.merge(planned.counts)
-            counts.merge(pipeline.ingest(source_id, source, planned.work))
+            counts.merge(pipeline.ingest(source_id, source, planned.work, progress))
             if batch.deleted:
                 known = ledger.entries(pipeline.conn, source_id, batch.deleted)
                 counts.deleted += pipeline.delete([e.id for e in known.values()], planned.planned_at)

@@ -135,7 +135,14 @@ def ensure_local_server(home: Path, settings: PrefectSettings) -> str:
             return state[1]
         port = settings.port or _free_port()
         url = f"http://127.0.0.1:{port}/api"
-        env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # The UI asks /ui-settings where the API is: without these it says port 4200 whatever --port was.
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port),
+        }
         env.pop("PREFECT_API_URL", None)
         with log_path.open("ab") as log_fh:
             proc = subprocess.Popen(

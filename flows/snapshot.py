@@ -56,7 +56,7 @@ def snapshot_store(dest_root: str, keep_last: int | None = 7, older_than_days: f
         key="snapshot-store",
         markdown="\n".join(
             [
-                f"Snapshot `{dest}` (schema version {manifest['schema_version']}, {manifest['vector_dim']}-dim)",
+                f"Snapshot `{dest}` (schema version {manifest['schema_version']}, {_dims(manifest)}-dim)",
                 "",
                 "| table | rows | bytes |",
                 "|---|---|---|",
@@ -68,6 +68,11 @@ def snapshot_store(dest_root: str, keep_last: int | None = 7, older_than_days: f
         description="Rows and sizes of the snapshot",
     )
     return {"snapshot": dest, "rows": rows, "deleted": deleted}
+
+
+def _dims(manifest: dict[str, Any]) -> str:
+    """``384``, or ``64/384`` while two generations of different dimensions hold vectors."""
+    return "/".join(str(d) for d in sorted({m["dim"] for m in manifest["models"] if m.get("chunks")})) or "no"
 
 
 def _days(days: float | None) -> timedelta | None:

@@ -24,6 +24,14 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
 
 
+def _dims(dims: list[int]) -> str:
+    """``384-dim``; ``384- and 768-dim`` while generations of two dimensions hold vectors."""
+    if not dims:
+        return "no vectors"
+    *first, last = (f"{d}-" for d in dims)
+    return f"{', '.join(first)} and {last}dim" if first else f"{last}dim"
+
+
 @click.group()
 def snapshot() -> None:
     """Disaster-recovery snapshots: chunks, vectors, ledger, cursors and model identity."""
@@ -44,7 +52,7 @@ def create(obj: _Context, dest: str) -> None:
     size = sum(t.bytes for t in manifest.tables.values())
     click.echo(
         f"snapshot written to {dest}: {manifest.rows('documents')} documents, {manifest.rows('chunks')} chunks "
-        f"({manifest.vector_dim}-dim), {manifest.rows('sources')} sources, {_size(size)}"
+        f"({_dims(manifest.dims)}), {manifest.rows('sources')} sources, {_size(size)}"
     )
 
 
@@ -76,8 +84,8 @@ def restore(obj: _Context, src: str, force: bool) -> None:
     from vectorstore.snapshot import SnapshotError, restore_snapshot
 
     settings = obj.settings
-    # Not the process's Services: their connection migrates with the configured model's dimension, and the
-    # schema must be created with the snapshot's.
+    # A plain connection, not the process's Services: the restore migrates the schema itself, with the
+    # snapshot's HNSW options, and nothing may write to the database before it.
     model = Embedder(settings.embedding).identity
     try:
         conn = connect(database_url(settings), connect_timeout=settings.database.connect_timeout)

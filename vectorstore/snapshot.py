@@ -1,19 +1,21 @@
 """Disaster-recovery snapshots of the store: chunks with their vectors, the documents ledger, sources with their
-cursors and model identities, exported from one consistent view into portable Parquet files and a manifest.
+cursors and model generations, exported from one consistent view into portable Parquet files and a manifest.
 
-Embeddings are the expensive part of the store to recreate, so a snapshot keeps them as they are
-(``fixed_size_list<float32>[dim]``), readable by any Parquet reader. The layout of a snapshot (a directory or an
-fsspec URL)::
+Embeddings are the expensive part of the store to recreate, so a snapshot keeps them as they are, readable by
+any Parquet reader: ``fixed_size_list<float32>[dim]`` when every chunk's model makes vectors of one dimension
+(the common case), ``list<float32>`` when generations of different dimensions hold chunks (a re-embed into a
+model of another dimension was in progress). The layout of a snapshot (a directory or an fsspec URL)::
 
     sources.parquet  models.parquet  documents.parquet  chunks.parquet  manifest.json
 
 ``manifest.json`` is written last: a directory without it is an incomplete snapshot. It records the format
-version, the schema version, the model identities, and the row count, byte size and sha256 of every file.
+version, the schema version, every model generation (dimension, state, chunk count), the HNSW index of each
+generation that had one, and the row count, byte size and sha256 of every file.
 
 Columns are read from the catalogue, so columns added by later migrations are carried without code changes; a
 column type this module cannot carry fails the snapshot loudly. Generated columns (``chunks.tsv``) are not
-stored: Postgres computes them again on restore. Run history (``runs``) is not stored: it is operational
-history of the old database, not data.
+stored: Postgres computes them again on restore. Run history (``runs``) and transient bookkeeping
+(``index_loads``, ``store_stats``) are not stored: they describe the old database, not the data.
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ import json
 import logging
 import posixpath
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
-from typing import Any
+from typing import Any, LiteralString, cast
 
 import fsspec
 import numpy as np
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from psycopg import sql
@@ -43,19 +46,25 @@ from psycopg.rows import tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Json, Jsonb
 
+from vectorstore import generations
 from vectorstore.db import Connection, DatabaseError, first_line
-from vectorstore.migrations import MIGRATIONS, migrate
+from vectorstore.indexing import IndexOptions, build_index
+from vectorstore.migrations import MIGRATIONS, index_name, migrate
 from vectorstore.store import ModelIdentity
 
 log = logging.getLogger(__name__)
 
 FORMAT = "ragline-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: model states, per-generation indexes, variable-length vectors when dimensions differ."""
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 TABLES = ("sources", "models", "documents", "chunks")
 """In load order: every table after the tables it references."""
 
 _HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}
+"""pgvector's own defaults: what an index built without options has."""
+_INDEX_TYPES = {"vector_cosine_ops": "vector", "halfvec_cosine_ops": "halfvec"}
 _HASH_BLOCK = 1 << 20
 
 
@@ -72,14 +81,15 @@ class Column:
     type: str
     """Postgres type name (``pg_type.typname``): the type binary COPY writes on restore."""
     dim: int | None = None
-    """Dimension of a ``vector`` column."""
+    """Dimension of a ``vector`` column stored as fixed-size lists; None: variable-length lists."""
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type, **({"dim": self.dim} if self.dim is not None else {})}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Column:
-        return cls(name=str(data["name"]), type=str(data["type"]), dim=data.get("dim"))
+        dim = data.get("dim")
+        return cls(name=str(data["name"]), type=str(data["type"]), dim=None if dim is None else int(dim))
 
 
 _SCALAR_TYPES: dict[str, pa.DataType] = {
@@ -101,11 +111,9 @@ _SCALAR_TYPES: dict[str, pa.DataType] = {
 
 
 def arrow_type(column: Column) -> pa.DataType:
-    """The Arrow type a Postgres column is stored as; vectors are fixed-size float32 lists."""
+    """The Arrow type a Postgres column is stored as; vectors are float32 lists, fixed-size where they can be."""
     if column.type == "vector":
-        if not column.dim:
-            raise SnapshotError(f"column {column.name} is a vector without a dimension")
-        return pa.list_(pa.float32(), column.dim)
+        return pa.list_(pa.float32(), column.dim) if column.dim else pa.list_(pa.float32())
     if column.type == "uuid":
         return pa.uuid()
     if column.type in _SCALAR_TYPES:
@@ -149,12 +157,32 @@ def vectors_from_binary(values: Sequence[bytes | None], dim: int) -> tuple[np.nd
     return dense, missing
 
 
+def vector_lists_from_binary(values: Sequence[bytes | None]) -> pa.ListArray:
+    """Binary ``vector`` values of any dimensions to a ``list<float32>`` array (nulls kept), without a Python
+    object per element: the headers (one float wide) are cut out of the joined buffer at once."""
+    missing = [v is None for v in values]
+    present = [v for v in values if v is not None]
+    if any(len(v) < 4 or len(v) % 4 for v in present):
+        raise SnapshotError("a vector value is not a whole number of float32s")
+    widths = np.array([len(v) // 4 for v in present], dtype=np.int64)  # header + floats, in words
+    words = np.frombuffer(b"".join(present), dtype=">f4")
+    floats = np.delete(words, np.cumsum(widths) - widths).astype(np.float32)
+    lengths = np.zeros(len(values), dtype=np.int64)
+    lengths[np.flatnonzero(~np.array(missing, dtype=bool))] = widths - 1
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(floats, type=pa.float32()), mask=pa.array(missing) if any(missing) else None
+    )
+
+
 def to_arrow(columns: Sequence[Column], rows: Sequence[tuple[Any, ...]]) -> list[pa.Array]:
     """Rows as read with binary loaders (uuid.UUID, datetime, raw vectors, JSON text) to Arrow arrays."""
     arrays: list[pa.Array] = []
     for i, column in enumerate(columns):
         values = [row[i] for row in rows]
-        if column.type == "vector":
+        if column.type == "vector" and column.dim is None:
+            arrays.append(vector_lists_from_binary(values))
+        elif column.type == "vector":
             assert column.dim is not None
             dense, missing = vectors_from_binary(values, column.dim)
             arrays.append(
@@ -174,29 +202,52 @@ def _as_is(text: Any) -> str:
     return str(text)
 
 
+def _vector_rows(array: pa.Array, dim: int | None) -> list[Any]:
+    """One numpy vector (or None) per row of a fixed-size or variable-length list array."""
+    flat = array.flatten().to_numpy(zero_copy_only=False)  # flatten() skips null lists
+    if dim is not None:
+        vectors: list[Any] = list(flat.reshape(-1, dim))
+    else:
+        lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+        vectors = np.split(flat, np.cumsum(lengths)[:-1]) if len(array) else []
+    if not array.null_count:
+        return vectors
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    if dim is None:  # split() gave an empty vector in each null row
+        return [v if ok else None for v, ok in zip(vectors, valid, strict=True)]
+    rows: list[Any] = [None] * len(array)
+    for j, k in enumerate(np.flatnonzero(valid)):
+        rows[k] = vectors[j]
+    return rows
+
+
 def from_arrow(columns: Sequence[Column], batch: pa.RecordBatch) -> Iterator[tuple[Any, ...]]:
     """Rows of a record batch, as binary COPY dumps them (numpy vectors, JSON text passed through)."""
     lists: list[Sequence[Any]] = []
     for column in columns:
         array = batch.column(column.name)
         if column.type == "vector":
-            assert column.dim is not None
-            dense = array.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.dim)
-            if array.null_count:
-                # flatten() skips null lists: put the vectors back in their rows.
-                valid = array.is_valid().to_numpy(zero_copy_only=False)
-                rows: list[Any] = [None] * len(array)
-                for j, k in enumerate(np.flatnonzero(valid)):
-                    rows[k] = dense[j]
-                lists.append(rows)
-            else:
-                lists.append(list(dense))
+            lists.append(_vector_rows(array, column.dim))
         elif column.type in ("json", "jsonb"):
             wrap = Jsonb if column.type == "jsonb" else Json
             lists.append([None if v is None else wrap(v, dumps=_as_is) for v in array.to_pylist()])
         else:
             lists.append(array.to_pylist())
     return zip(*lists, strict=True)
+
+
+def wrong_dimension(batch: pa.RecordBatch, dims: Mapping[int, int]) -> tuple[Any, int, int, int | None] | None:
+    """The first chunk of ``batch`` whose vector does not have its model's dimension (``dims``: model id to
+    dimension), as (chunk id, model id, length, the model's dimension or None for an unknown model)."""
+    lengths = pc.fill_null(pc.list_value_length(batch.column("embedding")), -1).to_numpy(zero_copy_only=False)
+    models = batch.column("model_id").to_numpy(zero_copy_only=False)
+    known, inverse = np.unique(models, return_inverse=True)
+    expected = np.array([dims.get(int(m), -2) for m in known], dtype=np.int64)[inverse]
+    bad = np.flatnonzero((lengths != expected) & (lengths >= 0))  # a null vector is the NOT NULL's to refuse
+    if not len(bad):
+        return None
+    i = int(bad[0])
+    return batch.column("id")[i].as_py(), int(models[i]), int(lengths[i]), dims.get(int(models[i]))
 
 
 # -- manifest -----------------------------------------------------------------------------------------------
@@ -222,21 +273,66 @@ class TableFile:
 
 
 @dataclass(frozen=True)
+class IndexSpec:
+    """The HNSW index of one model generation, as the parts ``migrations.index_ddl`` builds it from: a restore
+    never runs SQL text read from a snapshot."""
+
+    model_id: int
+    type: str
+    """``vector`` or ``halfvec``: the precision of the graph's vectors."""
+    m: int
+    ef_construction: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "type": self.type, "m": self.m, "ef_construction": self.ef_construction}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> IndexSpec:
+        spec = cls(
+            model_id=int(data["model_id"]),
+            type=str(data["type"]),
+            m=int(data["m"]),
+            ef_construction=int(data["ef_construction"]),
+        )
+        if spec.type not in _INDEX_TYPES.values():
+            raise ValueError(f"index type {spec.type!r} is not one of {', '.join(sorted(_INDEX_TYPES.values()))}")
+        return spec
+
+
+@dataclass(frozen=True)
 class Manifest:
     created_at: str
     schema_version: int
-    vector_dim: int
+    vector_dim: int | None
+    """Size of the fixed-size vector lists; None when chunks hold vectors of several dimensions."""
     models: tuple[dict[str, Any], ...]
-    """Every model row: id, name, revision, dim, normalized, and how many chunks it produced."""
+    """Every model row: id, name, revision, dim, normalized, state (absent before schema v4), and how many
+    chunks it produced."""
     tables: dict[str, TableFile]
     hnsw: dict[str, Any]
+    """Options of the serving generation's index (of any index where it had none); {} without an index."""
     postgres_version: str
     pgvector_version: str
     ragline_version: str
+    indexes: tuple[IndexSpec, ...] = ()
+    """The valid HNSW index of each generation that had one (none listed before format 2)."""
     format_version: int = FORMAT_VERSION
 
     def rows(self, table: str) -> int:
         return self.tables[table].rows
+
+    @property
+    def dims(self) -> list[int]:
+        """Dimensions of the vectors the snapshot holds (one per model generation with chunks)."""
+        return sorted({int(m["dim"]) for m in self.models if m.get("chunks")})
+
+    @property
+    def serving(self) -> list[dict[str, Any]]:
+        """The model(s) whose vectors answer searches: the active generation; before schema v4 (no states)
+        the model that produced chunks."""
+        if any("state" in m for m in self.models):
+            return [m for m in self.models if m.get("state") == "active"]
+        return [m for m in self.models if m.get("chunks")]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -247,6 +343,7 @@ class Manifest:
             "vector_dim": self.vector_dim,
             "models": list(self.models),
             "hnsw": self.hnsw,
+            "indexes": [i.as_json() for i in self.indexes],
             "postgres_version": self.postgres_version,
             "pgvector_version": self.pgvector_version,
             "ragline_version": self.ragline_version,
@@ -258,9 +355,10 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SnapshotError(f"{where}: not a ragline snapshot manifest (format is not {FORMAT!r})")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise SnapshotError(
-                f"{where}: snapshot format version {version!r} is not supported (this ragline reads {FORMAT_VERSION})"
+                f"{where}: snapshot format version {version!r} is not supported "
+                f"(this ragline reads {', '.join(map(str, READABLE_VERSIONS))})"
             )
         try:
             tables = {
@@ -277,16 +375,20 @@ class Manifest:
             manifest = cls(
                 created_at=str(data["created_at"]),
                 schema_version=int(data["schema_version"]),
-                vector_dim=int(data["vector_dim"]),
+                vector_dim=None if data["vector_dim"] is None else int(data["vector_dim"]),
                 models=tuple(dict(m) for m in data["models"]),
                 tables=tables,
                 hnsw=dict(data.get("hnsw") or {}),
                 postgres_version=str(data["postgres_version"]),
                 pgvector_version=str(data["pgvector_version"]),
                 ragline_version=str(data["ragline_version"]),
+                indexes=tuple(IndexSpec.from_json(i) for i in data.get("indexes") or []),
+                format_version=int(version),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise SnapshotError(f"{where}: malformed manifest ({type(err).__name__}: {err})") from err
+        if any(not isinstance(m.get("id"), int) or not isinstance(m.get("dim"), int) for m in manifest.models):
+            raise SnapshotError(f"{where}: malformed manifest (a model without an integer id and dim)")
         absent = [t for t in TABLES if t not in tables]
         if absent:
             raise SnapshotError(f"{where}: the manifest lists no file for table(s) {', '.join(absent)}")
@@ -342,15 +444,16 @@ def table_columns(conn: Connection, table: str) -> list[Column]:
 
 
 def _hnsw_indexes(conn: Connection) -> list[dict[str, Any]]:
-    """HNSW indexes on chunks, as parts to build them again: name, column, operator class, options."""
+    """HNSW indexes on chunks, found by access method (a generation's index is on an expression, so it names no
+    column): name, validity, operator class, options and the catalogue's definition."""
     rows = conn.execute(
         """
-        SELECT c.relname AS name, a.attname AS column, oc.opcname AS opclass, c.reloptions AS options
+        SELECT c.relname AS name, x.indisvalid AS valid, oc.opcname AS opclass, c.reloptions AS options,
+               pg_get_indexdef(x.indexrelid) AS definition
         FROM pg_index x
         JOIN pg_class c ON c.oid = x.indexrelid
         JOIN pg_am am ON am.oid = c.relam
         JOIN pg_opclass oc ON oc.oid = x.indclass[0]
-        JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
         WHERE x.indrelid = to_regclass('chunks') AND am.amname = 'hnsw'
         ORDER BY c.relname
         """
@@ -361,8 +464,62 @@ def _hnsw_indexes(conn: Connection) -> list[dict[str, Any]]:
         for item in r["options"] or []:
             key, _, value = str(item).partition("=")
             options[key] = int(value) if value.isdigit() else value
-        indexes.append({"name": r["name"], "column": r["column"], "opclass": r["opclass"], "options": options})
+        indexes.append({**r, "options": options})
     return indexes
+
+
+def index_specs(indexes: Sequence[dict[str, Any]], models: Sequence[dict[str, Any]]) -> list[IndexSpec]:
+    """The generation indexes among ``indexes`` (from ``_hnsw_indexes``): valid ones, named as ragline names
+    the index of one of ``models``, with an operator class it builds. Others are not carried (and said so)."""
+    owners = {index_name(int(m["id"])): int(m["id"]) for m in models}
+    specs = []
+    for index in indexes:
+        model_id, kind = owners.get(index["name"]), _INDEX_TYPES.get(index["opclass"])
+        if model_id is None or kind is None:
+            log.warning(
+                "HNSW index %s on chunks is not a model generation's index: the snapshot does not list it",
+                index["name"],
+            )
+        elif index["valid"]:  # an invalid one is a build that failed: the generation has no index
+            options = {**_HNSW_DEFAULTS, **index["options"]}
+            specs.append(IndexSpec(model_id, kind, int(options["m"]), int(options["ef_construction"])))
+    return specs
+
+
+def _hnsw_options(specs: Sequence[IndexSpec], indexes: Sequence[dict[str, Any]], serving: set[int]) -> dict[str, Any]:
+    chosen = next((s for s in specs if s.model_id in serving), specs[0] if specs else None)
+    if chosen is not None:
+        return {"m": chosen.m, "ef_construction": chosen.ef_construction}
+    if indexes:  # a store from before generations: its one index on the column
+        return {**_HNSW_DEFAULTS, **{k: v for k, v in indexes[0]["options"].items() if k in _HNSW_DEFAULTS}}
+    return {}
+
+
+def _read_models(conn: Connection) -> list[dict[str, Any]]:
+    """Every model with its state (where the schema has states) and chunk count, in one scan of chunks."""
+    has_state = any(c.name == "state" for c in table_columns(conn, "models"))
+    rows = conn.execute(
+        sql.SQL(
+            """
+            SELECT m.id, m.name, m.revision, m.dim, m.normalized, {state} AS state, coalesce(n.chunks, 0) AS chunks
+            FROM models m LEFT JOIN (SELECT model_id, count(*) AS chunks FROM chunks GROUP BY model_id) n
+                 ON n.model_id = m.id
+            ORDER BY m.id
+            """
+        ).format(state=sql.SQL("m.state") if has_state else sql.SQL("NULL::text"))
+    ).fetchall()
+    return [{k: v for k, v in r.items() if k != "state" or has_state} for r in rows]
+
+
+def _stored_vector_column(column: Column, models: Sequence[dict[str, Any]]) -> Column:
+    """How chunks.embedding is stored: fixed-size lists when every chunk's model makes vectors of one dimension
+    (or, in a store without chunks, the serving model does), variable-length lists otherwise."""
+    if column.dim is not None:  # a typed column (a schema before v4): every vector has its dimension
+        return column
+    dims = {int(m["dim"]) for m in models if m["chunks"]} or {
+        int(m["dim"]) for m in models if m.get("state") == "active"
+    }
+    return Column(column.name, column.type, dims.pop() if len(dims) == 1 else None)
 
 
 def _stream_table(
@@ -430,16 +587,12 @@ def create_snapshot(conn: Connection, dest: str, *, batch_rows: int = 4096) -> M
                        (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS pgvector
                 """
             ).fetchone()
-            models = conn.execute(
-                """
-                SELECT m.id, m.name, m.revision, m.dim, m.normalized,
-                       (SELECT count(*) FROM chunks c WHERE c.model_id = m.id) AS chunks
-                FROM models m ORDER BY m.id
-                """
-            ).fetchall()
+            models = _read_models(conn)
             hnsw = _hnsw_indexes(conn)
             for table in TABLES:
                 columns = table_columns(conn, table)
+                if table == "chunks":
+                    columns = [_stored_vector_column(c, models) if c.type == "vector" else c for c in columns]
                 for column in columns:
                     arrow_type(column)  # fail before writing anything
                 rows = _stream_table(conn, table, columns, fs, posixpath.join(root, f"{table}.parquet"), batch_rows)
@@ -448,8 +601,8 @@ def create_snapshot(conn: Connection, dest: str, *, batch_rows: int = 4096) -> M
         raise DatabaseError(f"snapshot to {dest} failed: {first_line(err)}") from err
     assert version_row is not None and info is not None
     vectors = [c for c in written["chunks"][0] if c.type == "vector"]
-    if len(vectors) != 1 or vectors[0].dim is None:
-        raise SnapshotError("chunks has no single typed vector column: the schema is not ragline's")
+    if [c.name for c in vectors] != ["embedding"]:
+        raise SnapshotError("chunks has no single vector column named embedding: the schema is not ragline's")
     tables = {}
     for table, (columns, rows) in written.items():
         path = posixpath.join(root, f"{table}.parquet")
@@ -461,16 +614,18 @@ def create_snapshot(conn: Connection, dest: str, *, batch_rows: int = 4096) -> M
             sha256=_sha256(fs, path),  # of the stored bytes, read back
             columns=tuple(columns),
         )
+    specs = index_specs(hnsw, models)
     manifest = Manifest(
         created_at=datetime.now(UTC).isoformat(),
         schema_version=int(version_row["v"]),
         vector_dim=vectors[0].dim,
-        models=tuple(dict(m) for m in models),
+        models=tuple(models),
         tables=tables,
-        hnsw=hnsw[0]["options"] if hnsw else {},
+        hnsw=_hnsw_options(specs, hnsw, {int(m["id"]) for m in models if m.get("state") == "active"}),
         postgres_version=str(info["postgres"]),
         pgvector_version=str(info["pgvector"]),
         ragline_version=_ragline_version(),
+        indexes=tuple(specs),
     )
     body = json.dumps(manifest.as_json(), indent=2, sort_keys=True).encode()
     partial = manifest_path + ".partial"
@@ -502,9 +657,33 @@ def read_manifest(src: str) -> Manifest:
     return Manifest.parse(data, where)
 
 
+def _check_vector_field(manifest: Manifest, column: Column, field: pa.DataType, where: str) -> None:
+    """The stored vector column agrees with the manifest: fixed-size lists of ``vector_dim`` made by models of
+    that dimension, or variable-length float32 lists where no single dimension is stated."""
+    if column.dim is None:
+        if manifest.vector_dim is not None or not pa.types.is_list(field) or field.value_type != pa.float32():
+            raise SnapshotError(
+                f"{where}: vector dimension mismatch: column {column.name} holds {field}, the manifest says "
+                f"{manifest.vector_dim if manifest.vector_dim is not None else 'variable-length float lists'}"
+            )
+        return
+    size = getattr(field, "list_size", None)
+    if column.dim != manifest.vector_dim or size != manifest.vector_dim:
+        raise SnapshotError(
+            f"{where}: vector dimension mismatch: column {column.name} holds {size or field}, "
+            f"the manifest says {manifest.vector_dim}"
+        )
+    others = [d for d in manifest.dims if d != column.dim]
+    if others:
+        raise SnapshotError(
+            f"{where}: vector dimension mismatch: column {column.name} holds {column.dim}-dim vectors, but the "
+            f"manifest's models with chunks make {', '.join(map(str, others))}-dim ones"
+        )
+
+
 def verify_snapshot(src: str) -> Manifest:
     """Check a snapshot end to end without a database: manifest format, then for every file its presence,
-    size, sha256, row count (from Parquet metadata) and, for chunks, the vector dimension."""
+    size, sha256, row count (from Parquet metadata) and, for chunks, the vector dimensions."""
     manifest = read_manifest(src)
     fs, root = _open_location(src)
     for table in TABLES:
@@ -535,12 +714,13 @@ def verify_snapshot(src: str) -> Manifest:
             if column.name not in schema.names:
                 raise SnapshotError(f"{where} has no column {column.name}")
             if column.type == "vector":
-                field = schema.field(column.name).type
-                if column.dim != manifest.vector_dim or getattr(field, "list_size", None) != manifest.vector_dim:
-                    raise SnapshotError(
-                        f"{where}: vector dimension mismatch: column {column.name} holds "
-                        f"{getattr(field, 'list_size', field)}, the manifest says {manifest.vector_dim}"
-                    )
+                _check_vector_field(manifest, column, schema.field(column.name).type, where)
+    known = {int(m["id"]) for m in manifest.models}
+    for spec in manifest.indexes:
+        if spec.model_id not in known:
+            raise SnapshotError(
+                f"{src.rstrip('/')}/{MANIFEST} lists an index of model {spec.model_id}, which its models do not include"
+            )
     return manifest
 
 
@@ -556,15 +736,26 @@ def _identity_matches(model: ModelIdentity, row: dict[str, Any]) -> bool:
     )
 
 
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['name']} ({row['revision']}, dim {row['dim']})"
+
+
 def model_mismatch(manifest: Manifest, model: ModelIdentity) -> str | None:
-    """Why ``model`` cannot query the snapshot's vectors, or None: it must be the model of its chunks."""
-    producing = [m for m in manifest.models if m.get("chunks")]
-    if not producing or any(_identity_matches(model, m) for m in producing):
+    """Why ``model`` cannot be the configured model of the restored store, or None.
+
+    It must be the model whose generation serves search (before schema v4: the model of the chunks), or the
+    model of the generation being built: then the re-embed goes on after the restore, as it would have in the
+    old database, while queries are still embedded by the serving model. A model with only leftover chunks of
+    a retired generation does not count. A store where nothing serves accepts any model.
+    """
+    serving = manifest.serving
+    building = [m for m in manifest.models if m.get("state") == "building"]
+    if not serving or any(_identity_matches(model, m) for m in [*serving, *building]):
         return None
-    theirs = "; ".join(f"{m['name']} ({m['revision']}, dim {m['dim']})" for m in producing)
+    also = f" (being built: {_label(building[0])})" if building else ""
     return (
-        f"the snapshot's vectors come from {theirs}, but the configured model is {model.name} "
-        f"({model.revision}, dim {model.dim})"
+        f"the snapshot's search is served by {'; '.join(_label(m) for m in serving)}{also}, but the configured "
+        f"model is {model.name} ({model.revision}, dim {model.dim})"
     )
 
 
@@ -580,14 +771,11 @@ def _occupied(conn: Connection) -> dict[str, int]:
     return counts
 
 
-def _existing_dim(conn: Connection) -> int | None:
-    row = conn.execute(
-        """
-        SELECT a.atttypmod AS dim FROM pg_attribute a
-        WHERE a.attrelid = to_regclass('chunks') AND a.attname = 'embedding'
-        """
-    ).fetchone()
-    return int(row["dim"]) if row and row["dim"] > 0 else None
+def _schema_dim(manifest: Manifest) -> int:
+    """The dimension the first migrations type the column with (v4 makes it untyped again): the serving
+    model's, any model's, anything for a store without models."""
+    models = [*manifest.serving, *manifest.models]
+    return int(models[0]["dim"]) if models else 1
 
 
 def _check_columns(manifest: Manifest, conn: Connection) -> None:
@@ -603,7 +791,16 @@ def _check_columns(manifest: Manifest, conn: Connection) -> None:
                 )
 
 
-def _copy_table(conn: Connection, fs: fsspec.AbstractFileSystem, root: str, entry: TableFile, batch_rows: int) -> int:
+def _copy_table(
+    conn: Connection,
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    entry: TableFile,
+    batch_rows: int,
+    dims: Mapping[int, int] | None = None,
+) -> int:
+    """Load one file by binary COPY; with ``dims`` (model id to dimension), every vector must have its model's
+    dimension: the untyped column would take any, and the generation's index build would fail on it."""
     copy_sql = sql.SQL("COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)").format(
         table=sql.Identifier(entry.table), cols=sql.SQL(", ").join(sql.Identifier(c.name) for c in entry.columns)
     )
@@ -613,6 +810,13 @@ def _copy_table(conn: Connection, fs: fsspec.AbstractFileSystem, root: str, entr
         # No pre-buffering: it reads every row group ahead, the whole file, into memory.
         parquet = pq.ParquetFile(fh, pre_buffer=False)
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=[c.name for c in entry.columns]):
+            wrong = wrong_dimension(batch, dims) if dims is not None else None
+            if wrong is not None:
+                chunk_id, model_id, n, expected = wrong
+                makes = f"makes {expected}-dim ones" if expected is not None else "is not a model of the snapshot"
+                raise SnapshotError(
+                    f"{entry.file}: chunk {chunk_id} holds a {n}-dim vector, but its model {model_id} {makes}"
+                )
             for row in from_arrow(entry.columns, batch):
                 copy.write_row(row)
             loaded += batch.num_rows
@@ -639,18 +843,33 @@ def _reset_sequences(conn: Connection, table: str) -> None:
         )
 
 
-def _create_hnsw(conn: Connection, index: dict[str, Any]) -> None:
-    options = sql.SQL(", ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in index["options"].items()
-    )
-    conn.execute(
-        sql.SQL("CREATE INDEX {name} ON chunks USING hnsw ({column} {opclass}){with_}").format(
-            name=sql.Identifier(index["name"]),
-            column=sql.Identifier(index["column"]),
-            opclass=sql.Identifier(index["opclass"]),
-            with_=sql.SQL(" WITH ({})").format(options) if index["options"] else sql.SQL(""),
+# A store from before generations (no states): the model of its newest chunks serves, as migration v4 decides.
+_ACTIVATE_NEWEST = """
+UPDATE models SET state = 'active', state_changed_at = now()
+WHERE id = (SELECT model_id FROM chunks GROUP BY model_id ORDER BY max(created_at) DESC LIMIT 1)
+"""
+
+
+def _build_indexes(conn: Connection, manifest: Manifest, hnsw: dict[str, int], maintenance_work_mem: str) -> None:
+    """Build the snapshot's generation indexes once, after the load (far cheaper than row-by-row inserts). The
+    serving generation gets one even where the snapshot lists none (a large load had dropped it, or the
+    snapshot predates generations)."""
+    specs = {s.model_id: s for s in manifest.indexes}
+    serving = generations.active(conn)
+    if serving is not None and serving.id not in specs:
+        kind = next((s.type for s in specs.values()), "vector")
+        specs[serving.id] = IndexSpec(serving.id, kind, hnsw["m"], hnsw["ef_construction"])
+    for spec in specs.values():
+        generation = generations.by_id(conn, spec.model_id)
+        if generation is None:
+            raise SnapshotError(f"the manifest lists an index of model {spec.model_id}, which models.parquet lacks")
+        options = IndexOptions(
+            m=spec.m,
+            ef_construction=spec.ef_construction,
+            index_type=spec.type,
+            maintenance_work_mem=maintenance_work_mem,
         )
-    )
+        build_index(conn, generation, options)
 
 
 def restore_snapshot(
@@ -662,13 +881,14 @@ def restore_snapshot(
     batch_rows: int = 4096,
     maintenance_work_mem: str = "512MB",
 ) -> Manifest:
-    """Restore a verified snapshot into an empty database, keeping every id.
+    """Restore a verified snapshot into an empty database, keeping every id and every generation's state.
 
     The schema is migrated first (to the latest version, which holds the snapshot's: migrations only add),
     then everything loads in one transaction: a failure anywhere leaves the database without a single restored
-    row. The HNSW index is dropped for the load and built once after it, far cheaper than row-by-row inserts.
-    ``model`` is the configured model: vectors of another model cannot answer its queries, so a mismatch is
-    refused unless ``force``. A database holding any ragline rows is always refused: a restore never mixes
+    row. HNSW indexes are built once after the load, each generation's as the snapshot describes it; HNSW
+    indexes the empty database had are dropped for the load and built again after it. ``model`` is the
+    configured model: vectors of another model cannot answer its queries, so a mismatch (``model_mismatch``)
+    is refused unless ``force``. A database holding any ragline rows is always refused: a restore never mixes
     or overwrites data.
     """
     manifest = verify_snapshot(src)
@@ -684,21 +904,17 @@ def restore_snapshot(
     _require_idle(conn)
     try:
         occupied = _occupied(conn)
-        existing_dim = _existing_dim(conn)
         conn.commit()
         if occupied:
             held = ", ".join(f"{table}: {n} rows" for table, n in occupied.items())
             raise SnapshotError(f"the database is not empty ({held}): restore only into an empty database")
-        if existing_dim is not None and existing_dim != manifest.vector_dim:
-            raise SnapshotError(
-                f"the database's chunks.embedding holds {existing_dim}-dim vectors, the snapshot "
-                f"{manifest.vector_dim}-dim: restore into a new database"
-            )
         hnsw = {**_HNSW_DEFAULTS, **{k: v for k, v in manifest.hnsw.items() if isinstance(v, int)}}
-        migrate(conn, manifest.vector_dim, hnsw_m=hnsw["m"], hnsw_ef_construction=hnsw["ef_construction"])
+        migrate(conn, _schema_dim(manifest), hnsw_m=hnsw["m"], hnsw_ef_construction=hnsw["ef_construction"])
         _check_columns(manifest, conn)
         conn.commit()
         fs, root = _open_location(src)
+        dims = {int(m["id"]): int(m["dim"]) for m in manifest.models}
+        decided = {index_name(model_id) for model_id in dims}  # the snapshot says which of these exist
         with conn.transaction():
             conn.execute(
                 sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
@@ -707,19 +923,26 @@ def restore_snapshot(
             )
             if _occupied(conn):  # filled since the first look
                 raise SnapshotError("the database was written to during the restore: restore only into an empty one")
-            indexes = _hnsw_indexes(conn)
-            for index in indexes:
+            # An index on the empty table would take the load row by row.
+            present = _hnsw_indexes(conn)
+            for index in present:
                 conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index["name"])))
             for table in TABLES:
-                loaded = _copy_table(conn, fs, root, manifest.tables[table], batch_rows)
+                entry = manifest.tables[table]
+                checked = table == "chunks" and {"embedding", "model_id"} <= {c.name for c in entry.columns}
+                loaded = _copy_table(conn, fs, root, entry, batch_rows, dims if checked else None)
                 if loaded != manifest.rows(table):
                     raise SnapshotError(f"{table}: loaded {loaded} rows, the manifest says {manifest.rows(table)}")
                 _reset_sequences(conn, table)
                 log.info("loaded %d rows into %s", loaded, table)
-            conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(maintenance_work_mem)))
-            for index in indexes:
-                log.info("building %s over %d chunks", index["name"], manifest.rows("chunks"))
-                _create_hnsw(conn, index)
+            if not any(c.name == "state" for c in manifest.tables["models"].columns):
+                conn.execute(_ACTIVATE_NEWEST)
+            _build_indexes(conn, manifest, hnsw, maintenance_work_mem)
+            for index in present:
+                if index["name"] not in decided:
+                    log.info("building %s again", index["name"])
+                    # Text this database's own catalogue wrote (pg_get_indexdef), never text from the snapshot.
+                    conn.execute(cast(LiteralString, index["definition"]))
             for table in TABLES:
                 conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
     except psycopg.Error as err:

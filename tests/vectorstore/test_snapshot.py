@@ -7,6 +7,7 @@ import hashlib
 import json
 import random
 import shutil
+import struct
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from fsspec.implementations.memory import MemoryFileSystem
+from psycopg import sql
 
 from embedding.model import Embedder, ModelIdentity
 from flows.pipeline import ingest_pdf_paths
@@ -31,21 +33,29 @@ from ragline.cli import _Context
 from ragline.snapshot_cmd import snapshot as snapshot_group
 from tests.conftest import CountingEmbedder, fresh_database
 from tests.pdfgen import not_a_pdf, text_pdf
-from vectorstore import cursors, ledger
+from vectorstore import cursors, generations, ledger
 from vectorstore.db import Connection, DatabaseError, connect
-from vectorstore.migrations import MIGRATIONS, migrate
+from vectorstore.generations import Generation
+from vectorstore.indexing import IndexOptions, build_index
+from vectorstore.migrations import MIGRATIONS, index_name, migrate
 from vectorstore.snapshot import (
     MANIFEST,
     TABLES,
+    Column,
+    IndexSpec,
     Manifest,
     SnapshotEntry,
     SnapshotError,
     create_snapshot,
     expired,
+    from_arrow,
     list_snapshots,
+    model_mismatch,
     parse_snapshot_name,
     restore_snapshot,
     snapshot_name,
+    to_arrow,
+    vector_lists_from_binary,
     verify_snapshot,
 )
 
@@ -142,21 +152,52 @@ def vector_checksum(conn: Connection) -> str:
     )
 
 
-def exact_top(conn: Connection, vector: np.ndarray, k: int = 10) -> list[uuid.UUID]:
+def serving(conn: Connection) -> Generation:
+    found = generations.active(conn)
+    conn.commit()
+    assert found is not None
+    return found
+
+
+def exact_top(conn: Connection, vector: np.ndarray, model_id: int, k: int = 10) -> list[uuid.UUID]:
+    """The exact nearest chunks of one generation (a sequential scan, no index)."""
     with conn.transaction():
         conn.execute("SET LOCAL enable_indexscan = off")
         conn.execute("SET LOCAL enable_bitmapscan = off")
-        found = conn.execute("SELECT id FROM chunks ORDER BY embedding <=> %s, id LIMIT %s", (vector, k)).fetchall()
+        found = conn.execute(
+            "SELECT id FROM chunks WHERE model_id = %s ORDER BY embedding <=> %s, id LIMIT %s", (model_id, vector, k)
+        ).fetchall()
     return [r["id"] for r in found]
 
 
-def index_top(conn: Connection, vector: np.ndarray, k: int = 10) -> list[uuid.UUID]:
+def index_top(conn: Connection, vector: np.ndarray, generation: Generation, k: int = 10) -> list[uuid.UUID]:
+    """The nearest chunks of one generation through its HNSW index (the plan must use it)."""
+    kind = generations.index_type(conn, generation.id)
+    conn.commit()  # the SET LOCAL below must end with its own transaction, not outlive it in an outer one
+    assert kind is not None, f"{generation.label} has no index"
+    cast = sql.SQL("{}({})").format(sql.SQL(kind), sql.Literal(generation.dim))
+    query = sql.SQL("SELECT id FROM chunks WHERE model_id = {m} ORDER BY embedding::{c} <=> %s::{c} LIMIT %s").format(
+        m=sql.Literal(generation.id), c=cast
+    )
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")
-        plan = conn.execute("EXPLAIN SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT %s", (vector, k))
-        assert "chunks_embedding_hnsw" in " ".join(str(r) for r in plan.fetchall())
-        found = conn.execute("SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT %s", (vector, k)).fetchall()
+        plan = conn.execute(sql.SQL("EXPLAIN ") + query, (vector, k))
+        assert index_name(generation.id) in " ".join(str(r) for r in plan.fetchall())
+        found = conn.execute(query, (vector, k)).fetchall()
     return [r["id"] for r in found]
+
+
+def hnsw_indexes(conn: Connection) -> dict[str, str]:
+    """Valid HNSW indexes on chunks, by name, with their definitions."""
+    found = rows(
+        conn,
+        """
+        SELECT c.relname AS name, pg_get_indexdef(x.indexrelid) AS def FROM pg_index x
+        JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_am am ON am.oid = c.relam
+        WHERE x.indrelid = 'chunks'::regclass AND am.amname = 'hnsw' AND x.indisvalid
+        """,
+    )
+    return {r["name"]: r["def"] for r in found}
 
 
 # -- create -------------------------------------------------------------------------------------------------
@@ -165,7 +206,7 @@ def index_top(conn: Connection, vector: np.ndarray, k: int = 10) -> list[uuid.UU
 def test_manifest_describes_the_store(origin: Origin, embedder: Embedder) -> None:
     conn = origin.services.conn
     manifest = json.loads((origin.snapshot / MANIFEST).read_text())
-    assert manifest["format"] == "ragline-snapshot" and manifest["format_version"] == 1
+    assert manifest["format"] == "ragline-snapshot" and manifest["format_version"] == 2
     assert manifest["schema_version"] == max(v for v, _, _ in MIGRATIONS)
     assert manifest["vector_dim"] == 384
     assert manifest["postgres_version"] and manifest["pgvector_version"]
@@ -173,19 +214,23 @@ def test_manifest_describes_the_store(origin: Origin, embedder: Embedder) -> Non
     assert manifest["hnsw"] == {"m": 16, "ef_construction": 64}
     (model,) = manifest["models"]
     me = embedder.identity
-    assert (model["name"], model["revision"], model["dim"], model["normalized"]) == (
+    assert (model["name"], model["revision"], model["dim"], model["normalized"], model["state"]) == (
         me.name,
         me.revision,
         me.dim,
         me.normalized,
+        "active",
     )
     assert model["chunks"] == counts(conn)["chunks"] > 150
+    assert manifest["indexes"] == [{"model_id": model["id"], "type": "vector", "m": 16, "ef_construction": 64}]
+    assert serving(conn).id == model["id"]
     for table, entry in manifest["tables"].items():
         data = (origin.snapshot / entry["file"]).read_bytes()
         assert entry["bytes"] == len(data)
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
         assert entry["rows"] == counts(conn)[table]
     assert "tsv" not in [c["name"] for c in manifest["tables"]["chunks"]["columns"]]  # generated: not stored
+    assert "index_loads" not in manifest["tables"] and "store_stats" not in manifest["tables"]
 
 
 def test_chunks_are_streamed_in_row_groups_with_fixed_size_float32_vectors(origin: Origin) -> None:
@@ -269,13 +314,15 @@ def test_restore_into_a_fresh_database_is_identical(origin: Origin, target: Conn
     cursor = rows(target, "SELECT cursor FROM sources WHERE name = 'wiki'")[0]["cursor"]
     assert cursor == {"continue": "-||", "since": "2024-05-01T00:00:00Z", "page": 42}
 
+    generation = serving(target)
+    assert generation == serving(src) and hnsw_indexes(target) == hnsw_indexes(src)
     vectors = embedder.embed(QUERIES)
     assert len(QUERIES) >= 20
     overlap = []
     for vector in vectors:
-        exact = exact_top(target, vector)
-        assert exact == exact_top(src, vector)
-        overlap.append(len(set(index_top(target, vector)) & set(exact)) / len(exact))
+        exact = exact_top(target, vector, generation.id)
+        assert exact == exact_top(src, vector, generation.id)
+        overlap.append(len(set(index_top(target, vector, generation)) & set(exact)) / len(exact))
     assert sum(overlap) / len(overlap) >= 0.98
 
     # Ids were kept and sequences moved past them: new rows get fresh ids.
@@ -310,17 +357,11 @@ def test_restore_into_a_non_empty_database_is_refused(origin: Origin) -> None:
 
 def test_model_mismatch_is_refused_unless_forced(origin: Origin, target: Connection, embedder: Embedder) -> None:
     other = ModelIdentity(name="acme/other-model", revision="v2", dim=384, normalized=True)
-    with pytest.raises(SnapshotError, match=r"vectors come from .*all-MiniLM-L6-v2.*configured model is acme/other"):
+    with pytest.raises(SnapshotError, match=r"search is served by .*all-MiniLM-L6-v2.*configured model is acme/other"):
         restore_snapshot(target, str(origin.snapshot), model=other)
     assert rows(target, "SELECT to_regclass('chunks') IS NULL AS untouched")[0]["untouched"]
     restore_snapshot(target, str(origin.snapshot), model=other, force=True)
     assert counts(target) == counts(origin.services.conn)
-
-
-def test_a_database_of_another_dimension_is_refused(origin: Origin, target: Connection) -> None:
-    migrate(target, 8)
-    with pytest.raises(SnapshotError, match="holds 8-dim vectors, the snapshot 384-dim"):
-        restore_snapshot(target, str(origin.snapshot))
 
 
 def test_round_trip_through_an_fsspec_url(origin: Origin, target: Connection) -> None:
@@ -359,6 +400,25 @@ def edit_manifest(path: Path, change: Any) -> None:
     manifest = json.loads((path / MANIFEST).read_text())
     change(manifest)
     (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def replace_table(snap: Path, table: str, data: pa.Table) -> None:
+    """Make ``data`` the snapshot's file of ``table``, with a manifest that agrees (sound files of other data)."""
+    path = snap / f"{table}.parquet"
+    pq.write_table(data, path)
+    raw = path.read_bytes()
+
+    def change(manifest: dict[str, Any]) -> None:
+        entry = manifest["tables"][table]
+        kept = {c["name"]: c for c in entry["columns"]}
+        entry.update(
+            rows=data.num_rows,
+            bytes=len(raw),
+            sha256=hashlib.sha256(raw).hexdigest(),
+            columns=[kept[name] for name in data.column_names],
+        )
+
+    edit_manifest(snap, change)
 
 
 @pytest.mark.parametrize(
@@ -401,20 +461,268 @@ def test_a_load_that_fails_midway_restores_nothing(origin: Origin, target: Conne
     snap = damaged(origin, tmp_path)
     documents = pq.read_table(snap / "documents.parquet")
     needed = pq.read_table(snap / "chunks.parquet", columns=["document_id"]).column("document_id")[0]
-    pq.write_table(documents.filter(pc.not_equal(documents.column("id"), needed)), snap / "documents.parquet")
-    data = (snap / "documents.parquet").read_bytes()
-    edit_manifest(
-        snap,
-        lambda m: m["tables"]["documents"].update(
-            rows=documents.num_rows - 1, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
-        ),
-    )
+    replace_table(snap, "documents", documents.filter(pc.not_equal(documents.column("id"), needed)))
     verify_snapshot(str(snap))
+    migrate(target, 384)
+    target.execute(CUSTOM_INDEX)
+    target.commit()
     with pytest.raises(DatabaseError, match=r"nothing was restored: .*foreign key"):
         restore_snapshot(target, str(snap))
     assert counts(target) == dict.fromkeys(TABLES, 0)
-    indexes = rows(target, "SELECT indexname FROM pg_indexes WHERE tablename = 'chunks'")
-    assert "chunks_embedding_hnsw" in {r["indexname"] for r in indexes}  # the drop was rolled back too
+    assert list(hnsw_indexes(target)) == ["chunks_custom_l2"]  # its drop for the load was rolled back too
+
+
+CUSTOM_INDEX = (
+    "CREATE INDEX chunks_custom_l2 ON chunks USING hnsw ((embedding::vector(384)) vector_l2_ops) WHERE model_id = 1"
+)
+"""An operator's own HNSW index on the target (not a generation's): dropped for the load, built again after."""
+
+
+# -- stores from other schemas and generations ---------------------------------------------------------------
+
+TINY = ModelIdentity(name="acme/tiny-projection", revision="v1", dim=64, normalized=True)
+_PROJECTION = np.random.default_rng(11).standard_normal((384, TINY.dim)).astype(np.float32)
+
+
+def tiny(vectors: np.ndarray) -> np.ndarray:
+    """The "tiny model": a fixed random projection of the real vectors to 64 dimensions, normalized, so its
+    neighbours are meaningful (and its queries are the projected real query vectors)."""
+    projected: np.ndarray = np.atleast_2d(vectors) @ _PROJECTION
+    normalized: np.ndarray = projected / np.linalg.norm(projected, axis=1, keepdims=True)
+    return normalized.astype(np.float32)
+
+
+@dataclass
+class TwoGenerations:
+    conn: Connection
+    serving: Generation
+    building: Generation
+    snapshot: Path
+
+
+@pytest.fixture(scope="module")
+def re_embedding(origin: Origin, pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoGenerations]:
+    """The origin store halfway through a re-embed into a 64-dim model: every chunk also has a vector of the
+    new generation (state building, its index built in half precision), and the store's snapshot."""
+    conn = connect(fresh_database(pg_server))
+    restore_snapshot(conn, str(origin.snapshot))
+    active = serving(conn)
+    building = generations.register(conn, TINY)
+    assert building.state == "building"
+    old = rows(
+        conn,
+        f"SELECT id, document_id, chunk_index, page, text, token_count, metadata::text AS meta, tenant, embedding"
+        f" FROM chunks WHERE model_id = {active.id} ORDER BY id",
+    )
+    projected = tiny(np.stack([r["embedding"].to_numpy() for r in old]))
+    copy_sql = (
+        "COPY chunks (id, document_id, chunk_index, page, text, token_count, metadata, tenant, model_id, embedding)"
+        " FROM STDIN (FORMAT BINARY)"
+    )
+    with conn.transaction(), conn.cursor().copy(copy_sql) as copy:
+        copy.set_types(["uuid", "int8", "int4", "int4", "text", "int4", "jsonb", "text", "int4", "vector"])
+        for r, vector in zip(old, projected, strict=True):
+            fields = (
+                r["document_id"],
+                r["chunk_index"],
+                r["page"],
+                r["text"],
+                r["token_count"],
+                r["meta"],
+                r["tenant"],
+            )
+            copy.write_row((uuid.uuid5(r["id"], TINY.name), *fields, building.id, vector))
+    build_index(conn, building, IndexOptions(index_type="halfvec"))
+    snap = tmp_path_factory.mktemp("re-embed") / "snap"
+    create_snapshot(conn, str(snap), batch_rows=64)
+    yield TwoGenerations(conn, active, building, snap)
+    conn.close()
+
+
+def test_a_re_embed_in_progress_restores_with_both_generations(
+    re_embedding: TwoGenerations, target: Connection, embedder: Embedder
+) -> None:
+    """Vectors of two dimensions in one snapshot: variable-length lists, both generations restored with their
+    states and their own indexes, even into a database first migrated for another dimension."""
+    src, snap = re_embedding.conn, re_embedding.snapshot
+    manifest = json.loads((snap / MANIFEST).read_text())
+    assert manifest["vector_dim"] is None
+    assert {m["id"]: (m["dim"], m["state"]) for m in manifest["models"] if m["chunks"]} == {
+        re_embedding.serving.id: (384, "active"),
+        re_embedding.building.id: (64, "building"),
+    }
+    assert sorted(manifest["indexes"], key=lambda i: i["model_id"]) == [
+        {"model_id": re_embedding.serving.id, "type": "vector", "m": 16, "ef_construction": 64},
+        {"model_id": re_embedding.building.id, "type": "halfvec", "m": 16, "ef_construction": 64},
+    ]
+    assert pq.ParquetFile(snap / "chunks.parquet").schema_arrow.field("embedding").type == pa.list_(pa.float32())
+
+    migrate(target, 8)  # the column is untyped since schema v4: another dimension is not in the way
+    target.execute(CUSTOM_INDEX)
+    target.commit()
+    restored = restore_snapshot(target, str(snap), model=embedder.identity)
+    assert restored.dims == [64, 384]
+
+    assert counts(target) == counts(src)
+    assert vector_checksum(target) == vector_checksum(src)
+    states = "SELECT id, name, revision, dim, normalized, state, fingerprint FROM models ORDER BY id"
+    assert rows(target, states) == rows(src, states)
+    assert generations.building(target) == re_embedding.building
+    assert hnsw_indexes(target) == {**hnsw_indexes(src), "chunks_custom_l2": hnsw_indexes(target)["chunks_custom_l2"]}
+    assert generations.index_type(target, re_embedding.building.id) == "halfvec"
+    target.commit()
+
+    queries = embedder.embed(QUERIES)
+    for generation, vectors in [(re_embedding.serving, queries), (re_embedding.building, tiny(queries))]:
+        overlap = []
+        for vector in vectors:
+            exact = exact_top(target, vector, generation.id)
+            assert exact == exact_top(src, vector, generation.id)
+            overlap.append(len(set(index_top(target, vector, generation)) & set(exact)) / len(exact))
+        assert sum(overlap) / len(overlap) >= 0.98, generation.label
+
+
+def test_a_vector_of_the_wrong_dimension_restores_nothing(
+    re_embedding: TwoGenerations, target: Connection, tmp_path: Path
+) -> None:
+    """The untyped column would take a vector of any length: the restore checks each against its model."""
+    snap = tmp_path / "snap"
+    shutil.copytree(re_embedding.snapshot, snap)
+    chunks = pq.read_table(snap / "chunks.parquet")
+    vectors = chunks.column("embedding").to_pylist()
+    victim = chunks.column("model_id").to_pylist().index(re_embedding.building.id)
+    vectors[victim] = vectors[victim][:-1]
+    bad = chunks.set_column(
+        chunks.schema.get_field_index("embedding"), "embedding", pa.array(vectors, type=pa.list_(pa.float32()))
+    )
+    replace_table(snap, "chunks", bad)
+    verify_snapshot(str(snap))
+    victim_id = chunks.column("id")[victim].as_py()
+    message = (
+        rf"chunks\.parquet: chunk {victim_id} holds a 63-dim vector, but its model {re_embedding.building.id} makes 64"
+    )
+    with pytest.raises(SnapshotError, match=message):
+        restore_snapshot(target, str(snap))
+    assert counts(target) == dict.fromkeys(TABLES, 0)
+
+    edit_manifest(snap, lambda m: m.update(vector_dim=64))
+    with pytest.raises(SnapshotError, match=r"chunks\.parquet: vector dimension mismatch: column embedding holds list"):
+        verify_snapshot(str(snap))
+
+
+def test_an_empty_store_round_trips(pg_server: str, target: Connection, tmp_path: Path) -> None:
+    """No models, no chunks: no dimension to state, nothing to index."""
+    conn = connect(fresh_database(pg_server))
+    migrate(conn, 384)
+    manifest = create_snapshot(conn, str(tmp_path / "snap"))
+    conn.close()
+    assert (manifest.vector_dim, manifest.dims, manifest.indexes, manifest.hnsw) == (None, [], (), {})
+    restore_snapshot(target, str(tmp_path / "snap"), model=TINY)
+    assert counts(target) == dict.fromkeys(TABLES, 0) and hnsw_indexes(target) == {}
+
+
+def before_generations(origin: Origin, tmp_path: Path) -> Path:
+    """The origin snapshot as ragline wrote it before model generations and tenants (format 1, schema 3): no
+    model states, no tenant columns, no list of indexes."""
+    snap = damaged(origin, tmp_path)
+    dropped = {"sources": ["tenant"], "models": ["state", "state_changed_at", "fingerprint"]}
+    dropped |= {"documents": ["tenant"], "chunks": ["tenant"]}
+    for table, columns in dropped.items():
+        replace_table(snap, table, pq.read_table(snap / f"{table}.parquet").drop_columns(columns))
+
+    def change(manifest: dict[str, Any]) -> None:
+        manifest.update(format_version=1, schema_version=3)
+        del manifest["indexes"]
+        for model in manifest["models"]:
+            del model["state"]
+
+    edit_manifest(snap, change)
+    return snap
+
+
+def test_a_snapshot_from_before_generations_restores_with_its_model_serving(
+    origin: Origin, target: Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    snap = before_generations(origin, tmp_path)
+    other = ModelIdentity(name="acme/other-model", revision="v2", dim=384, normalized=True)
+    with pytest.raises(SnapshotError, match=r"search is served by .*all-MiniLM-L6-v2.*configured model is acme/other"):
+        restore_snapshot(target, str(snap), model=other)
+    restore_snapshot(target, str(snap), model=embedder.identity)
+
+    src = origin.services.conn
+    generation = serving(target)
+    assert (generation.id, generation.label) == (serving(src).id, serving(src).label)
+    assert hnsw_indexes(target) == hnsw_indexes(src)
+    assert vector_checksum(target) == vector_checksum(src)
+    assert rows(target, "SELECT DISTINCT tenant FROM chunks") == [{"tenant": "default"}]
+    overlap = []
+    for vector in embedder.embed(QUERIES):
+        exact = exact_top(target, vector, generation.id)
+        overlap.append(len(set(index_top(target, vector, generation)) & set(exact)) / len(exact))
+    assert sum(overlap) / len(overlap) >= 0.98
+
+
+MINI = {"id": 1, "name": "acme/mini", "revision": "r1", "dim": 384, "normalized": True}
+SMALL = {"id": 2, "name": "acme/small", "revision": "r2", "dim": 64, "normalized": True}
+
+
+def identity(model: dict[str, Any]) -> ModelIdentity:
+    return ModelIdentity(name=model["name"], revision=model["revision"], dim=model["dim"], normalized=True)
+
+
+def manifest_of(*models: dict[str, Any]) -> Manifest:
+    return Manifest("", 4, None, models, {}, {}, "", "", "", (IndexSpec(1, "vector", 16, 64),))
+
+
+@pytest.mark.parametrize(
+    ("models", "configured", "refused"),
+    [
+        ([{**MINI, "state": "active", "chunks": 5}], MINI, False),
+        ([{**MINI, "state": "active", "chunks": 5}], SMALL, True),
+        ([{**MINI, "state": "active", "chunks": 0}], SMALL, True),  # an empty serving generation still serves
+        ([{**MINI, "state": "active", "chunks": 5}, {**SMALL, "state": "building", "chunks": 2}], SMALL, False),
+        ([{**MINI, "state": "retired", "chunks": 3}, {**SMALL, "state": "active", "chunks": 5}], MINI, True),
+        ([{**MINI, "state": "retired", "chunks": 3}], SMALL, False),  # nothing serves
+        ([{**MINI, "chunks": 5}], MINI, False),  # before generations: the model of the chunks
+        ([{**MINI, "chunks": 5}], SMALL, True),
+        ([{**MINI, "chunks": 0}], SMALL, False),
+        ([], SMALL, False),
+    ],
+    ids=[
+        "active",
+        "other",
+        "empty-active",
+        "building-goes-on",
+        "retired-leftovers",
+        "none-serving",
+        "v3-match",
+        "v3-other",
+        "v3-empty",
+        "no-models",
+    ],
+)
+def test_model_mismatch_compares_with_the_serving_generation(
+    models: list[dict[str, Any]], configured: dict[str, Any], refused: bool
+) -> None:
+    why = model_mismatch(manifest_of(*models), identity(configured))
+    assert (why is not None) == refused, why
+
+
+@pytest.mark.parametrize("dims", [[3, 5, 3], [4, None, 2, None], [None], [7, 7], [0, 2]])
+def test_vectors_of_any_dimensions_round_trip_through_arrow(dims: list[int | None]) -> None:
+    rng = np.random.default_rng(3)
+    vectors = [None if d is None else rng.standard_normal(d).astype(np.float32) for d in dims]
+    binary = [None if v is None else struct.pack(">HH", len(v), 0) + v.astype(">f4").tobytes() for v in vectors]
+    array = vector_lists_from_binary(binary)
+    assert array.type == pa.list_(pa.float32())
+    assert array.to_pylist() == [None if v is None else v.tolist() for v in vectors]
+    for column in [
+        Column("embedding", "vector"),
+        *([Column("embedding", "vector", dims[0])] if len(set(dims)) == 1 else []),
+    ]:
+        (stored,) = to_arrow([column], [(b,) for b in binary])
+        back = [row[0] for row in from_arrow([column], pa.record_batch([stored], names=["embedding"]))]
+        assert [None if v is None else v.tolist() for v in back] == [None if v is None else v.tolist() for v in vectors]
 
 
 # -- retention ----------------------------------------------------------------------------------------------
@@ -495,6 +803,7 @@ def test_cli_create_verify_restore(origin: Origin, pg_server: str, tmp_path: Pat
     created = invoke(origin.url, "create", dest)
     assert created.exit_code == 0, created.output
     assert f"snapshot written to {dest}: {origin.manifest.rows('documents')} documents" in created.stdout
+    assert "chunks (384-dim)" in created.stdout
 
     verified = invoke(origin.url, "verify", dest)
     assert verified.exit_code == 0 and f"{dest}: ok:" in verified.stdout
