@@ -36,6 +36,67 @@ class PrefectSettings(BaseModel):
     startup_timeout: float = Field(default=90.0, gt=0, description="Seconds to wait for the local server.")
 
 
+class ServeSettings(BaseModel):
+    """The on-demand trigger endpoint of ``ragline serve`` and its warm workers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Address the trigger endpoint listens on.")
+    port: int = Field(default=8765, ge=0, le=65535, description="Its port; 0 picks a free one (see serve.json).")
+    workers: int = Field(default=1, ge=1, le=32, description="Warm worker threads, each with its own DB connection.")
+    queue_size: int = Field(
+        default=32, ge=1, description="Runs accepted but not started; beyond it requests get 429 (load shedding)."
+    )
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
+    read_timeout: float = Field(default=30.0, gt=0, description="Seconds to receive a request before a 408.")
+    queue_timeout: float = Field(
+        default=300.0, gt=0, description="A run not started within this many seconds fails as expired."
+    )
+    download_timeout: float = Field(default=60.0, gt=0, description="Seconds to fetch a URL posted for ingestion.")
+    dedupe_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="An identical request within this window after its run finished gets that run back "
+        "(queued and running ones always do; failed ones never).",
+    )
+    history: int = Field(default=1000, ge=1, description="Finished run records kept in memory for the status call.")
+    ready_timeout: float = Field(default=600.0, gt=0, description="Seconds the model may take to load at start.")
+    inbox_source: str = Field(default="inbox", min_length=1, description="Source of posted files and URLs.")
+    token_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding a bearer token the endpoint requires (never logged).",
+    )
+    scheduled_runs: int = Field(
+        default=2, ge=1, description="Scheduled flow runs `ragline serve` runs at once (each in its own process)."
+    )
+    poll_seconds: float = Field(default=10.0, gt=0, description="How often the runner asks Prefect for due runs.")
+
+
+class SnapshotScheduleSettings(BaseModel):
+    """A scheduled ``snapshot-store`` deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    destination: str = Field(min_length=1, description="Root directory or fsspec URL the snapshots go under.")
+    cron: str = Field(min_length=1, description="Cron schedule of the snapshots.")
+    timezone: str | None = Field(default=None, description="IANA time zone of the cron; default deployments.timezone.")
+    keep_last: int | None = Field(default=7, ge=1, description="Snapshots always kept (the newest).")
+    older_than_days: float | None = Field(default=None, gt=0, description="Older snapshots beyond keep_last go.")
+
+
+class DeploymentSettings(BaseModel):
+    """How deployments are rendered into ``deploy/prefect.yaml`` for workers (``ragline serve`` needs none)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    work_pool: str = Field(default="ragline", min_length=1, description="Work pool the deployments run on.")
+    work_queue: str | None = Field(default=None, description="Work queue in that pool (default: the pool's).")
+    timezone: str = Field(default="UTC", description="IANA time zone of source crons.")
+    working_directory: str = Field(
+        default="/app", description="Directory holding the ragline code on the workers (the pull step)."
+    )
+
+
 class RaglineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,6 +111,9 @@ class RaglineSettings(BaseModel):
         default=256, gt=0, description="Chunks embedded together across documents before they are committed."
     )
     sources: list[SourceSettings] = Field(default_factory=list, description="Named sources for `ingest source`.")
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    snapshots: SnapshotScheduleSettings | None = Field(default=None, description="Scheduled snapshots, if any.")
+    deployments: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
     @field_validator("sources")
     @classmethod

@@ -155,11 +155,11 @@ def _summary(counts: dict[str, int], seconds: float) -> str:
 def run_pdf_ingest(obj: _Context, paths: list[str], source: str) -> dict[str, int]:
     """Plan without Prefect; run the flow only when there is something to do."""
     from connectors.pdf import PdfConnector
-    from vectorstore import ledger, runs
+    from vectorstore import runs
 
     svc = obj.services
     connector = PdfConnector([Path(p) for p in paths], svc.settings.pdf)
-    source_id = ledger.ensure_source(svc.conn, source, "pdf")
+    source_id = svc.pipeline.source_id(source, "pdf")
     plan = svc.pipeline.plan(source_id, connector.iter_documents(), connector.covers)
     if plan.empty:
         run_id = runs.start_run(svc.conn, source_id)
@@ -440,7 +440,13 @@ from ragline.snapshot_cmd import snapshot as _snapshot_group  # noqa: E402
 cli.add_command(_snapshot_group)
 cli.add_command(_generation_group)
 
+from ragline.serve_cmd import deploy as _deploy_group  # noqa: E402
+from ragline.serve_cmd import serve as _serve_cmd  # noqa: E402
+from ragline.serve_cmd import trigger as _trigger_group  # noqa: E402
 
+cli.add_command(_serve_cmd)
+cli.add_command(_trigger_group)
+cli.add_command(_deploy_group)
 
 
 def main() -> None:

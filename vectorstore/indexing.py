@@ -138,9 +138,11 @@ def repair(conn: Connection, options: IndexOptions) -> list[int]:
     """Build the index of the serving generation if a load that dropped it died; returns the models built."""
     built: list[int] = []
     serving = generations.active(conn)
+    present = serving is not None and generations.index_present(conn, serving.id)
+    # Reads open a transaction: commit, or the blocks below become savepoints and their locks (and the
+    # index) stay invisible to other sessions until some later commit.
     conn.commit()
-    if serving is None or generations.index_present(conn, serving.id):
-        conn.commit()
+    if serving is None or present:
         return built
     with conn.transaction():
         _lock(conn, serving.id)
@@ -184,8 +186,9 @@ class IndexLoad:
         if self._existing is None:
             self._existing = generation_rows(self.conn, self.generation.id)
             self._costs = costs(self.conn)
-        if self.generation.state == "building" and not generations.index_present(self.conn, self.generation.id):
-            self.conn.commit()
+        unindexed = self.generation.state == "building" and not generations.index_present(self.conn, self.generation.id)
+        self.conn.commit()  # before _defer's transaction, which must be a real one
+        if unindexed:
             return self.strategy  # nothing live to keep up; the switch builds it once
         total = bulk.projected(self.written + incoming, self.expected)
         if bulk.choose(self._existing, total, self._costs, min_rows=self.options.min_rows) is bulk.Strategy.DEFERRED:
@@ -217,7 +220,8 @@ class IndexLoad:
         )
 
     def finish(self) -> float:
-        """End the load: the last deferred load of the generation builds its index; returns build seconds."""
+        """End the load: the last deferred load of the generation builds its index; returns build seconds.
+        The connection must be idle (no open transaction): the build is committed here."""
         if not self.deferred:
             return 0.0
         with self.conn.transaction():

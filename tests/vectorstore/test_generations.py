@@ -142,12 +142,17 @@ def test_costs_choose_live_for_increments_and_deferred_for_large_loads() -> None
     assert bulk.ewma(None, 2.0) == 2.0 and bulk.ewma(1.0, 2.0, weight=0.5) == 1.5
 
 
-def test_a_large_load_drops_the_index_searches_stay_exact_and_the_index_comes_back(conn: Connection) -> None:
+def test_a_large_load_drops_the_index_searches_stay_exact_and_the_index_comes_back(
+    conn: Connection, database_url: str
+) -> None:
     gen = generations.register(conn, OLD)
     indexing.build_index(conn, gen, OPTIONS)
+    conn.execute("SELECT 1")  # a read left open by the caller must not swallow the load's own transactions
     load = IndexLoad(conn, gen, IndexOptions(min_rows=10), expected=5000)
     assert load.before_write(100) is bulk.Strategy.DEFERRED
-    assert not generations.index_present(conn, gen.id)
+    with connect(database_url) as other:  # the drop and the holder are committed, not a pending savepoint
+        assert not generations.index_present(other, gen.id)
+        assert other.execute("SELECT count(*) AS n FROM index_loads").fetchone() == {"n": 1}
     rng = np.random.default_rng(1)
     for i in range(20):
         commit(conn, "s", f"d{i}", rng.normal(size=(10, 3)).tolist(), gen.id)
@@ -185,7 +190,9 @@ def test_a_killed_load_leaves_its_rebuild_to_the_next_start(conn: Connection, da
     holders = conn.execute("SELECT host FROM index_loads").fetchall()
     assert holders == [{"host": socket.gethostname()}]
     assert indexing.repair(conn, OPTIONS) == [gen.id]
-    assert generations.index_present(conn, gen.id)
+    with connect(database_url) as other:  # committed: other sessions see it, and no lock is left held
+        assert generations.index_present(other, gen.id)
+        assert other.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'").fetchone() == {"n": 0}
     assert conn.execute("SELECT count(*) AS n FROM index_loads").fetchone() == {"n": 0}
 
 

@@ -1,0 +1,240 @@
+"""`ragline serve` as users run it: a subprocess with its own RAGLINE_HOME and local Prefect server, the trigger
+endpoint on 127.0.0.1, `ragline trigger` and `ragline search` as clients, a cron deployment that fires and
+publishes its artifact, and a clean stop on SIGTERM. One serve process is shared by the module's tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import fresh_database
+from tests.pdfgen import text_pdf
+
+pytestmark = pytest.mark.slow
+
+FILLER = (
+    "The cartographer redrew the estuary after every spring flood, marking new sandbars, moved channels and "
+    "the drowned pilings of the old mill with a fine steel pen. "
+)
+
+
+@dataclass
+class Serve:
+    proc: subprocess.Popen[str]
+    home: Path
+    env: dict[str, str]
+    url: str
+    shelf: Path
+    log: Path
+
+    def ragline(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "ragline", *args], env=self.env, capture_output=True, text=True, timeout=300
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"ragline {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+        return done
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAGLINE_"))}
+    return {**env, "RAGLINE_HOME": str(home), "HF_HUB_OFFLINE": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[Serve]:
+    root = tmp_path_factory.mktemp("serve")
+    home, shelf = root / "home", root / "shelf"
+    text_pdf(shelf / "tides.pdf", ["Spring tides at the estuary mouth rise four metres above the chart datum."])
+    config = root / "ragline.yaml"
+    config.write_text(
+        "serve: {port: 0, workers: 1, queue_size: 1, max_body_bytes: 3000000, poll_seconds: 2}\n"
+        f'sources:\n  - {{kind: pdf, name: shelf, paths: ["{shelf}"], schedule: "* * * * *"}}\n'
+    )
+    env = _env(home, RAGLINE_CONFIG=str(config), RAGLINE_DATABASE_URL=fresh_database(pg_server))
+    # Files, not pipes: scheduled runs stream their output through serve, and a full pipe would block it.
+    log = root / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ragline", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    try:
+        url = _wait_ready(proc, home, log)
+        yield Serve(proc, home, env, url, shelf, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run([sys.executable, "-m", "ragline", "stop"], env=env, capture_output=True, timeout=60)
+
+
+def _wait_ready(proc: subprocess.Popen[str], home: Path, log: Path, timeout: float = 300) -> str:
+    """The endpoint answers 503 while it warms up, then 200 on /readyz."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"ragline serve exited ({proc.returncode}): {log.read_text()}")
+        state = home / "serve.json"
+        if state.exists():
+            url = str(json.loads(state.read_text())["url"])
+            try:
+                status = httpx.get(f"{url}/readyz", timeout=5).status_code
+            except httpx.HTTPError:
+                status = 0
+            if status == 200:
+                return url
+        time.sleep(0.1)
+    raise AssertionError("ragline serve was not ready in time")
+
+
+def _post_pdf(url: str, path: Path, **params: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/runs",
+        content=path.read_bytes(),
+        params={"filename": path.name, **params},
+        headers={"Content-Type": "application/pdf"},
+        timeout=30,
+    )
+
+
+def _wait_run(url: str, run_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record: dict[str, Any] = httpx.get(f"{url}/v1/runs/{run_id}", timeout=10).json()
+        if record["state"] not in ("queued", "running"):
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} not finished after {timeout} s")
+
+
+def test_posted_pdf_is_searchable_and_a_duplicate_gets_the_same_run(serve: Serve, tmp_path: Path) -> None:
+    pdf = text_pdf(tmp_path / "heron.pdf", ["A grey heron named Bartholomew fishes the weir at Quillmouth every dawn."])
+    first = _post_pdf(serve.url, pdf)
+    assert first.status_code == 202, first.text
+    run = first.json()
+    assert run["state"] in ("queued", "running") and not run["duplicate"]
+    assert first.headers["Location"] == f"/v1/runs/{run['run_id']}"
+    done = _wait_run(serve.url, run["run_id"])
+    assert done["state"] == "completed" and done["counts"]["committed"] == 1 and done["store_run_id"]
+
+    again = _post_pdf(serve.url, pdf, filename="renamed.pdf")  # same content: same run
+    assert again.status_code == 202 and again.json()["run_id"] == run["run_id"] and again.json()["duplicate"]
+
+    hits = json.loads(serve.ragline("search", "heron fishing at the weir", "-k", "1", "--json").stdout)
+    assert hits and "Bartholomew" in hits[0]["text"] and hits[0]["source"] == "inbox"
+    assert hits[0]["title"] == "heron" and hits[0]["page"] == 1
+    status = json.loads(serve.ragline("status", "--json").stdout)
+    assert status["sources"]["inbox"]["last_run"]["status"] == "completed"
+
+
+def test_trigger_cli_waits_and_reports(serve: Serve, tmp_path: Path) -> None:
+    pdf = text_pdf(tmp_path / "otter.pdf", ["Otters in the millrace stack pebbles into small cairns at dusk."])
+    out = serve.ragline("trigger", "pdf", str(pdf), "--source", "field-notes", "--wait")
+    run_id, rest = out.stdout.split(" ", 1)
+    assert rest.startswith("completed: 1 ingested") and len(run_id) == 32
+    plain = serve.ragline("trigger", "pdf", str(pdf), "--source", "field-notes")
+    assert plain.stdout.strip() == run_id  # identical request: the same run
+
+    records = serve.ragline("trigger", "source", "shelf", str(serve.shelf / "tides.pdf"), "--wait", "--json")
+    assert json.loads(records.stdout)["state"] == "completed"
+
+    outside = serve.ragline("trigger", "source", "shelf", str(pdf), "--wait", check=False)
+    assert outside.returncode == 1 and "is not under the paths of source 'shelf'" in outside.stderr
+    unknown = serve.ragline("trigger", "source", "nope", check=False)
+    assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1 and "no source named 'nope'" in unknown.stderr
+    down = serve.ragline("trigger", "url", "http://127.0.0.1:1/gone.pdf", "--wait", check=False)
+    assert down.returncode == 1 and "GET http://127.0.0.1:1/gone.pdf" in down.stderr
+
+
+def test_a_full_queue_answers_429_with_retry_after(serve: Serve, tmp_path: Path) -> None:
+    # 40 pages keep the single worker busy for seconds; the queue holds one run: a third request is shed.
+    big = text_pdf(tmp_path / "big.pdf", [f"Survey sheet {p}. " + FILLER * 12 for p in range(40)])
+    answers = [_post_pdf(serve.url, big)]
+    for i in range(4):
+        small = text_pdf(tmp_path / f"s{i}.pdf", [f"Buoy {i} marks the channel at the estuary's {i}th bend."])
+        answers.append(_post_pdf(serve.url, small))
+    codes = [a.status_code for a in answers]
+    assert codes[0] == 202 and 429 in codes, codes
+    shed = answers[codes.index(429)]
+    assert int(shed.headers["Retry-After"]) >= 1 and "queue is full" in shed.json()["error"]
+    for a in answers:
+        if a.status_code == 202:
+            assert _wait_run(serve.url, a.json()["run_id"], timeout=300)["state"] == "completed"
+
+
+def _raw(url: str, request: bytes) -> str:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after refusing the body
+            answer += chunk
+        return answer.decode()
+
+
+def test_limits_and_bad_requests(serve: Serve) -> None:
+    head = b"POST /v1/runs HTTP/1.1\r\nContent-Type: application/pdf\r\n"
+    too_big = _raw(serve.url, head + b"Content-Length: 3000001\r\n\r\n")
+    assert too_big.startswith("HTTP/1.1 413") and "exceeds 3000000 bytes" in too_big
+    no_length = _raw(serve.url, head + b"\r\n")
+    assert no_length.startswith("HTTP/1.1 411")
+
+    wrong_type = httpx.post(f"{serve.url}/v1/runs", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415
+    remote_only = httpx.post(f"{serve.url}/v1/runs", json={"source": "nope", "ids": ["1"]})
+    assert remote_only.status_code == 422 and "no source named 'nope'" in remote_only.json()["error"]
+    assert httpx.get(f"{serve.url}/v1/runs/0123").status_code == 404
+    assert httpx.get(f"{serve.url}/healthz").json() == {"status": "alive"}
+
+
+def test_scheduled_deployment_fires_and_publishes_its_artifact(serve: Serve) -> None:
+    from flows.artifacts import counts_key
+
+    prefect = json.loads((serve.home / "prefect" / "server.json").read_text())["url"]
+    deadline = time.monotonic() + 150
+    runs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        found = httpx.post(
+            f"{prefect}/flow_runs/filter",
+            json={"flow_runs": {"name": {"any_": ["ingest-shelf"]}}, "limit": 20},
+            timeout=10,
+        ).json()
+        runs = [r for r in found if r["deployment_id"] and r["state_type"] == "COMPLETED"]
+        if runs:
+            break
+        time.sleep(2)
+    assert runs, "no completed run of the cron deployment ingest-source/shelf within 150 s"
+    run = runs[0]
+    deployment = httpx.get(f"{prefect}/deployments/{run['deployment_id']}", timeout=10).json()
+    assert deployment["name"] == "shelf" and {"ragline", "source:shelf", "kind:pdf"} <= set(deployment["tags"])
+    assert deployment["schedules"][0]["schedule"]["cron"] == "* * * * *"
+    assert run["parameters"] == {"source": "shelf"}
+    artifacts = httpx.post(
+        f"{prefect}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}},
+        timeout=10,
+    ).json()
+    assert counts_key("shelf") in {a["key"] for a in artifacts}
+
+
+def test_sigterm_stops_cleanly(serve: Serve) -> None:
+    serve.proc.send_signal(signal.SIGTERM)
+    serve.proc.wait(120)
+    assert serve.proc.returncode == 0
+    output = serve.log.read_text()
+    assert "ragline: stopped" in output and "Traceback" not in output
+    assert not (serve.home / "serve.json").exists()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{serve.url}/healthz", timeout=5)
