@@ -389,6 +389,9 @@ class Pipeline:
     def _flush(self, source_id: int, pending: list[_Prepared], counts: Counts, progress: Progress | None) -> None:
         if not pending:
             return
+        # Without a load begun for the whole run, this batch is a load of its own: a long-lived process (the
+        # trigger endpoint) must never leave an index dropped for a load nobody finishes.
+        scoped = self._load is None
         try:
             vectors = self._embed([r for p in pending for r in p.missing], counts)
             model_id = self.model_id()
@@ -414,6 +417,8 @@ class Pipeline:
             load.observe(rows, time.perf_counter() - started)
         finally:
             self._release(source_id, [p.doc.external_id for p in pending])  # no-op for released ones
+            if scoped and not self.conn.closed:
+                self.finish_load()
 
     def delete(self, document_ids: list[int], planned_at: datetime) -> int:
         return ledger.mark_deleted(self.conn, document_ids, planned_at)
@@ -455,6 +460,7 @@ def sync_remote(
     failed sync still reports what it did."""
     source_id = pipeline.source_id(source, connector.kind)
     counts = Counts() if counts is None else counts
+    pipeline.begin_load()  # a sync of unknown size: the index is dropped only once it proves large
     try:
         for batch in prefetch(connector.batches(cursors.load_cursor(pipeline.conn, source_id)), depth=prefetch_depth):
             ids = [d.external_id for d in batch.documents]

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +17,6 @@ from vectorstore.db import Connection, connect
 from vectorstore.generations import SwitchRefusedError
 from vectorstore.indexing import IndexLoad, IndexOptions
 from vectorstore.ledger import DocumentVersion
-from vectorstore.migrations import migrate
 from vectorstore.settings import SearchSettings
 from vectorstore.store import ChunkRow, QueryDimensionError, SearchFilter
 from vectorstore.tenancy import ensure_row_level_security
@@ -35,14 +33,6 @@ class Model:
 OLD = Model("old-model", "1", 3)
 NEW = Model("new-model", "7", 4)
 OPTIONS = IndexOptions(maintenance_work_mem="64MB", min_rows=0)
-
-
-@pytest.fixture
-def conn(database_url: str) -> Iterator[Connection]:
-    c = connect(database_url)
-    migrate(c, 384)
-    yield c
-    c.close()
 
 
 def unit(values: list[float]) -> np.ndarray:

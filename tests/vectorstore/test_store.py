@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -98,14 +97,6 @@ def test_unreachable_database_is_a_clear_error() -> None:
 
 def _doc(name: str) -> DocumentVersion:
     return DocumentVersion(external_id=name, uri=name, title=name, content_hash="h-" + name, fingerprint="f")
-
-
-@pytest.fixture
-def conn(database_url: str) -> Iterator[Connection]:
-    c = connect(database_url)
-    migrate(c, 384)
-    yield c
-    c.close()
 
 
 def _commit(conn: Connection, embedder: Embedder, source_id: int, name: str, texts: list[str]) -> None:
