@@ -198,6 +198,14 @@ class Pipeline:
             self._load.expected = max(self._load.expected or 0, expected_chunks)
         return self._load
 
+    def finish_quietly(self) -> None:
+        """Finish the load without hiding an error already on its way out (a broken connection fails both);
+        a build that fails here is done by the next run's repair."""
+        try:
+            self.finish_load()
+        except Exception:  # logged; the caller's own error, if any, is the one raised
+            log.warning("could not rebuild the index after a load; the next run will", exc_info=True)
+
     def expected_chunks(self, documents: int) -> int:
         """Chunks ``documents`` new documents will likely make, from this generation's chunks per document."""
         row = self.conn.execute(
@@ -418,7 +426,7 @@ class Pipeline:
         finally:
             self._release(source_id, [p.doc.external_id for p in pending])  # no-op for released ones
             if scoped and not self.conn.closed:
-                self.finish_load()
+                self.finish_quietly()
 
     def delete(self, document_ids: list[int], planned_at: datetime) -> int:
         return ledger.mark_deleted(self.conn, document_ids, planned_at)

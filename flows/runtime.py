@@ -111,7 +111,7 @@ class Services:
     def close(self) -> None:
         pipeline = self.__dict__.get("pipeline")
         if pipeline is not None and "conn" in self.__dict__ and not self.conn.closed:
-            pipeline.finish_load()
+            pipeline.finish_quietly()
         pool = self.__dict__.pop("pool", None)
         if pool is not None:
             pool.close()
