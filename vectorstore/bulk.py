@@ -54,10 +54,13 @@ def choose(existing: int, incoming: int, costs: IndexCosts | None = None, *, min
 
 
 def projected(rows_so_far: int, expected: int | None) -> int:
-    """Size of a load whose end is unknown (a remote source pages on): at least what is known to come, and at
-    least as much again as was written so far. Re-deciding on this as the load grows switches to a deferred
-    index no later than when the live writes already cost as much as the build would (the ski-rental bound:
-    at most twice the cost of the better choice made with hindsight)."""
+    """Total size of a load. A known size is taken as it is; a load whose end is unknown (a remote source
+    pages on), or that outgrew its estimate, is assumed to write as much again as it wrote so far.
+    Re-deciding on this as the load grows switches to a deferred index no later than when the live writes
+    already cost as much as the build would (the ski-rental bound: at most about twice the cost of the
+    better choice made with hindsight)."""
+    if expected is not None and rows_so_far <= expected:
+        return expected
     return max(expected or 0, 2 * rows_so_far)
 
 

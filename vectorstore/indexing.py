@@ -191,7 +191,10 @@ class IndexLoad:
         if unindexed:
             return self.strategy  # nothing live to keep up; the switch builds it once
         total = bulk.projected(self.written + incoming, self.expected)
-        if bulk.choose(self._existing, total, self._costs, min_rows=self.options.min_rows) is bulk.Strategy.DEFERRED:
+        # Rows already written live are in the graph and paid for: the choice is about the rest of the load.
+        remaining = total - self.written
+        existing = self._existing + self.written
+        if bulk.choose(existing, remaining, self._costs, min_rows=self.options.min_rows) is bulk.Strategy.DEFERRED:
             self._defer()
         return self.strategy
 

@@ -129,6 +129,32 @@ def test_costs_choose_live_for_increments_and_deferred_for_large_loads() -> None
     slow_build = bulk.IndexCosts(build=3e-3)
     assert bulk.choose(100_000, 50_000, slow_build) is bulk.Strategy.LIVE
     assert bulk.projected(10, None) == 20 and bulk.projected(10, 500) == 500
+    assert bulk.projected(800, 500) == 1600  # outgrew its estimate: unknown end again
+
+
+def test_a_known_increment_that_is_cheaper_live_stays_live_to_the_end(conn: Connection) -> None:
+    """10k rows into a 100k generation with costs under which live is cheaper: every flush stays live (a
+    load re-deciding as if its written rows were still to pay for would switch half way, paying twice)."""
+    gen = generations.register(conn, OLD)
+    indexing.build_index(conn, gen, OPTIONS)
+    load = IndexLoad(conn, gen, IndexOptions(min_rows=0), expected=10_000)
+    load._existing = 100_000  # the generation's size, as counted at the first write
+    load._costs = bulk.IndexCosts(live_insert=1.73e-3, plain_insert=0.31e-3, build=0.198e-3)
+    for _ in range(10):
+        assert load.before_write(1000) is bulk.Strategy.LIVE
+        load.written += 1000
+    assert generations.index_present(conn, gen.id)
+    # the same costs, a load of unknown size: it switches once it has outgrown the break-even
+    unknown = IndexLoad(conn, gen, IndexOptions(min_rows=0))
+    unknown._existing, unknown._costs = 100_000, load._costs
+    switched_at = None
+    for _ in range(200):
+        if unknown.before_write(1000) is bulk.Strategy.DEFERRED:
+            switched_at = unknown.written
+            break
+        unknown.written += 1000
+    assert switched_at is not None and 5_000 <= switched_at <= 40_000
+    unknown.finish()
     assert bulk.ewma(None, 2.0) == 2.0 and bulk.ewma(1.0, 2.0, weight=0.5) == 1.5
 
 
