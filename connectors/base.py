@@ -12,6 +12,22 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SourceSettingsBase(BaseModel):
+    """What every configured source has, whatever its kind: a name, a schedule for deployments, a tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Source name in the ledger and the CLI.")
+    schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
+    tenant: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Tenant of every document and chunk of this source (searches can be scoped to one).",
+    )
+
 
 class DocumentError(Exception):
     """A document that cannot be ingested as it is: it gets quarantined, the run goes on.

@@ -38,9 +38,17 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDocument, failing_document
+from connectors.base import (
+    Batch,
+    DocumentError,
+    Page,
+    ParsedDocument,
+    SourceDocument,
+    SourceSettingsBase,
+    failing_document,
+)
 from connectors.errors import MalformedPayloadError, RequestRejectedError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.text import clean_text
@@ -62,11 +70,8 @@ def _zone(name: str) -> tzinfo:
         raise ValueError(f"unknown time zone {name!r} (an IANA name such as Europe/Berlin)") from err
 
 
-class ConfluenceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ConfluenceSettings(SourceSettingsBase):
     kind: Literal["confluence"] = "confluence"
-    name: str = Field(min_length=1, description="Source name in the ledger and the CLI.")
     base_url: str = Field(
         description="Site URL, e.g. https://example.atlassian.net/wiki (/wiki is added when it is missing)."
     )
@@ -84,12 +89,6 @@ class ConfluenceSettings(BaseModel):
         default=168.0, ge=0, description="Full listing this often, to catch purged and restored pages (None: never)."
     )
     http: HttpPolicy = Field(default_factory=lambda: HttpPolicy(rate_per_second=5.0, burst=5))
-    schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
-    tenant: str = Field(
-        default="default",
-        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
-        description="Tenant of every document and chunk of this source (searches can be scoped to one).",
-    )
 
     @field_validator("base_url")
     @classmethod

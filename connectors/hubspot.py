@@ -15,9 +15,17 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDocument, failing_document
+from connectors.base import (
+    Batch,
+    DocumentError,
+    Page,
+    ParsedDocument,
+    SourceDocument,
+    SourceSettingsBase,
+    failing_document,
+)
 from connectors.errors import MalformedPayloadError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.text import clean_text
@@ -47,11 +55,8 @@ TITLE_PROPERTIES: dict[str, list[str]] = {
 }
 
 
-class HubSpotSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class HubSpotSettings(SourceSettingsBase):
     kind: Literal["hubspot"] = "hubspot"
-    name: str = Field(min_length=1, description="Source name in the ledger and the CLI.")
     base_url: str = Field(default="https://api.hubapi.com", description="API root (overridable for tests).")
     token_env: str = Field(default="HUBSPOT_TOKEN", description="Environment variable with the private app token.")
     objects: list[HubSpotObject] = Field(
@@ -64,12 +69,6 @@ class HubSpotSettings(BaseModel):
     page_size: int = Field(default=100, ge=1, le=200, description="Records per search request (max 200).")
     search_cap: int = Field(default=SEARCH_CAP, ge=1, description="Results the search API serves per query.")
     http: HttpPolicy = Field(default_factory=lambda: HttpPolicy(rate_per_second=4.0, burst=4))
-    schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
-    tenant: str = Field(
-        default="default",
-        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
-        description="Tenant of every document and chunk of this source (searches can be scoped to one).",
-    )
 
 
 def record_text(obj: str, properties: dict[str, Any], wanted: list[str]) -> tuple[str, str]:

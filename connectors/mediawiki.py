@@ -19,9 +19,17 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDocument, failing_document
+from connectors.base import (
+    Batch,
+    DocumentError,
+    Page,
+    ParsedDocument,
+    SourceDocument,
+    SourceSettingsBase,
+    failing_document,
+)
 from connectors.errors import MalformedPayloadError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.text import clean_text
@@ -36,22 +44,13 @@ _PAGE_PROPS = {
 }
 
 
-class MediaWikiSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MediaWikiSettings(SourceSettingsBase):
     kind: Literal["mediawiki"] = "mediawiki"
-    name: str = Field(min_length=1, description="Source name in the ledger and the CLI.")
     base_url: str = Field(description="URL of the wiki's api.php, e.g. https://wiki.example.org/w/api.php")
     namespaces: list[int] = Field(default_factory=lambda: [0], description="Namespaces to ingest (0: articles).")
     page_size: int = Field(default=50, ge=1, le=50, description="Pages per request (50: MediaWiki's content cap).")
     user_agent: str = Field(default="ragline/0.1 (RAG ingestion)", description="Sent as User-Agent, as wikis ask.")
     http: HttpPolicy = Field(default_factory=HttpPolicy)
-    schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
-    tenant: str = Field(
-        default="default",
-        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
-        description="Tenant of every document and chunk of this source (searches can be scoped to one).",
-    )
 
 
 def wikitext_to_text(wikitext: str) -> str:

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from connectors.base import RemoteSource
+from connectors.base import RemoteSource, SourceSettingsBase
 from connectors.confluence import ConfluenceSettings, ConfluenceSource
 from connectors.hubspot import HubSpotSettings, HubSpotSource
 from connectors.mediawiki import MediaWikiSettings, MediaWikiSource
 from connectors.salesforce import SalesforceSettings, SalesforceSource
 
 
-class PdfSourceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PdfSourceSettings(SourceSettingsBase):
     kind: Literal["pdf"] = "pdf"
-    name: str = Field(min_length=1, description="Source name in the ledger and the CLI.")
     paths: list[str] = Field(min_length=1, description="PDF files and directories (walked recursively).")
-    schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
-    tenant: str = Field(
-        default="default",
-        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
-        description="Tenant of every document and chunk of this source (searches can be scoped to one).",
-    )
 
 
 SourceSettings = Annotated[

@@ -26,7 +26,15 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors.base import Batch, DocumentError, Page, ParsedDocument, SourceDocument, failing_document
+from connectors.base import (
+    Batch,
+    DocumentError,
+    Page,
+    ParsedDocument,
+    SourceDocument,
+    SourceSettingsBase,
+    failing_document,
+)
 from connectors.errors import MalformedPayloadError, RequestRejectedError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.text import clean_text
@@ -114,11 +122,8 @@ class SalesforceObject(BaseModel):
         return _check_field(value, "title_field")
 
 
-class SalesforceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SalesforceSettings(SourceSettingsBase):
     kind: Literal["salesforce"] = "salesforce"
-    name: str = Field(min_length=1, description="Source name in the ledger and the CLI.")
     base_url: str = Field(description="Instance URL, e.g. https://example.my.salesforce.com")
     api_version: str = Field(default="v60.0", description="REST API version, e.g. v60.0.")
     token_env: str = Field(default="SALESFORCE_TOKEN", description="Environment variable with the OAuth access token.")
@@ -131,12 +136,6 @@ class SalesforceSettings(BaseModel):
     )
     # API calls count against the org's daily allowance; a few per second is plenty for paging 2,000 at a time.
     http: HttpPolicy = Field(default_factory=lambda: HttpPolicy(rate_per_second=5.0, burst=5))
-    schedule: str | None = Field(default=None, description="Cron schedule of batch runs (deployments).")
-    tenant: str = Field(
-        default="default",
-        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
-        description="Tenant of every document and chunk of this source (searches can be scoped to one).",
-    )
 
     @field_validator("base_url")
     @classmethod

@@ -1,5 +1,5 @@
 """Prefect deployments built from settings: one per source with a ``schedule`` (the ``ingest-source`` flow),
-and the ``snapshot-store`` flow when ``snapshots`` is configured.
+the ``snapshot-store`` flow when ``snapshots`` is configured, and ``reembed-store`` when ``reembed`` is.
 
 The same specs feed two consumers: ``ragline serve`` (served in-process by a Prefect Runner) and
 ``deploy/prefect.yaml`` (``prefect deploy --all`` for work pools). Crons and time zones are checked here, at the
@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 SOURCE_FLOW = "ingest-source"
 SNAPSHOT_FLOW = "snapshot-store"
 SNAPSHOT_DEPLOYMENT = "scheduled"
+REEMBED_FLOW = "reembed-store"
+REEMBED_DEPLOYMENT = "background"
 _ENTRYPOINTS = {
     # File paths for prefect.yaml (workers run from the code directory); module paths for `ragline serve`,
     # which may start anywhere as long as ragline is installed.
     SOURCE_FLOW: ("flows/ingest.py:ingest_source", "flows.ingest.ingest_source"),
     SNAPSHOT_FLOW: ("flows/snapshot.py:snapshot_store", "flows.snapshot.snapshot_store"),
+    REEMBED_FLOW: ("flows/reembed_flow.py:reembed_store", "flows.reembed_flow.reembed_store"),
 }
 
 _MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
@@ -171,6 +174,20 @@ def deployment_specs(settings: RaglineSettings) -> list[DeploymentSpec]:
                 description="Scheduled snapshot of the store, verified, then pruned by retention.",
             )
         )
+    reembed = settings.reembed
+    if reembed is not None:
+        cron, tz = _checked(settings, "reembed.cron", reembed.cron, reembed.timezone or zone)
+        specs.append(
+            DeploymentSpec(
+                flow=REEMBED_FLOW,
+                name=REEMBED_DEPLOYMENT,
+                parameters={"batch_documents": reembed.batch_documents},
+                cron=cron,
+                timezone=tz,
+                tags=("ragline", "reembed"),
+                description="Re-embeds into the configured model's generation, then switches search to it.",
+            )
+        )
     return specs
 
 
@@ -232,9 +249,10 @@ def runner_deployments(specs: list[DeploymentSpec]) -> list[RunnerDeployment]:
     from prefect.types.entrypoint import EntrypointType
 
     from flows.ingest import ingest_source
+    from flows.reembed_flow import reembed_store
     from flows.snapshot import snapshot_store
 
-    flows: dict[str, Any] = {SOURCE_FLOW: ingest_source, SNAPSHOT_FLOW: snapshot_store}
+    flows: dict[str, Any] = {SOURCE_FLOW: ingest_source, SNAPSHOT_FLOW: snapshot_store, REEMBED_FLOW: reembed_store}
     built = []
     for spec in specs:
         deployment: RunnerDeployment = flows[spec.flow].to_deployment(

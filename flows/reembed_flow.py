@@ -29,9 +29,10 @@ def reembed_generation(batch_documents: int, switch: bool) -> dict[str, Any]:
             done = result.documents + result.skipped
             update_progress_artifact(progress_id, progress=min(100.0, 100.0 * done / max(1, result.planned)))
 
-    return migrate_generation(
-        services().pipeline, batch_documents=batch_documents, switch=switch, after_batch=report
-    ).as_dict()
+    result = migrate_generation(services().pipeline, batch_documents=batch_documents, switch=switch, after_batch=report)
+    if progress_id is not None:
+        update_progress_artifact(progress_id, progress=100.0)  # done, also when there was nothing to do
+    return result.as_dict()
 
 
 @flow(name="reembed-store", flow_run_name="reembed-store", log_prints=True)

@@ -97,6 +97,17 @@ class DeploymentSettings(BaseModel):
     )
 
 
+class ReembedScheduleSettings(BaseModel):
+    """A scheduled ``reembed-store`` deployment: after `embedding.model` changes, it re-embeds the store into
+    the new model's generation in the background and switches search to it (a no-op run otherwise)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(default="*/15 * * * *", min_length=1, description="Cron schedule of the re-embed checks.")
+    timezone: str | None = Field(default=None, description="IANA time zone of the cron; default deployments.timezone.")
+    batch_documents: int = Field(default=32, ge=1, le=10_000, description="Documents re-embedded per transaction.")
+
+
 class RaglineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -113,6 +124,9 @@ class RaglineSettings(BaseModel):
     sources: list[SourceSettings] = Field(default_factory=list, description="Named sources for `ingest source`.")
     serve: ServeSettings = Field(default_factory=ServeSettings)
     snapshots: SnapshotScheduleSettings | None = Field(default=None, description="Scheduled snapshots, if any.")
+    reembed: ReembedScheduleSettings | None = Field(
+        default=None, description="Scheduled background re-embedding into a newly configured model, if any."
+    )
     deployments: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
     @field_validator("sources")

@@ -88,14 +88,21 @@ sources:
   - {kind: pdf, name: adhoc, paths: [/srv/adhoc]}
   - {kind: mediawiki, name: wiki, base_url: "https://wiki.example.org/w/api.php", schedule: "*/30  * * * *"}
 snapshots: {destination: /backups/ragline, cron: "30 2 * * *", timezone: Europe/Paris, keep_last: 3}
+reembed: {cron: "*/10 * * * *", batch_documents: 8}
 deployments: {work_pool: gpu-pool, work_queue: nightly, timezone: America/New_York, working_directory: /app}
 """
 
 
 def test_specs_one_per_scheduled_source_and_the_snapshot(tmp_path: Path) -> None:
     specs = deployment_specs(settings_from(tmp_path, CONFIG))
-    assert [s.full_name for s in specs] == ["ingest-source/manuals", "ingest-source/wiki", "snapshot-store/scheduled"]
-    manuals, wiki, snap = specs
+    assert [s.full_name for s in specs] == [
+        "ingest-source/manuals",
+        "ingest-source/wiki",
+        "snapshot-store/scheduled",
+        "reembed-store/background",
+    ]
+    manuals, wiki, snap, reembed = specs
+    assert reembed.parameters == {"batch_documents": 8} and reembed.timezone == "America/New_York"
     assert manuals.parameters == {"source": "manuals"} and manuals.cron == "0 * * * *"
     assert manuals.tags == ("ragline", "source:manuals", "kind:pdf")
     assert wiki.tags == ("ragline", "source:wiki", "kind:mediawiki") and wiki.cron == "*/30 * * * *"
@@ -138,7 +145,7 @@ def test_rendered_project_file_is_valid_for_prefect(tmp_path: Path) -> None:
     assert text.startswith("# Rendered by `ragline deploy render`")
     data = yaml.safe_load(text)
     model = PrefectYamlModel.model_validate(data)
-    assert [d.name for d in model.deployments] == ["manuals", "wiki", "scheduled"]
+    assert [d.name for d in model.deployments] == ["manuals", "wiki", "scheduled", "background"]
     manuals = data["deployments"][0]
     assert manuals["entrypoint"] == "flows/ingest.py:ingest_source"
     assert manuals["work_pool"] == {"name": "gpu-pool", "work_queue_name": "nightly", "job_variables": {}}
@@ -167,8 +174,9 @@ def test_committed_prefect_yaml_matches_the_example_config(monkeypatch: pytest.M
 def test_runner_deployments_carry_schedule_limits_and_module_entrypoints(tmp_path: Path) -> None:
     specs = deployment_specs(settings_from(tmp_path, CONFIG))
     built = runner_deployments(specs)
-    assert [d.name for d in built] == ["manuals", "wiki", "scheduled"]
-    assert [d.flow_name for d in built] == [SOURCE_FLOW, SOURCE_FLOW, SNAPSHOT_FLOW]
+    assert [d.name for d in built] == ["manuals", "wiki", "scheduled", "background"]
+    assert [d.flow_name for d in built] == [SOURCE_FLOW, SOURCE_FLOW, SNAPSHOT_FLOW, "reembed-store"]
+    assert built[3].entrypoint == "flows.reembed_flow.reembed_store"
     assert built[0].entrypoint == "flows.ingest.ingest_source"
     assert built[2].entrypoint == "flows.snapshot.snapshot_store"
     assert built[0].schedules
@@ -189,7 +197,7 @@ def test_deploy_render_command(tmp_path: Path) -> None:
         [sys.executable, "-m", "ragline", "deploy", "render", "-o", str(out)], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert len(yaml.safe_load(out.read_text())["deployments"]) == 3
+    assert len(yaml.safe_load(out.read_text())["deployments"]) == 4
 
     config.write_text('sources:\n  - {kind: pdf, name: m, paths: [/x], schedule: "0 25 * * *"}\n')
     bad = subprocess.run([sys.executable, "-m", "ragline", "deploy", "render"], env=env, capture_output=True, text=True)

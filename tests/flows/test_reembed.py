@@ -4,14 +4,16 @@ one is built from stored text, then switches; a remote source's records are not 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from embedding.model import Embedder, EmbeddingSettings, resolve_model_dir
 from flows.pipeline import ingest_pdf_paths
 from flows.reembed import ReembedResult, migrate_generation
-from flows.runtime import Services
+from flows.runtime import Services, use_services
 from flows.settings import RaglineSettings
 from tests.pdfgen import text_pdf
 from vectorstore import generations
@@ -75,3 +77,45 @@ def test_a_model_change_keeps_search_answering_and_ends_in_the_new_generation(
         assert not migrate_generation(new.pipeline).switched
     finally:
         new.close()
+
+
+@pytest.fixture(scope="module")
+def prefect() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_the_reembed_flow_switches_and_reports_in_prefect(
+    prefect: None, tmp_path: Path, services: Services, settings: RaglineSettings, other_model: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.reembed_flow import reembed_store
+
+    text_pdf(tmp_path / "docs" / "tides.pdf", [TOPICS["tides"]])
+    ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
+    new_settings = settings.model_copy(
+        update={"embedding": settings.embedding.model_copy(update={"model": str(other_model)})}
+    )
+    new = Services(new_settings, shared_embedder=Embedder(new_settings.embedding))
+    use_services(new)
+    try:
+        result = reembed_store(batch_documents=1)
+        assert result["switched"] and result["documents"] == 1 and result["planned"] == 1
+        active = generations.active(new.conn)
+        assert active is not None and active.name == str(other_model)
+        assert reembed_store()["switched"] is False  # nothing left: a scheduled run returns at once
+
+        async def artifact_keys() -> dict[str, Any]:
+            async with get_client() as client:
+                return {a.key: a for a in await client.read_artifacts() if a.key}
+
+        import asyncio
+
+        artifacts = asyncio.run(artifact_keys())
+        assert "reembed-store" in artifacts and "switched" in str(artifacts["reembed-store"].data)
+        assert artifacts["reembed-progress"].data == 100.0
+    finally:
+        use_services(None)

@@ -4,18 +4,15 @@ headless Chromium. The screenshots are kept under test-artifacts/prefect-ui/ at 
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,8 @@ import pytest
 from PIL import Image
 
 from flows.artifacts import counts_key, progress_key
+from flows.prefect_server import ensure_local_server, stop_local_server
+from flows.settings import PrefectSettings
 from tests.httpserver import Reply, serve
 from tests.pdfgen import text_pdf, truncated_pdf
 
@@ -54,62 +53,32 @@ def chromium() -> str:
     pytest.fail("chromium is not installed: `make sysdeps` installs it (apt-get install chromium)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAGLINE_"))}
     return {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", **extra}
 
 
-@pytest.fixture(scope="module")
-def prefect_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a Prefect server (API and UI) of this module's own, in its own PREFECT_HOME.
+@dataclass(frozen=True)
+class LocalPrefect:
+    home: Path
+    """RAGLINE_HOME whose local Prefect server is up: ragline commands run with it reuse that server."""
+    base: str
+    """Base URL of its API and UI."""
 
-    The UI asks the server for the API's address (``/ui-settings``), which Prefect derives from its
-    settings, not from ``--port``: the port is given both ways, or the UI calls port 4200."""
-    home = tmp_path_factory.mktemp("prefect-ui-home")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = _clean_env(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_API_HOST="127.0.0.1",
-        PREFECT_SERVER_API_PORT=str(port),
-    )
-    log = home / "server.log"
-    with log.open("wb") as log_fh:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+
+@pytest.fixture(scope="module")
+def prefect_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrefect]:
+    """The Prefect server users of ragline get: started by ragline itself (flows.prefect_server) under a
+    RAGLINE_HOME of this module's own, on a port other than Prefect's default 4200. Its UI must be told that
+    port (``/ui-settings``), or the UI calls port 4200 and shows an error page."""
+    home = tmp_path_factory.mktemp("ragline-ui-home")
+    api_url = ensure_local_server(home, PrefectSettings(startup_timeout=120))  # on a free port, not 4200
+    base = api_url.removesuffix("/api")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"prefect server exited ({server.returncode}): {log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server on {base} not healthy within 120 s: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        assert httpx.get(f"{base}/ui-settings", timeout=10).json()["api_url"] == f"{base}/api"
-        yield base
+        assert httpx.get(f"{base}/ui-settings", timeout=10).json()["api_url"] == api_url
+        yield LocalPrefect(home, base)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_local_server(home)
 
 
 def browse(url: str, profile: Path, screenshot: Path | None = None) -> str:
@@ -150,7 +119,7 @@ def api(base: str, path: str, body: dict[str, Any]) -> Any:
 
 
 def test_an_ingest_run_its_state_and_its_counts_show_in_the_prefect_ui(
-    tmp_path: Path, prefect_ui: str, database_url: str
+    tmp_path: Path, prefect_ui: LocalPrefect, database_url: str
 ) -> None:
     chromium()  # fail before minutes of ingestion when the browser is missing
     docs = tmp_path / "docs"
@@ -169,10 +138,9 @@ def test_an_ingest_run_its_state_and_its_counts_show_in_the_prefect_ui(
             f"  - {{kind: mediawiki, name: broken, base_url: '{down.url}/api.php', http: {fast}}}\n"
         )
         env = _clean_env(
-            RAGLINE_HOME=str(tmp_path / "home"),
+            RAGLINE_HOME=str(prefect_ui.home),  # its local Prefect server is already up: ragline reuses it
             RAGLINE_DATABASE_URL=database_url,
             RAGLINE_CONFIG=str(config),
-            PREFECT_API_URL=f"{prefect_ui}/api",
         )
         out = subprocess.run(
             [sys.executable, "-m", "ragline", "ingest", "all", "--json"],
@@ -187,19 +155,19 @@ def test_an_ingest_run_its_state_and_its_counts_show_in_the_prefect_ui(
     assert (result["docs"]["counts"]["committed"], result["docs"]["counts"]["quarantined"]) == (2, 1)
 
     # What the API holds: states that tell the truth, tags per source, task runs that read well.
-    flow_runs = {r["name"]: r for r in api(prefect_ui, "/flow_runs/filter", {"limit": 50})}
+    flow_runs = {r["name"]: r for r in api(prefect_ui.base, "/flow_runs/filter", {"limit": 50})}
     assert set(flow_runs) == {"ingest-docs", "ingest-broken"}
     docs_run, broken_run = flow_runs["ingest-docs"], flow_runs["ingest-broken"]
     assert (docs_run["state_type"], docs_run["state_name"]) == ("COMPLETED", "CompletedWithQuarantine")
     assert set(docs_run["tags"]) == {"ragline", "source:docs", "kind:pdf", "quarantined"}
     assert broken_run["state_type"] == "FAILED"
     assert set(broken_run["tags"]) == {"ragline", "source:broken", "kind:mediawiki"}
-    tasks = api(prefect_ui, "/task_runs/filter", {"flow_runs": {"id": {"any_": [docs_run["id"]]}}})
+    tasks = api(prefect_ui.base, "/task_runs/filter", {"flow_runs": {"id": {"any_": [docs_run["id"]]}}})
     assert {t["name"] for t in tasks} == {"plan-pdf-changes-docs", "ingest-pdf-documents-1/1"}
     assert all("source:docs" in t["tags"] for t in tasks)
 
     # Each run's artifacts: the counts under the source's key, and the progress of the documents.
-    artifacts = api(prefect_ui, "/artifacts/filter", {"sort": "CREATED_DESC"})
+    artifacts = api(prefect_ui.base, "/artifacts/filter", {"sort": "CREATED_DESC"})
     by_run: dict[str, dict[str, Any]] = {}
     for artifact in artifacts:
         by_run.setdefault(artifact["flow_run_id"], {})[artifact["key"]] = artifact
@@ -217,14 +185,16 @@ def test_an_ingest_run_its_state_and_its_counts_show_in_the_prefect_ui(
     # What the operator sees.
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     run_page = browse(
-        f"{prefect_ui}/runs/flow-run/{docs_run['id']}", tmp_path / "chromium-1", SCREENSHOTS / "flow-run.png"
+        f"{prefect_ui.base}/runs/flow-run/{docs_run['id']}", tmp_path / "chromium-1", SCREENSHOTS / "flow-run.png"
     )
     for text in ("ingest-docs", "CompletedWithQuarantine", "source:docs", "kind:pdf", "quarantined", "Artifacts"):
         assert text in run_page, f"{text!r} not on the flow run page: {run_page[:3000]}"
     assert "document(s) quarantined" in run_page  # the warning in the run's log
 
     artifact_page = browse(
-        f"{prefect_ui}/artifacts/artifact/{counts['id']}", tmp_path / "chromium-2", SCREENSHOTS / "counts-artifact.png"
+        f"{prefect_ui.base}/artifacts/artifact/{counts['id']}",
+        tmp_path / "chromium-2",
+        SCREENSHOTS / "counts-artifact.png",
     )
     for text in (
         "Completed with 1 quarantined document",
@@ -238,7 +208,7 @@ def test_an_ingest_run_its_state_and_its_counts_show_in_the_prefect_ui(
         assert text in artifact_page, f"{text!r} not on the artifact page: {artifact_page[:3000]}"
 
     failed_page = browse(
-        f"{prefect_ui}/runs/flow-run/{broken_run['id']}", tmp_path / "chromium-3", SCREENSHOTS / "failed-run.png"
+        f"{prefect_ui.base}/runs/flow-run/{broken_run['id']}", tmp_path / "chromium-3", SCREENSHOTS / "failed-run.png"
     )
     assert "ingest-broken" in failed_page and "Failed" in failed_page, failed_page[:3000]
 
