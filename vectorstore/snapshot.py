@@ -48,9 +48,9 @@ from psycopg.types.json import Json, Jsonb
 
 from vectorstore import generations
 from vectorstore.db import Connection, DatabaseError, first_line
+from vectorstore.generations import ModelIdentity
 from vectorstore.indexing import IndexOptions, build_index
 from vectorstore.migrations import MIGRATIONS, index_name, migrate
-from vectorstore.store import ModelIdentity
 
 log = logging.getLogger(__name__)
 

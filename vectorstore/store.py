@@ -19,7 +19,6 @@ from psycopg.types.json import Jsonb
 from vectorstore import generations, ledger
 from vectorstore.db import Connection
 from vectorstore.generations import Generation
-from vectorstore.generations import ModelIdentity as ModelIdentity  # re-exported: callers type with it
 from vectorstore.ledger import DocumentVersion
 from vectorstore.settings import SearchSettings
 
@@ -43,13 +42,6 @@ _COPY_CHUNKS = sql.SQL(
     "FROM STDIN (FORMAT BINARY)"
 )
 _COPY_TYPES = ["uuid", "int8", "int4", "int4", "text", "int4", "int4", "vector", "jsonb", "text"]
-
-
-def ensure_model(conn: Connection, identity: ModelIdentity, fingerprint: str | None = None) -> int:
-    """Register the configured model as a generation (serving, or being built when another model serves); the
-    serving generation of a new store gets its (empty, so instant) index at once."""
-    generation = generations.register(conn, identity, fingerprint)
-    return generation.id
 
 
 def existing_chunk_ids(conn: Connection, source_id: int, external_id: str) -> set[uuid.UUID]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embedding.model import Embedder
-from vectorstore import ledger, store
+from vectorstore import generations, ledger, store
 from vectorstore.db import Connection, DatabaseError, connect
 from vectorstore.ids import chunk_id
 from vectorstore.ledger import DocumentVersion
@@ -102,7 +102,7 @@ def _doc(name: str) -> DocumentVersion:
 def _commit(conn: Connection, embedder: Embedder, source_id: int, name: str, texts: list[str]) -> None:
     rows = [ChunkRow(chunk_id("s", name, i, t, "m"), i, 1, t, 10) for i, t in enumerate(texts)]
     vectors = dict(zip([r.id for r in rows], embedder.embed(texts), strict=True))
-    model_id = store.ensure_model(conn, embedder.identity)
+    model_id = generations.register(conn, embedder.identity).id
     store.commit_document(conn, source_id, _doc(name), rows, vectors, model_id)
 
 
@@ -118,7 +118,7 @@ def test_commit_replaces_chunks_atomically(conn: Connection, embedder: Embedder)
     # a commit that fails half way leaves the previous version whole
     rows = [ChunkRow(chunk_id("s", "a", 0, "new", "m"), 0, 1, "new", 1)]
     with pytest.raises(store.StaleChunksError):
-        store.commit_document(conn, source_id, _doc("a"), rows, {}, store.ensure_model(conn, embedder.identity))
+        store.commit_document(conn, source_id, _doc("a"), rows, {}, generations.register(conn, embedder.identity).id)
     texts = [r["text"] for r in conn.execute("SELECT text FROM chunks ORDER BY chunk_index")]
     assert texts == ["alpha one", "alpha two changed"]
 
