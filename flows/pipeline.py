@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+import psycopg
 
 from connectors.base import DocumentError, ParsedDocument, RemoteSource, SourceDocument
 from embedding.chunking import ChunkTooLongError, chunk_pages
@@ -257,19 +258,16 @@ class Pipeline:
                     self._flush(source_id, pending, counts, progress)
                     pending, pending_chunks = [], 0
             self._flush(source_id, pending, counts, progress)
-            pending = []
             for source_doc in contended:  # one at a time: never wait while holding another claim
                 self._claim(source_id, source_doc, wait=True)
-                if self._still_due(source_id, source_doc, counts):
-                    prepared = self._prepare(source_id, source_name, source_doc, counts, progress)
-                    if prepared is not None:
-                        pending = [prepared]
-                        self._flush(source_id, pending, counts, progress)
-                        pending = []
-                        continue
+                if not self._still_due(source_id, source_doc, counts):
+                    continue
+                prepared = self._prepare(source_id, source_name, source_doc, counts, progress)
+                if prepared is not None:
+                    self._flush(source_id, [prepared], counts, progress)
                 self._release(source_id, [source_doc.external_id])
         finally:
-            self._release(source_id, [p.doc.external_id for p in pending])
+            self._release_all()  # whatever an error left claimed
         return counts
 
     def _claim(self, source_id: int, doc: SourceDocument, *, wait: bool) -> bool:
@@ -288,7 +286,16 @@ class Pipeline:
         return got
 
     def _release(self, source_id: int, external_ids: Sequence[str]) -> None:
-        keys = [k for k in (claim_key(source_id, e) for e in external_ids) if k in self._claims]
+        self._unlock([k for k in (claim_key(source_id, e) for e in external_ids) if k in self._claims])
+
+    def _release_all(self) -> None:
+        try:
+            self._unlock(list(self._claims))
+        except psycopg.Error:  # a broken connection: its session locks went with it
+            log.warning("could not release document claims", exc_info=True)
+            self._claims.clear()
+
+    def _unlock(self, keys: list[int]) -> None:
         if not keys or self.conn.closed:
             return
         self.conn.rollback()  # an unlock inside a failed transaction would fail too
