@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
 from psycopg_pool import ConnectionPool
 
@@ -25,7 +24,7 @@ from vectorstore.store import SearchFilter, SearchHit
 class Services:
     settings: RaglineSettings
     shared_embedder: TextEmbedder | None = field(default=None, repr=False)
-    _query_embedders: dict[int, Any] = field(default_factory=dict, repr=False)
+    _query_embedders: dict[int, TextEmbedder] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
