@@ -21,10 +21,15 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-home")
     (home / "prefect").mkdir()
     url = ensure_local_server(home, PrefectSettings())
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # Prefect reads its environment once, when first imported (other test modules may have imported it):
+    # the API URL is set in its settings context, not only in the environment.
     saved = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:
-        yield url
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
     finally:
         if saved is None:
             os.environ.pop("PREFECT_API_URL", None)
