@@ -3,6 +3,7 @@ at a time, and a request quota shared across processes through a Prefect rate li
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections.abc import Iterator
@@ -69,7 +70,8 @@ def test_a_second_sync_of_a_source_waits_for_the_first(prefect_api: str) -> None
             release.wait(30)
             order.append("first out")
 
-    thread = threading.Thread(target=first)
+    # Prefect's settings live in context variables, which a new thread does not inherit: pass them on.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(first,))
     thread.start()
     assert holding.wait(30)
     with pytest.raises(TimeoutError), limits.source_slot("wiki", timeout_seconds=1.0):
