@@ -249,9 +249,13 @@ class Bench:
             if progress:
                 progress(hi - start, time.perf_counter() - started)
 
-    def write_documents(self, corpus: Corpus, prefix: str, start: int, stop: int, load: IndexLoad | None) -> int:
-        """The pipeline's path: ``store.commit_document`` per document (ledger row, stale chunks removed,
-        binary COPY, one transaction each), in flushes of --flush chunks that an ``IndexLoad`` oversees.
+    def write_documents(
+        self, corpus: Corpus, prefix: str, start: int, stop: int, load: IndexLoad | None, *, group: bool = True
+    ) -> int:
+        """The pipeline's path: flushes of --flush chunks that an ``IndexLoad`` oversees, each committed by
+        ``store.commit_documents`` in one transaction (ledger rows, stale chunks removed, one binary COPY), or
+        with ``group=False`` by ``store.commit_document`` in one transaction per document (the path before
+        group commit).
         Documents are numbered from ``start``: ``prefix`` + 0, 1, ... Returns the rows the load wrote live
         (an ``IndexLoad`` may start live and switch to deferred as the load grows)."""
         live = 0
@@ -260,6 +264,7 @@ class Bench:
             if load is not None and load.before_write(hi - lo) is bulk.Strategy.LIVE:
                 live += hi - lo
             started = time.perf_counter()
+            items, vectors = [], {}
             for first in range(lo, hi, CHUNKS_PER_DOC):
                 last = min(hi, first + CHUNKS_PER_DOC)
                 rows = [
@@ -274,8 +279,13 @@ class Bench:
                     content_hash=f"h{first}",
                     fingerprint="bench",
                 )
-                vectors = {chunk_id(i): corpus.vectors[i] for i in range(first, last)}
-                store.commit_document(self.conn, self.source_id, doc, rows, vectors, self.gen.id)
+                vectors.update({chunk_id(i): corpus.vectors[i] for i in range(first, last)})
+                items.append(store.DocumentCommit(doc, rows))
+            if group:
+                store.commit_documents(self.conn, self.source_id, items, vectors, self.gen.id)
+            else:
+                for item in items:
+                    store.commit_document(self.conn, self.source_id, item.doc, item.chunks, vectors, self.gen.id)
             if load is not None:
                 load.observe(hi - lo, time.perf_counter() - started)
         return live
@@ -352,6 +362,14 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
         methods[name] = timed(functools.partial(write, corpus, 0, n))
         bench.note("1 no index", name, rate(n, methods[name]))
 
+    bench.truncate()
+    per_doc = timed(lambda: bench.write_documents(corpus, "doc-", 0, n, None, group=False))
+    bench.note("1 no index", "the store, one transaction per document (commit_document)", rate(n, per_doc))
+    bench.truncate()  # the ledger rows stay (same ids): the next writer updates them
+    grouped = timed(lambda: bench.write_documents(corpus, "doc-", 0, n, None))
+    bench.note("1 no index", f"the store, group commit per {args.flush:,} chunks (commit_documents)", rate(n, grouped))
+    bench.note("1 no index", "group commit vs one transaction per document", f"{per_doc / grouped:.2f}x faster")
+
     # 2. The same upsert into the table with its live HNSW index, from empty.
     bench.truncate()
     bench.build()  # on the empty table: instant
@@ -373,7 +391,7 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
         )
     indexing.record_cost(bench.conn, "live_insert", live_s, live_rows)
 
-    # 3. The store's own load into an empty store: commit_document per document under an IndexLoad told the
+    # 3. The store's own load into an empty store: commit_documents per flush under an IndexLoad told the
     #    size, which drops the index and builds it after (maintenance_work_mem 1GB).
     bench.truncate()
     bench.build()
@@ -382,7 +400,7 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
     strategy = load.strategy
     build_s = timed(load.finish)
     size = bench.index_size()
-    bench.note("3 store load", f"commit_document per document, strategy {strategy}", rate(n, write_s))
+    bench.note("3 store load", f"group commit per {args.flush:,} chunks, strategy {strategy}", rate(n, write_s))
     bench.note(
         "3 store load",
         "HNSW build after the load (m=16, ef_construction=64)",
@@ -559,11 +577,16 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--batch", type=int, default=5000, help="rows per transaction of the bulk write methods")
-    ap.add_argument("--flush", type=int, default=1000, help="chunks per pipeline flush (IndexLoad.before_write)")
+    ap.add_argument(
+        "--flush",
+        type=int,
+        default=260,
+        help="chunks per pipeline flush (the pipeline flushes at >= 256: 13 documents)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.rows % CHUNKS_PER_DOC or args.increment % CHUNKS_PER_DOC:
-        ap.error(f"--rows and --increment must be multiples of {CHUNKS_PER_DOC} (chunks per document)")
+    if args.rows % CHUNKS_PER_DOC or args.increment % CHUNKS_PER_DOC or args.flush % CHUNKS_PER_DOC:
+        ap.error(f"--rows, --increment and --flush must be multiples of {CHUNKS_PER_DOC} (chunks per document)")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ragline-bench-store-", ignore_cleanup_errors=True) as tmp:
         home = Path(tmp) / "home"

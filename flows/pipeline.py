@@ -412,28 +412,53 @@ class Pipeline:
             model_id = self.model_id()
             load = self.begin_load()
             load.before_write(sum(len(p.missing) for p in pending))
-            started, rows = time.perf_counter(), 0
-            for p in pending:
-                try:
-                    store.commit_document(self.conn, source_id, p.doc, p.rows, vectors, model_id)
-                    written = len(p.missing)
-                except store.StaleChunksError:
-                    # A concurrent writer removed chunks we meant to keep: embed the whole document and retry.
-                    vectors.update(self._embed(p.rows, counts))
-                    store.commit_document(self.conn, source_id, p.doc, p.rows, vectors, model_id)
-                    written = len(p.rows)
+            started = time.perf_counter()
+            written = self._commit(source_id, pending, vectors, model_id, counts)
+            for p, n in zip(pending, written, strict=True):
                 self._release(source_id, [p.doc.external_id])
-                rows += written
                 counts.committed += 1
-                counts.chunks_written += written
-                counts.chunks_reused += len(p.rows) - written
+                counts.chunks_written += n
+                counts.chunks_reused += len(p.rows) - n
                 if progress:
                     progress("committed", p.doc.external_id)
+            rows = sum(written)
             load.observe(rows, time.perf_counter() - started)
         finally:
             self._release(source_id, [p.doc.external_id for p in pending])  # no-op for released ones
             if scoped and not self.conn.closed:
                 self.finish_quietly()
+
+    def _commit(
+        self,
+        source_id: int,
+        pending: list[_Prepared],
+        vectors: dict[uuid.UUID, np.ndarray],
+        model_id: int,
+        counts: Counts,
+    ) -> list[int]:
+        """Commit the batch in one transaction; if that fails, one document at a time, so a document that
+        cannot be written fails alone (as it would have) and the batch's others still commit. Returns the
+        chunks written per document."""
+        try:
+            done = store.commit_documents(
+                self.conn, source_id, [store.DocumentCommit(p.doc, p.rows) for p in pending], vectors, model_id
+            )
+            return [c.written for c in done]
+        except (store.StaleChunksError, psycopg.Error) as err:
+            if self.conn.closed or (len(pending) == 1 and not isinstance(err, store.StaleChunksError)):
+                raise
+            log.info("group commit of %d documents failed (%s): one at a time", len(pending), err)
+        written: list[int] = []
+        for p in pending:
+            one = [store.DocumentCommit(p.doc, p.rows)]
+            try:
+                [done_one] = store.commit_documents(self.conn, source_id, one, vectors, model_id)
+            except store.StaleChunksError:
+                # A concurrent writer removed chunks we meant to keep: embed the whole document and retry.
+                vectors.update(self._embed(p.rows, counts))
+                [done_one] = store.commit_documents(self.conn, source_id, one, vectors, model_id)
+            written.append(done_one.written)
+        return written
 
     def delete(self, document_ids: list[int], planned_at: datetime) -> int:
         return ledger.mark_deleted(self.conn, document_ids, planned_at)

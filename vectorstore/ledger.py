@@ -7,6 +7,7 @@ settings), an operator's retry, or their ``retry_after`` for failures that may p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -115,60 +116,87 @@ def entries(conn: Connection, source_id: int, external_ids: list[str] | None = N
     return {r["external_id"]: LedgerEntry(**r) for r in rows}
 
 
+_UPSERT_VERSION = """
+INSERT INTO documents (source_id, external_id, uri, title, content_hash, fingerprint, status,
+                       source_modified_at, page_count, metadata, tenant)
+VALUES (%s, %s, %s, %s, %s, %s, 'quarantined', %s, %s, %s, (SELECT tenant FROM sources WHERE id = %s))
+ON CONFLICT (source_id, external_id) DO UPDATE SET updated_at = now()
+RETURNING id
+"""
+
+_MARK_COMMITTED = """
+UPDATE documents SET
+    uri = %s, title = %s, content_hash = %s, committed_hash = %s, fingerprint = %s,
+    status = 'committed', attempts = 0, error_reason = NULL, last_error = NULL, retry_after = NULL,
+    chunk_count = %s, page_count = %s, metadata = %s, source_modified_at = %s,
+    updated_at = now(), committed_at = now()
+WHERE id = %s
+"""
+
+
+def _version_params(source_id: int, doc: DocumentVersion) -> tuple[Any, ...]:
+    return (
+        source_id,
+        doc.external_id,
+        doc.uri,
+        doc.title,
+        doc.content_hash,
+        doc.fingerprint,
+        doc.source_modified_at,
+        doc.page_count,
+        Jsonb(doc.metadata or {}),
+        source_id,
+    )
+
+
 def upsert_version(conn: Connection, source_id: int, doc: DocumentVersion) -> int:
     """Create or lock the ledger row of ``doc`` inside the caller's transaction; returns its id.
 
     The row lock serialises concurrent writers of one document: the second waits and then sees the first's
     chunks, so nothing is written twice.
     """
-    row = conn.execute(
-        """
-        INSERT INTO documents (source_id, external_id, uri, title, content_hash, fingerprint, status,
-                               source_modified_at, page_count, metadata, tenant)
-        VALUES (%s, %s, %s, %s, %s, %s, 'quarantined', %s, %s, %s, (SELECT tenant FROM sources WHERE id = %s))
-        ON CONFLICT (source_id, external_id) DO UPDATE SET updated_at = now()
-        RETURNING id
-        """,
-        (
-            source_id,
-            doc.external_id,
-            doc.uri,
-            doc.title,
-            doc.content_hash,
-            doc.fingerprint,
-            doc.source_modified_at,
-            doc.page_count,
-            Jsonb(doc.metadata or {}),
-            source_id,
-        ),
-    ).fetchone()
+    row = conn.execute(_UPSERT_VERSION, _version_params(source_id, doc)).fetchone()
     assert row is not None
     return int(row["id"])
 
 
-def mark_committed(conn: Connection, document_id: int, doc: DocumentVersion, chunk_count: int) -> None:
-    conn.execute(
-        """
-        UPDATE documents SET
-            uri = %s, title = %s, content_hash = %s, committed_hash = %s, fingerprint = %s,
-            status = 'committed', attempts = 0, error_reason = NULL, last_error = NULL, retry_after = NULL,
-            chunk_count = %s, page_count = %s, metadata = %s, source_modified_at = %s,
-            updated_at = now(), committed_at = now()
-        WHERE id = %s
-        """,
-        (
-            doc.uri,
-            doc.title,
-            doc.content_hash,
-            doc.content_hash,
-            doc.fingerprint,
-            chunk_count,
-            doc.page_count,
-            Jsonb(doc.metadata or {}),
-            doc.source_modified_at,
-            document_id,
-        ),
+def upsert_versions(conn: Connection, source_id: int, docs: Sequence[DocumentVersion]) -> list[int]:
+    """``upsert_version`` for several documents in one round trip (pipelined); ids in the order of ``docs``.
+    Callers lock in a stable order (sorted external ids) so two batches never wait on each other in a cycle."""
+    if not docs:
+        return []
+    ids: list[int] = []
+    with conn.cursor() as cur:
+        cur.executemany(_UPSERT_VERSION, [_version_params(source_id, d) for d in docs], returning=True)
+        while True:
+            row = cur.fetchone()
+            assert row is not None
+            ids.append(int(row["id"]))
+            if not cur.nextset():
+                break
+    return ids
+
+
+def _committed_params(document_id: int, doc: DocumentVersion, chunk_count: int) -> tuple[Any, ...]:
+    return (
+        doc.uri,
+        doc.title,
+        doc.content_hash,
+        doc.content_hash,
+        doc.fingerprint,
+        chunk_count,
+        doc.page_count,
+        Jsonb(doc.metadata or {}),
+        doc.source_modified_at,
+        document_id,
     )
+
+
+def mark_committed(conn: Connection, committed: Sequence[tuple[int, DocumentVersion, int]]) -> None:
+    """Mark (document id, version, chunk count) triples committed, pipelined; inside the caller's transaction."""
+    if committed:
+        with conn.cursor() as cur:
+            cur.executemany(_MARK_COMMITTED, [_committed_params(i, d, n) for i, d, n in committed])
 
 
 def quarantine(

@@ -36,6 +36,25 @@ class ChunkRow:
 class StaleChunksError(RuntimeError):
     """Chunks assumed present (so not embedded) vanished before the commit: embed them and try again."""
 
+    def __init__(self, external_ids: Sequence[str]) -> None:
+        super().__init__(f"chunks of {', '.join(external_ids)} changed during the run")
+        self.external_ids = list(external_ids)
+
+
+@dataclass(frozen=True)
+class DocumentCommit:
+    """One document version to commit with all of its chunks (those already stored keep their rows)."""
+
+    doc: DocumentVersion
+    chunks: Sequence[ChunkRow]
+
+
+@dataclass(frozen=True)
+class Committed:
+    document_id: int
+    written: int
+    """Chunks written; the rest of the version's chunks were already stored under the same ids."""
+
 
 _COPY_CHUNKS = sql.SQL(
     "COPY chunks (id, document_id, chunk_index, page, text, token_count, model_id, embedding, metadata, tenant) "
@@ -65,52 +84,86 @@ def commit_document(
     vectors: dict[uuid.UUID, np.ndarray],
     model_id: int,
 ) -> int:
-    """Replace the chunks of ``doc`` with ``chunks`` and mark it committed, atomically.
+    """Replace the chunks of ``doc`` with ``chunks`` and mark it committed, atomically; returns its id.
 
     ``vectors`` holds embeddings of the chunks that are not stored yet; a chunk already stored under the same
     (content-derived) id keeps its row and vector.
     """
+    return commit_documents(conn, source_id, [DocumentCommit(doc, chunks)], vectors, model_id)[0].document_id
+
+
+def commit_documents(
+    conn: Connection,
+    source_id: int,
+    items: Sequence[DocumentCommit],
+    vectors: dict[uuid.UUID, np.ndarray],
+    model_id: int,
+) -> list[Committed]:
+    """Commit several document versions in one transaction (a group commit); results in the order of ``items``.
+
+    Each version is still whole or absent, never half there: its ledger row, the removal of the chunks it no
+    longer has and the COPY of its new ones commit together. A batch pays one commit, one COPY and a handful
+    of set-based statements instead of six round trips and a WAL flush per document (a bulk load of small
+    documents ran ~2x faster: docs/benchmarks.md). A crash or an error rolls the whole batch back; callers
+    that must isolate one bad document commit the batch again one document at a time.
+    """
+    if not items:
+        return []
+    names = [i.doc.external_id for i in items]
+    if len(set(names)) != len(names):
+        raise ValueError("a batch holds the same document twice")
+    # Ledger rows are locked in external-id order: two batches never wait on each other in a cycle.
+    ordered = sorted(items, key=lambda i: i.doc.external_id)
     with conn.transaction():
-        document_id = ledger.upsert_version(conn, source_id, doc)
-        keep = [c.id for c in chunks]
+        ids = ledger.upsert_versions(conn, source_id, [i.doc for i in ordered])
         # Only this model's rows (and leftovers of retired generations) are replaced: while a new generation
-        # is built, the serving generation keeps this document's previous vectors until the switch.
+        # is built, the serving generation keeps these documents' previous vectors until the switch. Chunk
+        # ids derive from the source and document, so one list of ids to keep serves the whole batch.
         conn.execute(
             """
-            DELETE FROM chunks WHERE document_id = %s AND NOT (id = ANY(%s))
+            DELETE FROM chunks WHERE document_id = ANY(%s) AND NOT (id = ANY(%s))
               AND (model_id = %s OR model_id IN (SELECT id FROM models WHERE state = 'retired'))
             """,
-            (document_id, keep, model_id),
+            (ids, [c.id for i in ordered for c in i.chunks], model_id),
         )
-        tenant_row = conn.execute("SELECT tenant FROM documents WHERE id = %s", (document_id,)).fetchone()
-        tenant = tenant_row["tenant"] if tenant_row else "default"
+        tenants = {
+            r["id"]: r["tenant"] for r in conn.execute("SELECT id, tenant FROM documents WHERE id = ANY(%s)", (ids,))
+        }
         present = {
             r["id"]
             for r in conn.execute(
-                "SELECT id FROM chunks WHERE document_id = %s AND model_id = %s", (document_id, model_id)
+                "SELECT id FROM chunks WHERE document_id = ANY(%s) AND model_id = %s", (ids, model_id)
             )
         }
-        missing = [c for c in chunks if c.id not in present]
-        if any(c.id not in vectors for c in missing):
-            raise StaleChunksError(f"chunks of {doc.external_id} changed during the run")
-        _copy_chunks(conn, document_id, missing, vectors, model_id, tenant)
-        ledger.mark_committed(conn, document_id, doc, len(chunks))
-    return document_id
+        missing = [[c for c in i.chunks if c.id not in present] for i in ordered]
+        stale = [
+            i.doc.external_id for i, m in zip(ordered, missing, strict=True) if any(c.id not in vectors for c in m)
+        ]
+        if stale:
+            raise StaleChunksError(stale)
+        _copy_chunks(
+            conn,
+            [(doc_id, tenants.get(doc_id, "default"), c) for doc_id, m in zip(ids, missing, strict=True) for c in m],
+            vectors,
+            model_id,
+        )
+        ledger.mark_committed(conn, [(doc_id, i.doc, len(i.chunks)) for doc_id, i in zip(ids, ordered, strict=True)])
+    by_name = {i.doc.external_id: Committed(doc_id, len(m)) for doc_id, i, m in zip(ids, ordered, missing, strict=True)}
+    return [by_name[name] for name in names]
 
 
 def _copy_chunks(
     conn: Connection,
-    document_id: int,
-    rows: Sequence[ChunkRow],
+    rows: Sequence[tuple[int, str, ChunkRow]],
     vectors: dict[uuid.UUID, np.ndarray],
     model_id: int,
-    tenant: str,
 ) -> None:
+    """Binary COPY of (document id, tenant, chunk) rows."""
     if not rows:
         return
     with conn.cursor().copy(_COPY_CHUNKS) as copy:
         copy.set_types(_COPY_TYPES)
-        for c in rows:
+        for document_id, tenant, c in rows:
             copy.write_row(
                 (
                     c.id,
@@ -192,7 +245,7 @@ def add_generation_chunks(
         ).fetchone()
         if done:
             return False
-        _copy_chunks(conn, document_id, rows, vectors, model_id, doc["tenant"])
+        _copy_chunks(conn, [(document_id, doc["tenant"], c) for c in rows], vectors, model_id)
         if doc["status"] == "committed" and fingerprint is not None:
             conn.execute("UPDATE documents SET fingerprint = %s WHERE id = %s", (fingerprint, document_id))
     return True

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from flows.pipeline import Counts, ingest_pdf_paths
 from flows.runtime import Services
-from flows.settings import load_settings
+from flows.settings import RaglineSettings, database_url, load_settings
 from tests.conftest import CountingEmbedder, fresh_database
 from tests.pdfgen import encrypted_pdf, image_only_pdf, not_a_pdf, text_pdf, truncated_pdf
 from vectorstore import ledger, store
@@ -315,3 +316,69 @@ def test_a_document_committed_after_the_plan_is_not_deleted_by_it(tmp_path: Path
     ingest_pdf_paths(services.pipeline, [str(files["baking"])])
     assert services.pipeline.delete(planned.deleted, planned.planned_at) == 0
     assert any(Path(h.uri).name == "baking.pdf" for h in top(services, "brioche", k=5))
+
+
+class ConcurrentWriterEmbedder(CountingEmbedder):
+    """Runs ``meanwhile`` once, on its first call: another writer acting between a batch's embedding and its
+    commit (a seam in time, not a fake: the writer uses its own real connection)."""
+
+    def __init__(self, inner: CountingEmbedder, meanwhile: Callable[[], None]) -> None:
+        super().__init__(inner)
+        self.meanwhile: Callable[[], None] | None = meanwhile
+
+    def embed(self, texts: Sequence[str], *, token_counts: Sequence[int] | None = None) -> np.ndarray:
+        vectors = super().embed(texts, token_counts=token_counts)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        return vectors
+
+
+def test_a_batch_whose_kept_chunk_vanished_commits_one_document_at_a_time(
+    tmp_path: Path, settings: RaglineSettings, counting_embedder: CountingEmbedder
+) -> None:
+    docs = tmp_path / "docs"
+    files = make_corpus(docs)
+    first = Services(settings, shared_embedder=counting_embedder)
+    try:
+        ingest_pdf_paths(first.pipeline, [str(docs)])
+        reference = {
+            r["external_id"]: r["n"]
+            for r in first.conn.execute(
+                "SELECT d.external_id, count(c.id) AS n FROM documents d JOIN chunks c ON c.document_id = d.id "
+                "GROUP BY d.external_id"
+            )
+        }
+    finally:
+        first.close()
+    # Two documents change in one batch; page 1 of the volcano file stays, so its chunk is kept, not embedded.
+    text_pdf(files["volcano"], [TOPICS["volcano"][0], "Calderas form when a magma chamber collapses."])
+    text_pdf(files["baking"], [TOPICS["baking"][0], "Brioche is enriched with butter and eggs."])
+    volcano = str(files["volcano"].resolve())
+
+    def remove_kept_chunk() -> None:
+        with psycopg.connect(database_url(settings), autocommit=True) as other:
+            gone = other.execute(
+                "DELETE FROM chunks WHERE chunk_index = 0 AND document_id = (SELECT id FROM documents WHERE uri = %s)",
+                (volcano,),
+            ).rowcount
+        assert gone == 1
+
+    writer = ConcurrentWriterEmbedder(counting_embedder, remove_kept_chunk)
+    svc = Services(settings, shared_embedder=writer)
+    try:
+        counts = ingest_pdf_paths(svc.pipeline, [str(docs)])
+        assert (counts.changed, counts.committed, counts.quarantined) == (2, 2, 0)
+        # The group commit failed as a whole (the volcano's kept chunk was gone): baking committed alone,
+        # the volcano embedded again in full and committed.
+        assert len(writer.calls) == 2
+        rows = svc.conn.execute(
+            "SELECT d.external_id, d.status, d.chunk_count, count(c.id) AS n FROM documents d "
+            "JOIN chunks c ON c.document_id = d.id GROUP BY d.id"
+        ).fetchall()
+        assert all(r["status"] == "committed" and r["chunk_count"] == r["n"] for r in rows)
+        assert {r["external_id"]: r["n"] for r in rows} == reference
+        hit = top(svc, "Hawaiian shield volcano basaltic lava of low viscosity")[0]
+        assert (hit.uri, hit.page) == (volcano, 1)
+    finally:
+        svc.close()

@@ -123,6 +123,88 @@ def test_commit_replaces_chunks_atomically(conn: Connection, embedder: Embedder)
     assert texts == ["alpha one", "alpha two changed"]
 
 
+def _version(name: str, texts: list[str]) -> store.DocumentCommit:
+    rows = [ChunkRow(chunk_id("s", name, i, t, "m"), i, 1, t, 10) for i, t in enumerate(texts)]
+    return store.DocumentCommit(_doc(name), rows)
+
+
+def _texts_by_document(conn: Connection) -> dict[str, list[str]]:
+    rows = conn.execute(
+        "SELECT d.external_id, c.text FROM chunks c JOIN documents d ON d.id = c.document_id "
+        "ORDER BY d.external_id, c.chunk_index"
+    ).fetchall()
+    conn.commit()
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        out.setdefault(r["external_id"], []).append(r["text"])
+    return out
+
+
+def test_group_commit_writes_each_version_whole_and_reports_in_the_callers_order(
+    conn: Connection, embedder: Embedder
+) -> None:
+    source_id = ledger.ensure_source(conn, "s", "pdf")
+    model_id = generations.register(conn, embedder.identity).id
+    batch = [
+        _version("zeta", ["zeta one", "zeta two"]),
+        _version("alpha", ["alpha one"]),
+        _version("mu", ["mu one", "mu two", "mu three"]),
+    ]
+    texts = [c.text for item in batch for c in item.chunks]
+    vectors = dict(zip([c.id for item in batch for c in item.chunks], embedder.embed(texts), strict=True))
+    done = store.commit_documents(conn, source_id, batch, vectors, model_id)
+    ids = {r["external_id"]: r["id"] for r in conn.execute("SELECT id, external_id FROM documents")}
+    assert [(c.document_id, c.written) for c in done] == [(ids["zeta"], 2), (ids["alpha"], 1), (ids["mu"], 3)]
+    assert _texts_by_document(conn) == {
+        "alpha": ["alpha one"],
+        "mu": ["mu one", "mu two", "mu three"],
+        "zeta": ["zeta one", "zeta two"],
+    }
+    counts = {
+        r["external_id"]: (r["status"], r["chunk_count"])
+        for r in conn.execute("SELECT external_id, status, chunk_count FROM documents")
+    }
+    assert counts == {"zeta": ("committed", 2), "alpha": ("committed", 1), "mu": ("committed", 3)}
+
+    # New versions: one chunk reused (not written again), one dropped, one new.
+    again = [
+        _version("mu", ["mu one", "mu four"]),
+        _version("zeta", ["zeta one", "zeta two"]),
+    ]
+    new = [c for c in again[0].chunks if c.text == "mu four"]
+    done = store.commit_documents(
+        conn, source_id, again, dict(zip([c.id for c in new], embedder.embed(["mu four"]), strict=True)), model_id
+    )
+    assert [c.written for c in done] == [1, 0]
+    assert _texts_by_document(conn)["mu"] == ["mu one", "mu four"]
+
+
+def test_a_stale_document_rolls_back_its_whole_batch_and_is_named(conn: Connection, embedder: Embedder) -> None:
+    source_id = ledger.ensure_source(conn, "s", "pdf")
+    model_id = generations.register(conn, embedder.identity).id
+    first = _version("a", ["alpha one"])
+    store.commit_documents(
+        conn, source_id, [first], dict(zip([first.chunks[0].id], embedder.embed(["alpha one"]), strict=True)), model_id
+    )
+    good = _version("b", ["beta one"])
+    # "a" claims its chunk "alpha zero" is stored (no vector given), but it is not: the batch must not commit "b"
+    stale = _version("a", ["alpha zero"])
+    with pytest.raises(store.StaleChunksError) as caught:
+        store.commit_documents(
+            conn,
+            source_id,
+            [good, stale],
+            dict(zip([good.chunks[0].id], embedder.embed(["beta one"]), strict=True)),
+            model_id,
+        )
+    assert caught.value.external_ids == ["a"]
+    assert _texts_by_document(conn) == {"a": ["alpha one"]}
+    assert conn.execute("SELECT count(*) AS n FROM documents WHERE external_id = 'b'").fetchone() == {"n": 0}
+
+    with pytest.raises(ValueError, match="twice"):
+        store.commit_documents(conn, source_id, [good, good], {}, model_id)
+
+
 def test_hybrid_search_puts_exact_phrases_first(conn: Connection, embedder: Embedder) -> None:
     source_id = ledger.ensure_source(conn, "s", "pdf")
     other = ledger.ensure_source(conn, "t", "pdf")
