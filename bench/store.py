@@ -236,6 +236,21 @@ class Bench:
             with self.conn.transaction():
                 self._copy("chunks", corpus, lo, min(stop, lo + self.args.batch))
 
+    def write_copy_without_full_text(self, corpus: Corpus, start: int, stop: int) -> None:
+        """What-if: the same COPY into a twin of ``chunks`` without the full-text column and its GIN index
+        (same primary key, document index and foreign key), to show what the full-text column costs a write."""
+        self.admin.execute("DROP TABLE IF EXISTS chunks_no_fts")
+        self.admin.execute("CREATE TABLE chunks_no_fts (LIKE chunks INCLUDING DEFAULTS)")
+        self.admin.execute("ALTER TABLE chunks_no_fts DROP COLUMN tsv, ADD PRIMARY KEY (id)")
+        self.admin.execute("ALTER TABLE chunks_no_fts ADD FOREIGN KEY (document_id) REFERENCES documents (id)")
+        self.admin.execute("CREATE INDEX ON chunks_no_fts (document_id, chunk_index)")
+        try:
+            for lo in range(start, stop, self.args.batch):
+                with self.conn.transaction():
+                    self._copy("chunks_no_fts", corpus, lo, min(stop, lo + self.args.batch))
+        finally:
+            self.admin.execute("DROP TABLE chunks_no_fts")
+
     def write_upsert(
         self, corpus: Corpus, start: int, stop: int, progress: Callable[[int, float], None] | None = None
     ) -> None:
@@ -357,6 +372,7 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
         ("executemany (pipelined)", bench.write_executemany),
         ("binary COPY", bench.write_copy),
         ("COPY to staging + upsert", bench.write_upsert),
+        ("binary COPY, what-if: the table without the full-text column", bench.write_copy_without_full_text),
     ):
         bench.truncate()
         methods[name] = timed(functools.partial(write, corpus, 0, n))
@@ -409,11 +425,13 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
     store_total = write_s + build_s
     copy_total = methods["binary COPY"] + build_s
     upsert_total = methods["COPY to staging + upsert"] + build_s
+    no_fts_total = methods["binary COPY, what-if: the table without the full-text column"] + build_s
     live_label = "measured" if live_rows == n else "extrapolated"
     for label, total in (
         ("store load + build", store_total),
         ("binary COPY + build", copy_total),
         ("staging upsert + build", upsert_total),
+        ("what-if: binary COPY without the full-text column + the same build", no_fts_total),
     ):
         bench.note(
             "4 acceptance A",
