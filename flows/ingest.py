@@ -102,7 +102,7 @@ def plan_pdf_changes(paths: list[str], source: str) -> dict[str, Any]:
 
 @task(name="ingest-pdf-documents", cache_policy=NO_CACHE)
 def ingest_pdf_documents(files: list[str], source: str) -> dict[str, int]:
-    """Parse, chunk, embed and commit a batch of PDFs, one transaction per document."""
+    """Parse, chunk, embed and commit a batch of PDFs (each document version atomically)."""
     svc = services()
     source_id = svc.pipeline.source_id(source, "pdf")
     connector = PdfConnector([], svc.settings.pdf)

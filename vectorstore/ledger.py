@@ -252,7 +252,8 @@ def mark_deleted(conn: Connection, document_ids: list[int], planned_at: datetime
     """Documents gone from their source lose their chunks; the ledger row stays for the audit trail.
 
     Rows are locked first and only those untouched since ``planned_at`` are deleted: a document committed
-    again by a concurrent run after the plan was made (it reappeared) keeps its chunks.
+    again by a concurrent run after the plan was made (it reappeared) keeps its chunks. They are locked in
+    the order group commits lock them (external id, code point order), so the two never deadlock.
     """
     if not document_ids:
         return 0
@@ -261,7 +262,7 @@ def mark_deleted(conn: Connection, document_ids: list[int], planned_at: datetime
             """
             SELECT id FROM documents
             WHERE id = ANY(%s) AND status <> 'deleted' AND updated_at <= %s
-            ORDER BY id FOR UPDATE
+            ORDER BY source_id, external_id COLLATE "C" FOR UPDATE
             """,
             (document_ids, planned_at),
         ).fetchall()

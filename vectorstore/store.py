@@ -112,7 +112,8 @@ def commit_documents(
     names = [i.doc.external_id for i in items]
     if len(set(names)) != len(names):
         raise ValueError("a batch holds the same document twice")
-    # Ledger rows are locked in external-id order: two batches never wait on each other in a cycle.
+    # Ledger rows are locked in external-id order (code point order, as ``ledger.mark_deleted`` locks them
+    # with COLLATE "C"): two writers never wait on each other in a cycle.
     ordered = sorted(items, key=lambda i: i.doc.external_id)
     with conn.transaction():
         ids = ledger.upsert_versions(conn, source_id, [i.doc for i in ordered])
