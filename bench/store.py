@@ -1,6 +1,7 @@
 """The vector store at N chunks (default 100k, 384 dims) on a fresh embedded Postgres, in one run: write methods
 without the index, the same upsert into the live HNSW index, the store's own load (deferred index, built
-after), 10k new chunks into the full store three ways, and search latency and recall (vector and halfvec).
+after), 10k new chunks into the full store three ways, search latency and recall (vector and halfvec), and
+the first comparison again on a store without the full-text column (``database.full_text: false``).
 
     python bench/store.py [--rows 100000] [--increment 10000] [--live-rows N] [--queries 100]
 
@@ -38,7 +39,7 @@ from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vectorstore import bulk, generations, indexing, ledger, store
+from vectorstore import bulk, generations, indexing, ledger, migrations, store
 from vectorstore.db import Connection, connect
 from vectorstore.embedded import embedded_url, stop_embedded
 from vectorstore.generations import Generation
@@ -528,6 +529,34 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
         f"{half_s:.1f} s, {bench.index_size() / 2**20:.0f} MiB (vector: {size / 2**20:.0f} MiB)",
     )
     search_phase(bench, queries, corpus, vectors[:n], "halfvec", exact_keys)
+
+    # 7. Acceptance A again on a store with `database.full_text: false` (no tsvector column, no GIN index):
+    #    the live upsert and the store's load + build, both without the full-text column.
+    bench.drop_index()
+    bench.truncate()
+    migrations.set_full_text(bench.conn, False)
+    bench.build()  # on the empty table: instant
+    live_nft = timed(lambda: bench.write_upsert(corpus, 0, live_rows, progress)) * n / live_rows
+    bench.note(
+        "7 full_text off",
+        "COPY to staging + upsert, HNSW live",
+        f"{n / live_nft:,.0f} rows/s ({live_nft:.1f} s for {n:,}, {live_label})",
+    )
+    bench.truncate()
+    bench.build()
+    load = IndexLoad(bench.conn, bench.gen, IndexOptions(), expected=n)
+    write_nft = timed(lambda: bench.write_documents(corpus, "doc-", 0, n, load))
+    strategy = load.strategy
+    build_nft = timed(load.finish)
+    bench.note("7 full_text off", f"group commit per {args.flush:,} chunks, strategy {strategy}", rate(n, write_nft))
+    total_nft = write_nft + build_nft
+    ratio = live_nft / total_nft
+    bench.note(
+        "7 full_text off",
+        f"acceptance A: store load + build ({write_nft:.1f} + {build_nft:.1f} s) vs live upsert ({live_nft:.0f} s)",
+        f"{total_nft:.1f} s: {ratio:.1f}x faster (>= 5x: {'PASS' if ratio >= 5 else 'FAIL'})",
+    )
+    migrations.set_full_text(bench.conn, True)
 
 
 def search_phase(

@@ -15,7 +15,7 @@ from flows.settings import RaglineSettings, database_url, load_settings
 from vectorstore import generations, store
 from vectorstore.db import Connection, DatabaseError, connect, open_pool
 from vectorstore.generations import Generation
-from vectorstore.migrations import migrate
+from vectorstore.migrations import migrate, set_full_text
 from vectorstore.settings import SearchSettings
 from vectorstore.store import SearchFilter, SearchHit
 
@@ -48,6 +48,7 @@ class Services:
             hnsw_m=self.settings.database.hnsw_m,
             hnsw_ef_construction=self.settings.database.hnsw_ef_construction,
         )
+        set_full_text(conn, self.settings.database.full_text)
         if self.settings.database.row_level_security:
             from vectorstore.tenancy import ensure_row_level_security
 

@@ -8,12 +8,15 @@ Append new migrations; never edit an applied one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
 
 from vectorstore.db import Connection, DatabaseError, first_line, register_pgvector
+
+log = logging.getLogger(__name__)
 
 _LOCK_KEY = 0x7261676C696E65  # "ragline"
 
@@ -122,6 +125,10 @@ def _v1_initial(conn: Connection, dim: int, m: int, ef_construction: int) -> Non
 def _v2_full_text(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
     """Full-text ranking for hybrid search: exact phrases (names, codes, quoted passages) that embeddings of a
     small model blur are found by their words."""
+    _add_full_text(conn)
+
+
+def _add_full_text(conn: Connection) -> None:
     conn.execute("ALTER TABLE chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED")
     conn.execute("CREATE INDEX chunks_tsv_gin ON chunks USING gin (tsv)")
 
@@ -180,6 +187,41 @@ def _v4_generations_tenants(conn: Connection, dim: int, m: int, ef_construction:
     )
     for row in conn.execute("SELECT id, dim FROM models WHERE state = 'active'").fetchall():
         conn.execute(index_ddl(row["id"], row["dim"], "vector", m, ef_construction))
+
+
+def full_text_present(conn: Connection) -> bool:
+    """Whether chunks carry the full-text column (``database.full_text``): hybrid search needs it."""
+    row = conn.execute(
+        """
+        SELECT EXISTS (SELECT 1 FROM pg_attribute
+                       WHERE attrelid = 'chunks'::regclass AND attname = 'tsv' AND NOT attisdropped) AS present
+        """
+    ).fetchone()
+    return bool(row and row["present"])
+
+
+def set_full_text(conn: Connection, enabled: bool) -> bool:
+    """Add or drop the full-text column and its GIN index (``database.full_text``); True if it changed.
+
+    The column costs every write: computing ``to_tsvector``, storing ~1 KB of tsvector per chunk and entering
+    the GIN index made a binary COPY 4.5x slower (5.2k vs 23.4k rows/s, docs/benchmarks.md). Stores searched
+    by vector only can go without. Dropping is instant; adding computes it for every stored chunk (the table is
+    rewritten under an exclusive lock), once.
+    """
+    conn.commit()  # a pending read would turn the block below into a savepoint that commits nothing
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        if full_text_present(conn) == enabled:
+            return False
+        if enabled:
+            row = conn.execute("SELECT count(*) AS n FROM chunks").fetchone()
+            log.info("adding the full-text column to %s chunks (the table is rewritten once)", row["n"] if row else 0)
+            _add_full_text(conn)
+        else:
+            log.info("dropping the full-text column and index: searches rank by vector only")
+            conn.execute("DROP INDEX IF EXISTS chunks_tsv_gin")
+            conn.execute("ALTER TABLE chunks DROP COLUMN tsv")
+    return True
 
 
 def index_name(model_id: int) -> str:

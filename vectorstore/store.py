@@ -20,6 +20,7 @@ from vectorstore import generations, ledger
 from vectorstore.db import Connection
 from vectorstore.generations import Generation
 from vectorstore.ledger import DocumentVersion
+from vectorstore.migrations import full_text_present
 from vectorstore.settings import SearchSettings
 
 
@@ -378,10 +379,11 @@ def search(
 
     Vector mode: nearest by cosine, through the generation's HNSW index, or an exact scan when the
     generation is small or has no index (a large load is running without it). Hybrid mode (the default,
-    when ``text`` is given): chunks holding the query as a phrase come first (score above 1, ordered by
-    cosine), then the cosine ranking and a full-text ranking (all words, or any word when too few chunks hold
-    all) are fused by reciprocal rank fusion. A small embedding model blurs exact wording (names, commands,
-    quoted passages); the words find it. Measured on real manuals: bench/known_item.py, docs/benchmarks.md.
+    when ``text`` is given and the store keeps its full-text column): chunks holding the query as a phrase
+    come first (score above 1, ordered by cosine), then the cosine ranking and a full-text ranking (all
+    words, or any word when too few chunks hold all) are fused by reciprocal rank fusion. A small embedding
+    model blurs exact wording (names, commands, quoted passages); the words find it. Measured on real
+    manuals: bench/known_item.py, docs/benchmarks.md.
 
     With ``row_level_security`` and a tenant, the queries run as role ragline_tenant under Postgres policies
     that only show that tenant's rows, whatever the SQL says.
@@ -390,17 +392,17 @@ def search(
     where = where or SearchFilter()
     if source is not None:
         where = SearchFilter(source=source, tenant=where.tenant, metadata=where.metadata)
-    hybrid = settings.mode == "hybrid" and bool(text and text.strip())
-    n = max(k, settings.candidates) if hybrid else k
     params: dict[str, Any] = {
         "q": vector,
-        "n": n,
         "source": where.source,
         "tenant": where.tenant,
         "meta": Jsonb(where.metadata) if where.metadata else None,
         "text": text,
     }
     with conn.transaction():
+        # Hybrid needs the full-text column; a store without it (database.full_text off) ranks by vector.
+        hybrid = settings.mode == "hybrid" and bool(text and text.strip()) and full_text_present(conn)
+        n = params["n"] = max(k, settings.candidates) if hybrid else k
         gen = generation or generations.active(conn)
         if gen is None:
             return []

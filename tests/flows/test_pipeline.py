@@ -382,3 +382,22 @@ def test_a_batch_whose_kept_chunk_vanished_commits_one_document_at_a_time(
         assert (hit.uri, hit.page) == (volcano, 1)
     finally:
         svc.close()
+
+
+def test_a_store_configured_without_full_text_ingests_and_searches_by_vector(
+    tmp_path: Path, settings: RaglineSettings, counting_embedder: CountingEmbedder
+) -> None:
+    files = make_corpus(tmp_path / "docs")
+    settings.database.full_text = False
+    svc = Services(settings, shared_embedder=counting_embedder)
+    try:
+        counts = ingest_pdf_paths(svc.pipeline, [str(tmp_path / "docs")])
+        assert (counts.committed, counts.quarantined) == (3, 0)
+        column = svc.conn.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = 'chunks'::regclass AND attname = 'tsv' AND NOT attisdropped"
+        ).fetchone()
+        assert column is None
+        hit = top(svc, "a teaspoon of neutron star matter weighs billions of tonnes")[0]
+        assert Path(hit.uri) == files["astronomy"].resolve()
+    finally:
+        svc.close()

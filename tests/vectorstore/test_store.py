@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embedding.model import Embedder
-from vectorstore import generations, ledger, store
+from vectorstore import generations, ledger, migrations, store
 from vectorstore.db import Connection, DatabaseError, connect
 from vectorstore.ids import chunk_id
 from vectorstore.ledger import DocumentVersion
@@ -203,6 +203,37 @@ def test_a_stale_document_rolls_back_its_whole_batch_and_is_named(conn: Connecti
 
     with pytest.raises(ValueError, match="twice"):
         store.commit_documents(conn, source_id, [good, good], {}, model_id)
+
+
+def test_the_full_text_column_can_be_dropped_and_added_back(conn: Connection, embedder: Embedder) -> None:
+    source_id = ledger.ensure_source(conn, "s", "pdf")
+    _commit(conn, embedder, source_id, "ops", ["Error E1234: the flux capacitor overheated during the warp test."])
+    _commit(conn, embedder, source_id, "cats", ["Cats sleep for most of the day and hunt at dusk."])
+    query = "flux capacitor overheated during the warp"
+    vector = embedder.embed([query])[0]
+
+    def indexes() -> set[str]:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'chunks'").fetchall()
+        conn.commit()
+        return {r["indexname"] for r in rows}
+
+    assert migrations.full_text_present(conn) and "chunks_tsv_gin" in indexes()
+    assert migrations.set_full_text(conn, False) is True
+    assert not migrations.full_text_present(conn) and "chunks_tsv_gin" not in indexes()
+    assert migrations.set_full_text(conn, False) is False  # already off
+    # Without the column, hybrid requests rank by vector: scores are cosine similarities, nothing is lost.
+    hits = store.search(conn, vector, 3, text=query)
+    assert [h.uri for h in hits] == ["ops", "cats"]
+    assert hits[0].score == pytest.approx(hits[0].similarity)
+    assert hits[0].score < 1.0
+    _commit(conn, embedder, source_id, "dogs", ["Dogs bark at the postman."])  # writes go on without it
+
+    assert migrations.set_full_text(conn, True) is True
+    assert "chunks_tsv_gin" in indexes()
+    missing = conn.execute("SELECT count(*) AS n FROM chunks WHERE tsv IS NULL").fetchone()
+    assert missing == {"n": 0}  # computed for the chunks written while it was off
+    hits = store.search(conn, vector, 3, text=query)
+    assert hits[0].uri == "ops" and hits[0].score > 1.0  # the phrase ranking is back
 
 
 def test_hybrid_search_puts_exact_phrases_first(conn: Connection, embedder: Embedder) -> None:
