@@ -204,9 +204,9 @@ def set_full_text(conn: Connection, enabled: bool) -> bool:
     """Add or drop the full-text column and its GIN index (``database.full_text``); True if it changed.
 
     The column costs every write: computing ``to_tsvector``, storing ~1 KB of tsvector per chunk and entering
-    the GIN index made a binary COPY 4.5x slower (5.2k vs 23.4k rows/s, docs/benchmarks.md). Stores searched
-    by vector only can go without. Dropping is instant; adding computes it for every stored chunk (the table is
-    rewritten under an exclusive lock), once.
+    the GIN index made a binary COPY 4-4.5x slower and the store's own bulk load 2x slower
+    (docs/benchmarks.md). Stores searched by vector only can go without. Dropping is instant; adding computes
+    it for every stored chunk (the table is rewritten under an exclusive lock), once.
     """
     conn.commit()  # a pending read would turn the block below into a savepoint that commits nothing
     with conn.transaction():

@@ -40,8 +40,8 @@ class DatabaseSettings(BaseModel):
     full_text: bool = Field(
         default=True,
         description="The full-text column and GIN index behind hybrid search. Off: searches rank by vector only "
-        "and writes are cheaper (a binary COPY ran 4.5x faster without it); switching it on later computes it "
-        "for every stored chunk once.",
+        "and writes are cheaper (the store's bulk load ran 2x faster without it); switching it on later "
+        "computes it for every stored chunk once.",
     )
     row_level_security: bool = Field(
         default=False,
