@@ -124,13 +124,17 @@ ON CONFLICT (source_id, external_id) DO UPDATE SET updated_at = now()
 RETURNING id
 """
 
-_MARK_COMMITTED = """
-UPDATE documents SET
-    uri = %s, title = %s, content_hash = %s, committed_hash = %s, fingerprint = %s,
-    status = 'committed', attempts = 0, error_reason = NULL, last_error = NULL, retry_after = NULL,
-    chunk_count = %s, page_count = %s, metadata = %s, source_modified_at = %s,
-    updated_at = now(), committed_at = now()
-WHERE id = %s
+_COMMIT_VERSION = """
+INSERT INTO documents (source_id, external_id, uri, title, content_hash, committed_hash, fingerprint, status,
+                       chunk_count, page_count, metadata, source_modified_at, tenant, committed_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, 'committed', %s, %s, %s, %s, (SELECT tenant FROM sources WHERE id = %s), now())
+ON CONFLICT (source_id, external_id) DO UPDATE SET
+    uri = EXCLUDED.uri, title = EXCLUDED.title, content_hash = EXCLUDED.content_hash,
+    committed_hash = EXCLUDED.committed_hash, fingerprint = EXCLUDED.fingerprint, status = 'committed',
+    attempts = 0, error_reason = NULL, last_error = NULL, retry_after = NULL, chunk_count = EXCLUDED.chunk_count,
+    page_count = EXCLUDED.page_count, metadata = EXCLUDED.metadata,
+    source_modified_at = EXCLUDED.source_modified_at, updated_at = now(), committed_at = now()
+RETURNING id, tenant
 """
 
 
@@ -160,43 +164,44 @@ def upsert_version(conn: Connection, source_id: int, doc: DocumentVersion) -> in
     return int(row["id"])
 
 
-def upsert_versions(conn: Connection, source_id: int, docs: Sequence[DocumentVersion]) -> list[int]:
-    """``upsert_version`` for several documents in one round trip (pipelined); ids in the order of ``docs``.
-    Callers lock in a stable order (sorted external ids) so two batches never wait on each other in a cycle."""
-    if not docs:
+def commit_versions(
+    conn: Connection, source_id: int, versions: Sequence[tuple[DocumentVersion, int]]
+) -> list[tuple[int, str]]:
+    """Write (version, chunk count) pairs as committed, locking their rows, inside the caller's transaction,
+    which must write the chunks before it commits; returns (document id, tenant) in the order given.
+
+    One pipelined round trip for the batch, one row version per document. Rows are locked in the order given:
+    callers sort by external id (code point order) so two writers never wait on each other in a cycle.
+    """
+    if not versions:
         return []
-    ids: list[int] = []
+    params = [
+        (
+            source_id,
+            doc.external_id,
+            doc.uri,
+            doc.title,
+            doc.content_hash,
+            doc.content_hash,
+            doc.fingerprint,
+            chunk_count,
+            doc.page_count,
+            Jsonb(doc.metadata or {}),
+            doc.source_modified_at,
+            source_id,
+        )
+        for doc, chunk_count in versions
+    ]
+    out: list[tuple[int, str]] = []
     with conn.cursor() as cur:
-        cur.executemany(_UPSERT_VERSION, [_version_params(source_id, d) for d in docs], returning=True)
+        cur.executemany(_COMMIT_VERSION, params, returning=True)
         while True:
             row = cur.fetchone()
             assert row is not None
-            ids.append(int(row["id"]))
+            out.append((int(row["id"]), str(row["tenant"])))
             if not cur.nextset():
                 break
-    return ids
-
-
-def _committed_params(document_id: int, doc: DocumentVersion, chunk_count: int) -> tuple[Any, ...]:
-    return (
-        doc.uri,
-        doc.title,
-        doc.content_hash,
-        doc.content_hash,
-        doc.fingerprint,
-        chunk_count,
-        doc.page_count,
-        Jsonb(doc.metadata or {}),
-        doc.source_modified_at,
-        document_id,
-    )
-
-
-def mark_committed(conn: Connection, committed: Sequence[tuple[int, DocumentVersion, int]]) -> None:
-    """Mark (document id, version, chunk count) triples committed, pipelined; inside the caller's transaction."""
-    if committed:
-        with conn.cursor() as cur:
-            cur.executemany(_MARK_COMMITTED, [_committed_params(i, d, n) for i, d, n in committed])
+    return out
 
 
 def quarantine(
