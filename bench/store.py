@@ -306,6 +306,16 @@ class Bench:
                 load.observe(hi - lo, time.perf_counter() - started)
         return live
 
+    def store_load(self, corpus: Corpus, n: int) -> tuple[float, float, bulk.Strategy]:
+        """The store's load of the base ``n`` chunks into an emptied table, under an ``IndexLoad`` told the size
+        (it drops the index and builds it after): (write seconds, build seconds, strategy)."""
+        self.truncate()
+        self.build()  # on the empty table: instant
+        load = IndexLoad(self.conn, self.gen, IndexOptions(), expected=n)
+        write_s = timed(lambda: self.write_documents(corpus, "doc-", 0, n, load))
+        strategy = load.strategy
+        return write_s, timed(load.finish), strategy
+
     def forget_increment(self, prefix: str) -> None:
         """Back to the base state: the increment's documents (and chunks) gone, vacuumed, the index built anew
         over the base rows, so each variant starts from the same table and the same kind of graph."""
@@ -410,12 +420,7 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
 
     # 3. The store's own load into an empty store: commit_documents per flush under an IndexLoad told the
     #    size, which drops the index and builds it after (maintenance_work_mem 1GB).
-    bench.truncate()
-    bench.build()
-    load = IndexLoad(bench.conn, bench.gen, IndexOptions(), expected=n)
-    write_s = timed(lambda: bench.write_documents(corpus, "doc-", 0, n, load))
-    strategy = load.strategy
-    build_s = timed(load.finish)
+    write_s, build_s, strategy = bench.store_load(corpus, n)
     size = bench.index_size()
     bench.note("3 store load", f"group commit per {args.flush:,} chunks, strategy {strategy}", rate(n, write_s))
     bench.note(
@@ -542,12 +547,7 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
         "COPY to staging + upsert, HNSW live",
         f"{n / live_nft:,.0f} rows/s ({live_nft:.1f} s for {n:,}, {live_label})",
     )
-    bench.truncate()
-    bench.build()
-    load = IndexLoad(bench.conn, bench.gen, IndexOptions(), expected=n)
-    write_nft = timed(lambda: bench.write_documents(corpus, "doc-", 0, n, load))
-    strategy = load.strategy
-    build_nft = timed(load.finish)
+    write_nft, build_nft, strategy = bench.store_load(corpus, n)
     bench.note("7 full_text off", f"group commit per {args.flush:,} chunks, strategy {strategy}", rate(n, write_nft))
     total_nft = write_nft + build_nft
     ratio = live_nft / total_nft
