@@ -25,7 +25,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ from psycopg.types.json import Jsonb
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vectorstore import bulk, generations, indexing, ledger, migrations, store
-from vectorstore.db import Connection, connect
+from vectorstore.db import Connection, connect, register_pgvector
 from vectorstore.embedded import embedded_url, stop_embedded
 from vectorstore.generations import Generation
 from vectorstore.indexing import IndexLoad, IndexOptions
@@ -49,6 +51,7 @@ from vectorstore.migrations import index_name, migrate
 from vectorstore.runs import pid_alive
 from vectorstore.settings import SearchSettings
 from vectorstore.store import ChunkRow, SearchFilter
+from vectorstore.writers import Writers, Written
 
 Vectors = npt.NDArray[np.float32]
 
@@ -177,9 +180,20 @@ class Bench:
         self.source_id = ledger.ensure_source(self.conn, SOURCE, "pdf")
         self.results: list[tuple[str, str, str]] = []
 
+        def open_writer() -> Connection:
+            conn = connect(url)
+            register_pgvector(conn)
+            return conn
+
+        self.writers = Writers(open_writer, args.writers) if args.writers else None
+
     def note(self, phase: str, what: str, figure: str) -> None:
         self.results.append((phase, what, figure))
         print(f"[{phase}] {what}: {figure}", flush=True)
+
+    @property
+    def how(self) -> str:
+        return f"{self.writers.count} background writers" if self.writers else "one connection"
 
     def setting(self, name: str) -> str:
         row = self.admin.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
@@ -266,15 +280,32 @@ class Bench:
                 progress(hi - start, time.perf_counter() - started)
 
     def write_documents(
-        self, corpus: Corpus, prefix: str, start: int, stop: int, load: IndexLoad | None, *, group: bool = True
+        self,
+        corpus: Corpus,
+        prefix: str,
+        start: int,
+        stop: int,
+        load: IndexLoad | None,
+        *,
+        group: bool = True,
+        background: bool = True,
     ) -> int:
         """The pipeline's path: flushes of --flush chunks that an ``IndexLoad`` oversees, each committed by
-        ``store.commit_documents`` in one transaction (ledger rows, stale chunks removed, one binary COPY), or
-        with ``group=False`` by ``store.commit_document`` in one transaction per document (the path before
-        group commit).
+        ``store.commit_documents`` in one transaction (ledger rows, stale chunks removed, one binary COPY) on
+        one of --writers background connections, at most that many in flight, as ``Pipeline`` does; with
+        ``background=False`` (or --writers 0) on the bench's own connection; with ``group=False`` by
+        ``store.commit_document`` in one transaction per document (the path before group commit).
         Documents are numbered from ``start``: ``prefix`` + 0, 1, ... Returns the rows the load wrote live
         (an ``IndexLoad`` may start live and switch to deferred as the load grows)."""
         live = 0
+        writers = self.writers if group and background else None
+        inflight: deque[tuple[int, Future[Written]]] = deque()
+
+        def settle(rows: int, future: Future[Written]) -> None:
+            seconds = future.result().seconds
+            if load is not None:
+                load.observe(rows, seconds)
+
         for lo in range(start, stop, self.args.flush):
             hi = min(stop, lo + self.args.flush)
             if load is not None and load.before_write(hi - lo) is bulk.Strategy.LIVE:
@@ -297,6 +328,11 @@ class Bench:
                 )
                 vectors.update({chunk_id(i): corpus.vectors[i] for i in range(first, last)})
                 items.append(store.DocumentCommit(doc, rows))
+            if writers is not None:
+                inflight.append((hi - lo, writers.submit(self.source_id, items, vectors, self.gen.id)))
+                while len(inflight) > writers.count:
+                    settle(*inflight.popleft())
+                continue
             if group:
                 store.commit_documents(self.conn, self.source_id, items, vectors, self.gen.id)
             else:
@@ -304,6 +340,8 @@ class Bench:
                     store.commit_document(self.conn, self.source_id, item.doc, item.chunks, vectors, self.gen.id)
             if load is not None:
                 load.observe(hi - lo, time.perf_counter() - started)
+        while inflight:
+            settle(*inflight.popleft())
         return live
 
     def store_load(self, corpus: Corpus, n: int) -> tuple[float, float, bulk.Strategy]:
@@ -393,9 +431,21 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
     per_doc = timed(lambda: bench.write_documents(corpus, "doc-", 0, n, None, group=False))
     bench.note("1 no index", "the store, one transaction per document (commit_document)", rate(n, per_doc))
     bench.truncate()  # the ledger rows stay (same ids): the next writer updates them
-    grouped = timed(lambda: bench.write_documents(corpus, "doc-", 0, n, None))
-    bench.note("1 no index", f"the store, group commit per {args.flush:,} chunks (commit_documents)", rate(n, grouped))
+    grouped = timed(lambda: bench.write_documents(corpus, "doc-", 0, n, None, background=False))
+    bench.note(
+        "1 no index",
+        f"the store, group commit per {args.flush:,} chunks (commit_documents) on one connection",
+        rate(n, grouped),
+    )
     bench.note("1 no index", "group commit vs one transaction per document", f"{per_doc / grouped:.2f}x faster")
+    if bench.writers is not None:
+        bench.truncate()
+        spread = timed(lambda: bench.write_documents(corpus, "doc-", 0, n, None))
+        bench.note(
+            "1 no index",
+            f"the store, group commit on {bench.writers.count} background writers (database.writers)",
+            rate(n, spread) + f": {grouped / spread:.2f}x one connection",
+        )
 
     # 2. The same upsert into the table with its live HNSW index, from empty.
     bench.truncate()
@@ -422,7 +472,9 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
     #    size, which drops the index and builds it after (maintenance_work_mem 1GB).
     write_s, build_s, strategy = bench.store_load(corpus, n)
     size = bench.index_size()
-    bench.note("3 store load", f"group commit per {args.flush:,} chunks, strategy {strategy}", rate(n, write_s))
+    bench.note(
+        "3 store load", f"group commit per {args.flush:,} chunks, {bench.how}, strategy {strategy}", rate(n, write_s)
+    )
     bench.note(
         "3 store load",
         "HNSW build after the load (m=16, ef_construction=64)",
@@ -548,7 +600,11 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
         f"{n / live_nft:,.0f} rows/s ({live_nft:.1f} s for {n:,}, {live_label})",
     )
     write_nft, build_nft, strategy = bench.store_load(corpus, n)
-    bench.note("7 full_text off", f"group commit per {args.flush:,} chunks, strategy {strategy}", rate(n, write_nft))
+    bench.note(
+        "7 full_text off",
+        f"group commit per {args.flush:,} chunks, {bench.how}, strategy {strategy}",
+        rate(n, write_nft),
+    )
     total_nft = write_nft + build_nft
     ratio = live_nft / total_nft
     bench.note(
@@ -630,6 +686,9 @@ def main() -> None:
         default=260,
         help="chunks per pipeline flush (the pipeline flushes at >= 256: 13 documents)",
     )
+    ap.add_argument(
+        "--writers", type=int, default=2, help="background connections of the store's writes (database.writers)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.rows % CHUNKS_PER_DOC or args.increment % CHUNKS_PER_DOC or args.flush % CHUNKS_PER_DOC:
@@ -641,6 +700,8 @@ def main() -> None:
         try:
             bench = Bench(url, args)
             run(bench, args)
+            if bench.writers is not None:
+                bench.writers.close()
             bench.conn.close()
             bench.admin.close()
         finally:

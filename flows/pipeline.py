@@ -1,8 +1,10 @@
 """The ingestion core, free of Prefect: plan against the ledger, then parse, chunk, embed and commit.
 
 Documents are embedded in batches that span documents (one big ``encode`` is cheaper than many small ones)
-but committed one by one, each in its own transaction, so a crash loses at most the batch in flight and a
-re-run finishes it.
+and each batch is committed in one transaction (a group commit), every document version whole or absent, so
+a crash loses at most the batches in flight and a re-run finishes them. With ``Writers`` the commits run on
+connections of their own while the next batch is parsed and embedded; ``ingest`` returns only once every
+batch it began is settled, so a cursor saved after it never runs ahead of the rows.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -31,6 +35,7 @@ from vectorstore.ids import chunk_id
 from vectorstore.indexing import IndexLoad, IndexOptions
 from vectorstore.ledger import Decision, DocumentVersion, Fingerprints
 from vectorstore.store import ChunkRow
+from vectorstore.writers import Writers, Written
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +145,19 @@ class _Prepared:
     missing: list[ChunkRow]
 
 
+@dataclass
+class _InFlight:
+    """A batch handed to a writer: its documents stay claimed until it is settled."""
+
+    source_id: int
+    pending: list[_Prepared]
+    vectors: dict[uuid.UUID, np.ndarray]
+    model_id: int
+    counts: Counts
+    progress: Progress | None
+    future: Future[Written]
+
+
 def claim_key(source_id: int, external_id: str) -> int:
     """The advisory lock of one document: a 64-bit hash, so concurrent runs agree on it without a table."""
     digest = hashlib.sha256(f"{source_id}\x1f{external_id}".encode()).digest()
@@ -152,12 +170,19 @@ class Pipeline:
     Concurrent runs over the same documents (several workers on one source set) claim each document with a
     session advisory lock before parsing it and re-read its ledger row once claimed: a document is processed
     by one run, the others skip it, and a run that dies releases its claims with its connection.
+
+    With ``writers``, batches of a run-wide load (``begin_load``) are committed in the background, at most
+    ``writers.count`` waiting or being written while the next is prepared; without, on ``conn``.
     """
 
-    def __init__(self, conn: Connection, settings: RaglineSettings, embedder: TextEmbedder) -> None:
+    def __init__(
+        self, conn: Connection, settings: RaglineSettings, embedder: TextEmbedder, writers: Writers | None = None
+    ) -> None:
         self.conn = conn
         self.settings = settings
         self.embedder = embedder
+        self.writers = writers
+        self._inflight: deque[_InFlight] = deque()
         self.fingerprints = pipeline_fingerprints(settings, embedder)
         self.index_options = IndexOptions.from_settings(settings.database)
         self._generation: Generation | None = None
@@ -243,6 +268,13 @@ class Pipeline:
         contended: list[SourceDocument] = []
         try:
             for source_doc in documents:
+                # Listed twice (paging over records that change meanwhile): its earlier batch is committed
+                # first, and the second sight finds it done.
+                if any(p.doc.external_id == source_doc.external_id for p in pending):
+                    self._flush(source_id, pending, counts, progress)
+                    pending, pending_chunks = [], 0
+                if self._in_flight(source_id, source_doc.external_id):
+                    self._drain()
                 if not self._claim(source_id, source_doc, wait=False):
                     contended.append(source_doc)
                     continue
@@ -258,6 +290,7 @@ class Pipeline:
                     self._flush(source_id, pending, counts, progress)
                     pending, pending_chunks = [], 0
             self._flush(source_id, pending, counts, progress)
+            self._drain()
             for source_doc in contended:  # one at a time: never wait while holding another claim
                 self._claim(source_id, source_doc, wait=True)
                 if not self._still_due(source_id, source_doc, counts):
@@ -265,8 +298,10 @@ class Pipeline:
                 prepared = self._prepare(source_id, source_name, source_doc, counts, progress)
                 if prepared is not None:
                     self._flush(source_id, [prepared], counts, progress)
+                    self._drain()
                 self._release(source_id, [source_doc.external_id])
         finally:
+            self._abandon()  # batches an error left in flight: waited for, never half-settled
             self._release_all()  # whatever an error left claimed
         return counts
 
@@ -407,26 +442,81 @@ class Pipeline:
         # Without a load begun for the whole run, this batch is a load of its own: a long-lived process (the
         # trigger endpoint) must never leave an index dropped for a load nobody finishes.
         scoped = self._load is None
+        submitted = False
         try:
             vectors = self._embed([r for p in pending for r in p.missing], counts)
             model_id = self.model_id()
             load = self.begin_load()
             load.before_write(sum(len(p.missing) for p in pending))
+            if self.writers is not None and not scoped:
+                items = [store.DocumentCommit(p.doc, p.rows) for p in pending]
+                future = self.writers.submit(source_id, items, vectors, model_id)
+                self._inflight.append(_InFlight(source_id, pending, vectors, model_id, counts, progress, future))
+                submitted = True
+                while len(self._inflight) > self.writers.count:
+                    self._settle(self._inflight.popleft())
+                return
             started = time.perf_counter()
             written = self._commit(source_id, pending, vectors, model_id, counts)
-            for p, n in zip(pending, written, strict=True):
-                self._release(source_id, [p.doc.external_id])
-                counts.committed += 1
-                counts.chunks_written += n
-                counts.chunks_reused += len(p.rows) - n
-                if progress:
-                    progress("committed", p.doc.external_id)
-            rows = sum(written)
-            load.observe(rows, time.perf_counter() - started)
+            self._committed(source_id, pending, written, counts, progress)
+            load.observe(sum(written), time.perf_counter() - started)
         finally:
-            self._release(source_id, [p.doc.external_id for p in pending])  # no-op for released ones
+            if not submitted:
+                self._release(source_id, [p.doc.external_id for p in pending])  # no-op for released ones
             if scoped and not self.conn.closed:
                 self.finish_quietly()
+
+    def _committed(
+        self, source_id: int, pending: list[_Prepared], written: list[int], counts: Counts, progress: Progress | None
+    ) -> None:
+        for p, n in zip(pending, written, strict=True):
+            self._release(source_id, [p.doc.external_id])
+            counts.committed += 1
+            counts.chunks_written += n
+            counts.chunks_reused += len(p.rows) - n
+            if progress:
+                progress("committed", p.doc.external_id)
+
+    def _in_flight(self, source_id: int, external_id: str) -> bool:
+        return any(
+            f.source_id == source_id and any(p.doc.external_id == external_id for p in f.pending)
+            for f in self._inflight
+        )
+
+    def _settle(self, flight: _InFlight) -> None:
+        """Wait for a background batch; if its group commit failed, commit it here one document at a time
+        (as ``_commit`` does). Its documents are released either way."""
+        try:
+            try:
+                done = flight.future.result()
+                written, seconds = [c.written for c in done.committed], done.seconds
+            except (store.StaleChunksError, psycopg.Error) as err:
+                log.info("group commit of %d documents failed (%s): one at a time", len(flight.pending), err)
+                started = time.perf_counter()
+                written = self._commit_each(
+                    flight.source_id, flight.pending, flight.vectors, flight.model_id, flight.counts
+                )
+                seconds = time.perf_counter() - started
+            self._committed(flight.source_id, flight.pending, written, flight.counts, flight.progress)
+            if self._load is not None:
+                self._load.observe(sum(written), seconds)
+        finally:
+            self._release(flight.source_id, [p.doc.external_id for p in flight.pending])
+
+    def _drain(self) -> None:
+        """Settle every batch in flight, oldest first."""
+        while self._inflight:
+            self._settle(self._inflight.popleft())
+
+    def _abandon(self) -> None:
+        """On the way out of an error: wait for the batches in flight (committed or not, as their futures
+        say), so nothing is still being written once ``ingest`` has returned."""
+        while self._inflight:
+            flight = self._inflight.popleft()
+            try:
+                flight.future.result()
+            except Exception:  # the error already on its way out is the one raised
+                log.warning("a background commit of %d documents failed", len(flight.pending), exc_info=True)
 
     def _commit(
         self,
@@ -448,6 +538,18 @@ class Pipeline:
             if self.conn.closed or (len(pending) == 1 and not isinstance(err, store.StaleChunksError)):
                 raise
             log.info("group commit of %d documents failed (%s): one at a time", len(pending), err)
+        return self._commit_each(source_id, pending, vectors, model_id, counts)
+
+    def _commit_each(
+        self,
+        source_id: int,
+        pending: list[_Prepared],
+        vectors: dict[uuid.UUID, np.ndarray],
+        model_id: int,
+        counts: Counts,
+    ) -> list[int]:
+        """One transaction per document on this pipeline's connection: a document whose chunks a concurrent
+        writer removed is embedded whole and committed again."""
         written: list[int] = []
         for p in pending:
             one = [store.DocumentCommit(p.doc, p.rows)]

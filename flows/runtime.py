@@ -13,11 +13,12 @@ from embedding.pool import EmbeddingPool
 from flows.pipeline import Pipeline
 from flows.settings import RaglineSettings, database_url, load_settings
 from vectorstore import generations, store
-from vectorstore.db import Connection, DatabaseError, connect, open_pool
+from vectorstore.db import Connection, DatabaseError, connect, open_pool, register_pgvector
 from vectorstore.generations import Generation
 from vectorstore.migrations import migrate, set_full_text
 from vectorstore.settings import SearchSettings
 from vectorstore.store import SearchFilter, SearchHit
+from vectorstore.writers import Writers
 
 
 @dataclass
@@ -57,7 +58,23 @@ class Services:
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        return Pipeline(self.conn, self.settings, self.embedder)
+        return Pipeline(self.conn, self.settings, self.embedder, self.writers)
+
+    @cached_property
+    def writers(self) -> Writers | None:
+        """The pipeline's background committers (``database.writers``), connecting on first use."""
+        _ = self.conn  # migrated first: the writers' connections need pgvector's types
+        database = self.settings.database
+        if database.writers == 0:
+            return None
+        url = database_url(self.settings)
+
+        def open_writer() -> Connection:
+            conn = connect(url, connect_timeout=database.connect_timeout)
+            register_pgvector(conn)
+            return conn
+
+        return Writers(open_writer, database.writers)
 
     @cached_property
     def pool(self) -> ConnectionPool[Connection]:
@@ -112,6 +129,9 @@ class Services:
         pipeline = self.__dict__.get("pipeline")
         if pipeline is not None and "conn" in self.__dict__ and not self.conn.closed:
             pipeline.finish_quietly()
+        writers = self.__dict__.pop("writers", None)
+        if writers is not None:
+            writers.close()
         pool = self.__dict__.pop("pool", None)
         if pool is not None:
             pool.close()

@@ -31,6 +31,14 @@ class DatabaseSettings(BaseModel):
     parallel_maintenance_workers: int | None = Field(
         default=None, ge=0, le=64, description="Parallel workers of an index build (unset: the server's setting)."
     )
+    writers: int = Field(
+        default=2,
+        ge=0,
+        le=32,
+        description="Connections that commit an ingest's batches in the background while the next batch is "
+        "parsed and embedded; several also spread the server's per-row work over cores (the store's bulk "
+        "load ran ~1.8x faster with 2 than on one, docs/benchmarks.md). 0: commit on the pipeline's own.",
+    )
     bulk_min_rows: int = Field(
         default=1000,
         ge=0,

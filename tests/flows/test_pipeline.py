@@ -11,12 +11,15 @@ import numpy as np
 import psycopg
 import pytest
 
-from flows.pipeline import Counts, ingest_pdf_paths
+from connectors.pdf import PdfConnector
+from flows.pipeline import Counts, Pipeline, ingest_pdf_paths
 from flows.runtime import Services
 from flows.settings import RaglineSettings, database_url, load_settings
-from tests.conftest import CountingEmbedder, fresh_database
+from tests.conftest import CountingEmbedder, committed_documents, fresh_database
 from tests.pdfgen import encrypted_pdf, image_only_pdf, not_a_pdf, text_pdf, truncated_pdf
 from vectorstore import ledger, store
+from vectorstore.db import Connection, DatabaseError, connect
+from vectorstore.writers import Writers
 
 TOPICS = {
     "volcano": [
@@ -401,3 +404,90 @@ def test_a_store_configured_without_full_text_ingests_and_searches_by_vector(
         assert Path(hit.uri) == files["astronomy"].resolve()
     finally:
         svc.close()
+
+
+def _advisory_locks(svc: Services) -> int:
+    row = svc.conn.execute(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    ).fetchone()
+    svc.conn.commit()
+    return int(row["n"]) if row else -1
+
+
+def test_background_writers_commit_every_batch_before_ingest_returns(
+    tmp_path: Path, settings: RaglineSettings, counting_embedder: CountingEmbedder
+) -> None:
+    docs = tmp_path / "docs"
+    make_corpus(docs)
+    for i in range(5):
+        text_pdf(docs / f"extra{i}.pdf", [f"Note {i} on lava: " + TOPICS["volcano"][0], TOPICS["baking"][1]])
+    settings.batch_chunks = 1  # a batch per document: several in flight at once
+    assert settings.database.writers == 2
+    svc = Services(settings, shared_embedder=counting_embedder)
+    try:
+        committed: list[str] = []
+        source_id = svc.pipeline.source_id("pdf", "pdf")
+        planned = svc.pipeline.plan(source_id, PdfConnector([docs], settings.pdf).iter_documents(), lambda _: True)
+        svc.pipeline.begin_load()
+        counts = svc.pipeline.ingest(source_id, "pdf", planned.work, lambda event, _: committed.append(event))
+        svc.pipeline.finish_load()
+        # Returned only once every batch was settled: all there, counted, and no document still claimed.
+        assert (counts.committed, counts.quarantined, len(committed)) == (8, 0, 8)
+        assert svc.writers is not None and svc.writers.opened >= 1
+        rows = svc.conn.execute(
+            "SELECT d.status, d.chunk_count, count(c.id) AS n FROM documents d "
+            "LEFT JOIN chunks c ON c.document_id = d.id GROUP BY d.id"
+        ).fetchall()
+        assert len(rows) == 8 and all(r["status"] == "committed" and r["chunk_count"] == r["n"] > 0 for r in rows)
+        assert counts.chunks_written == sum(r["n"] for r in rows)
+        assert _advisory_locks(svc) == 0
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize("batch_chunks", [256, 1])
+def test_a_document_listed_twice_is_committed_once(
+    tmp_path: Path, settings: RaglineSettings, counting_embedder: CountingEmbedder, batch_chunks: int
+) -> None:
+    """A source may list one record twice (paging over records that change meanwhile): the second sight
+    waits for the first's batch, pending (256) or in flight with a writer (1), and finds it committed."""
+    files = make_corpus(tmp_path / "docs")
+    settings.batch_chunks = batch_chunks
+    svc = Services(settings, shared_embedder=counting_embedder)
+    try:
+        doc = PdfConnector([], settings.pdf).document(files["volcano"])
+        other = PdfConnector([], settings.pdf).document(files["baking"])
+        source_id = svc.pipeline.source_id("pdf", "pdf")
+        svc.pipeline.begin_load()
+        counts = svc.pipeline.ingest(source_id, "pdf", [doc, other, doc])
+        svc.pipeline.finish_load()
+        assert (counts.committed, counts.done_elsewhere) == (2, 1)
+        assert len(counting_embedder.calls) == (1 if batch_chunks == 256 else 2)
+        assert store.status(svc.conn)["documents"] == 2
+    finally:
+        svc.close()
+
+
+def test_a_writer_that_cannot_connect_fails_the_run_and_leaves_nothing_claimed(
+    tmp_path: Path, services: Services
+) -> None:
+    files = make_corpus(tmp_path / "docs")
+
+    def unreachable() -> Connection:
+        return connect("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
+
+    broken = Pipeline(services.conn, services.settings, services.embedder, Writers(unreachable, 2))
+    try:
+        documents = [PdfConnector([], services.settings.pdf).document(f) for f in files.values()]
+        source_id = broken.source_id("pdf", "pdf")
+        broken.begin_load()
+        with pytest.raises(DatabaseError, match="cannot connect"):
+            broken.ingest(source_id, "pdf", documents)
+        broken.finish_load()
+    finally:
+        assert broken.writers is not None
+        broken.writers.close()
+    assert committed_documents(services) == 0
+    assert _advisory_locks(services) == 0
+    # Nothing was lost: a run with working writers commits all of it.
+    assert ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")]).committed == 3
