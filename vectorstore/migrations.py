@@ -128,9 +128,16 @@ def _v2_full_text(conn: Connection, dim: int, m: int, ef_construction: int) -> N
     _add_full_text(conn)
 
 
+FULL_TEXT_INDEX = "chunks_tsv_gin"
+
+
+def full_text_ddl() -> sql.Composed:
+    return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON chunks USING gin (tsv)").format(sql.Identifier(FULL_TEXT_INDEX))
+
+
 def _add_full_text(conn: Connection) -> None:
     conn.execute("ALTER TABLE chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED")
-    conn.execute("CREATE INDEX chunks_tsv_gin ON chunks USING gin (tsv)")
+    conn.execute(full_text_ddl())
 
 
 def _v3_run_holders(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
@@ -219,7 +226,7 @@ def set_full_text(conn: Connection, enabled: bool) -> bool:
             _add_full_text(conn)
         else:
             log.info("dropping the full-text column and index: searches rank by vector only")
-            conn.execute("DROP INDEX IF EXISTS chunks_tsv_gin")
+            conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(FULL_TEXT_INDEX)))
             conn.execute("ALTER TABLE chunks DROP COLUMN tsv")
     return True
 

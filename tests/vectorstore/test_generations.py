@@ -166,8 +166,9 @@ def test_a_large_load_drops_the_index_searches_stay_exact_and_the_index_comes_ba
     conn.execute("SELECT 1")  # a read left open by the caller must not swallow the load's own transactions
     load = IndexLoad(conn, gen, IndexOptions(min_rows=10), expected=5000)
     assert load.before_write(100) is bulk.Strategy.DEFERRED
-    with connect(database_url) as other:  # the drop and the holder are committed, not a pending savepoint
+    with connect(database_url) as other:  # the drops and the holder are committed, not a pending savepoint
         assert not generations.index_present(other, gen.id)
+        assert indexing.full_text_index_missing(other)  # the GIN index goes too: rows skip it during the load
         assert other.execute("SELECT count(*) AS n FROM index_loads").fetchone() == {"n": 1}
     rng = np.random.default_rng(1)
     for i in range(20):
@@ -175,8 +176,11 @@ def test_a_large_load_drops_the_index_searches_stay_exact_and_the_index_comes_ba
     load.observe(200, 0.5)
     hits = store.search(conn, unit([1, 0, 0]), 3)  # no index: an exact scan, still correct
     assert len(hits) == 3 and hits[0].similarity >= hits[-1].similarity
+    # Hybrid search ranks words without the GIN index too (a scan): the document named in the query is found.
+    hybrid = store.search(conn, unit([0, 0, 1]), 3, text="d17", settings=SearchSettings(mode="hybrid"))
+    assert "d17 0" in texts(hybrid)
     assert load.finish() > 0
-    assert generations.index_present(conn, gen.id)
+    assert generations.index_present(conn, gen.id) and not indexing.full_text_index_missing(conn)
     stats = {r["key"] for r in conn.execute("SELECT key FROM store_stats")}
     assert {"plain_insert_s_per_row", "build_s_per_row"} <= stats
     # costs measured on this store now drive the choice
@@ -189,7 +193,9 @@ def test_two_deferred_loads_build_once_after_the_last(conn: Connection) -> None:
     first.before_write(10)
     second.before_write(10)
     assert first.finish() == 0.0 and not generations.index_present(conn, gen.id)
+    assert indexing.full_text_index_missing(conn)  # the second load still writes: built after it
     assert second.finish() >= 0.0 and generations.index_present(conn, gen.id)
+    assert not indexing.full_text_index_missing(conn)
 
 
 def test_a_killed_load_leaves_its_rebuild_to_the_next_start(conn: Connection, database_url: str) -> None:
@@ -202,12 +208,13 @@ def test_a_killed_load_leaves_its_rebuild_to_the_next_start(conn: Connection, da
         "IndexLoad(c, g, IndexOptions(min_rows=0), expected=10**6).before_write(10)"  # exits without finish()
     )
     subprocess.run([sys.executable, "-c", script, database_url], check=True, env={**os.environ})
-    assert not generations.index_present(conn, gen.id)
+    assert not generations.index_present(conn, gen.id) and indexing.full_text_index_missing(conn)
     holders = conn.execute("SELECT host FROM index_loads").fetchall()
     assert holders == [{"host": socket.gethostname()}]
     assert indexing.repair(conn, OPTIONS) == [gen.id]
     with connect(database_url) as other:  # committed: other sessions see it, and no lock is left held
         assert generations.index_present(other, gen.id)
+        assert not indexing.full_text_index_missing(other)
         assert other.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'").fetchone() == {"n": 0}
     assert conn.execute("SELECT count(*) AS n FROM index_loads").fetchone() == {"n": 0}
 
