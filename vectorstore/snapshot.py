@@ -50,7 +50,7 @@ from vectorstore import generations
 from vectorstore.db import Connection, DatabaseError, first_line
 from vectorstore.generations import ModelIdentity
 from vectorstore.indexing import IndexOptions, build_index
-from vectorstore.migrations import MIGRATIONS, index_name, migrate
+from vectorstore.migrations import FULL_TEXT_INDEX, MIGRATIONS, full_text_ddl, full_text_present, index_name, migrate
 
 log = logging.getLogger(__name__)
 
@@ -923,10 +923,12 @@ def restore_snapshot(
             )
             if _occupied(conn):  # filled since the first look
                 raise SnapshotError("the database was written to during the restore: restore only into an empty one")
-            # An index on the empty table would take the load row by row.
+            # An index on the empty table would take the load row by row (the full-text one too).
             present = _hnsw_indexes(conn)
             for index in present:
                 conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index["name"])))
+            full_text = full_text_present(conn)
+            conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(FULL_TEXT_INDEX)))
             for table in TABLES:
                 entry = manifest.tables[table]
                 checked = table == "chunks" and {"embedding", "model_id"} <= {c.name for c in entry.columns}
@@ -943,6 +945,8 @@ def restore_snapshot(
                     log.info("building %s again", index["name"])
                     # Text this database's own catalogue wrote (pg_get_indexdef), never text from the snapshot.
                     conn.execute(cast(LiteralString, index["definition"]))
+            if full_text:
+                conn.execute(full_text_ddl())
             for table in TABLES:
                 conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
     except psycopg.Error as err:

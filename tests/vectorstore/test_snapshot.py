@@ -36,7 +36,7 @@ from tests.pdfgen import not_a_pdf, text_pdf
 from vectorstore import cursors, generations, ledger
 from vectorstore.db import Connection, DatabaseError, connect
 from vectorstore.generations import Generation
-from vectorstore.indexing import IndexOptions, build_index
+from vectorstore.indexing import IndexOptions, build_index, full_text_index_missing
 from vectorstore.migrations import MIGRATIONS, index_name, migrate
 from vectorstore.snapshot import (
     MANIFEST,
@@ -316,6 +316,7 @@ def test_restore_into_a_fresh_database_is_identical(origin: Origin, target: Conn
 
     generation = serving(target)
     assert generation == serving(src) and hnsw_indexes(target) == hnsw_indexes(src)
+    assert not full_text_index_missing(target)  # dropped for the load, built after it
     vectors = embedder.embed(QUERIES)
     assert len(QUERIES) >= 20
     overlap = []
@@ -470,6 +471,7 @@ def test_a_load_that_fails_midway_restores_nothing(origin: Origin, target: Conne
         restore_snapshot(target, str(snap))
     assert counts(target) == dict.fromkeys(TABLES, 0)
     assert list(hnsw_indexes(target)) == ["chunks_custom_l2"]  # its drop for the load was rolled back too
+    assert not full_text_index_missing(target)
 
 
 CUSTOM_INDEX = (

@@ -77,7 +77,7 @@ def test_a_v3_store_migrates_to_generations_keeping_its_vectors_and_index(databa
                 "INSERT INTO chunks (id, document_id, chunk_index, text, token_count, model_id, embedding) "
                 "VALUES (gen_random_uuid(), 1, 0, 'x', 1, 1, '[1,0,0]')"
             )
-        assert migrate(conn, 3) == [4]
+        assert migrate(conn, 3) == [4, 5]
         gen = conn.execute("SELECT state FROM models WHERE id = 1").fetchone()
         assert gen is not None and gen["state"] == "active"
         indexes = {r["indexname"] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'chunks'")}
@@ -255,3 +255,17 @@ def test_hybrid_search_puts_exact_phrases_first(conn: Connection, embedder: Embe
     only_t = store.search(conn, vector, 3, text=query, source="t")
     assert [h.uri for h in only_t] == ["cats"]
     assert np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
+
+
+def test_a_typical_chunk_row_is_stored_whole_without_toast(conn: Connection, embedder: Embedder) -> None:
+    """A chunk of ~200 words (its vector, text and tsvector ~3.5 KB) stays in its heap page: no compression
+    attempt nor TOAST insert per write (migration 5). A row over 8 KB is still moved out."""
+    source_id = ledger.ensure_source(conn, "s", "pdf")
+    words = [f"{w}{i}" for i, w in enumerate(("lava", "magma", "basalt", "caldera", "pumice") * 40)]
+    _commit(conn, embedder, source_id, "typical", [" ".join(words)])
+    toast = "SELECT pg_relation_size(reltoastrelid) AS n FROM pg_class WHERE relname = 'chunks'"
+    assert conn.execute(toast).fetchone() == {"n": 0}
+    assert conn.execute("SELECT pg_column_size(tsv) AS n FROM chunks").fetchone()["n"] > 1000  # type: ignore[index]
+    huge = " ".join(f"w{i}x{i * 7919 % 10007}" for i in range(3000))  # ~30 KB: still toasted
+    _commit(conn, embedder, source_id, "huge", [huge])
+    assert conn.execute(toast).fetchone()["n"] > 0  # type: ignore[index]
