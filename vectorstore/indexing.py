@@ -211,6 +211,8 @@ class IndexLoad:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.deferred = False
         self.written = 0
+        self.full_text_build_s = 0.0
+        """Of ``finish``'s seconds, those spent building the full-text index again."""
         self._existing: int | None = None
         self._costs: bulk.IndexCosts | None = None
 
@@ -275,7 +277,7 @@ class IndexLoad:
         self.deferred = False
         current = generations.by_id(self.conn, self.generation.id)
         self.conn.commit()
-        seconds = build_full_text_index(self.conn, self.options)  # no-op while any load still runs
+        seconds = self.full_text_build_s = build_full_text_index(self.conn, self.options)  # 0 while a load runs
         if others or current is None or current.state == "retired":
             return seconds
         if current.state == "building":
