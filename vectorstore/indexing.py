@@ -176,7 +176,7 @@ def repair(conn: Connection, options: IndexOptions) -> list[int]:
     conn.commit()
     if full_text_missing:
         with conn.transaction():
-            for row in conn.execute("SELECT DISTINCT model_id FROM index_loads").fetchall():
+            for row in conn.execute("SELECT DISTINCT model_id FROM index_loads ORDER BY 1").fetchall():
                 _lock(conn, row["model_id"])
                 _drop_dead_holders(conn, row["model_id"])
         build_full_text_index(conn, options)
