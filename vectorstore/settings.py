@@ -37,7 +37,7 @@ class DatabaseSettings(BaseModel):
         le=32,
         description="Connections that commit an ingest's batches in the background while the next batch is "
         "parsed and embedded; several also spread the server's per-row work over cores (the store's bulk "
-        "load ran ~1.8x faster with 2 than on one, docs/benchmarks.md). 0: commit on the pipeline's own.",
+        "load ran 1.4-1.75x faster with 2 than on one, docs/benchmarks.md). 0: commit on the pipeline's own.",
     )
     bulk_min_rows: int = Field(
         default=1000,
