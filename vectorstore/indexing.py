@@ -6,7 +6,7 @@ builds the index again. A holder killed outright is found by ``repair`` (its pid
 crash never leaves a generation without its index for longer than the next run's start.
 
 Such a load drops the full-text GIN index too (every row enters it with ~60 words; one build after the load
-costs a fraction of that: 0.6 s against ~1.4 s of inserts per 40k rows here). It is shared by all
+costs half of that: 0.6 s against 1.2-1.3 s of inserts per 40k rows here). It is shared by all
 generations, so it is built again when the last holder of any generation finishes, or by ``repair``.
 """
 
