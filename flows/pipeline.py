@@ -448,18 +448,16 @@ class Pipeline:
             model_id = self.model_id()
             load = self.begin_load()
             load.before_write(sum(len(p.missing) for p in pending))
-            if self.writers is not None and not scoped:
-                items = [store.DocumentCommit(p.doc, p.rows) for p in pending]
-                future = self.writers.submit(source_id, items, vectors, model_id)
-                self._inflight.append(_InFlight(source_id, pending, vectors, model_id, counts, progress, future))
-                submitted = True
-                while len(self._inflight) > self.writers.count:
-                    self._settle(self._inflight.popleft())
-                return
-            started = time.perf_counter()
-            written = self._commit(source_id, pending, vectors, model_id, counts)
-            self._committed(source_id, pending, written, counts, progress)
-            load.observe(sum(written), time.perf_counter() - started)
+            items = [store.DocumentCommit(p.doc, p.rows) for p in pending]
+            writers = None if scoped else self.writers  # a load of its own is settled before it finishes
+            if writers is not None:
+                future = writers.submit(source_id, items, vectors, model_id)
+            else:
+                future = self._commit_here(source_id, items, vectors, model_id)
+            self._inflight.append(_InFlight(source_id, pending, vectors, model_id, counts, progress, future))
+            submitted = True
+            while len(self._inflight) > (writers.count if writers is not None else 0):
+                self._settle(self._inflight.popleft())
         finally:
             if not submitted:
                 self._release(source_id, [p.doc.external_id for p in pending])  # no-op for released ones
@@ -484,8 +482,9 @@ class Pipeline:
         )
 
     def _settle(self, flight: _InFlight) -> None:
-        """Wait for a background batch; if its group commit failed, commit it here one document at a time
-        (as ``_commit`` does). Its documents are released either way."""
+        """Wait for a batch's group commit; if it failed, commit the batch here one document at a time, so a
+        document that cannot be written fails alone and the batch's others still commit. Its documents are
+        released either way."""
         try:
             try:
                 done = flight.future.result()
@@ -518,27 +517,24 @@ class Pipeline:
             except Exception:  # the error already on its way out is the one raised
                 log.warning("a background commit of %d documents failed", len(flight.pending), exc_info=True)
 
-    def _commit(
+    def _commit_here(
         self,
         source_id: int,
-        pending: list[_Prepared],
+        items: list[store.DocumentCommit],
         vectors: dict[uuid.UUID, np.ndarray],
         model_id: int,
-        counts: Counts,
-    ) -> list[int]:
-        """Commit the batch in one transaction; if that fails, one document at a time, so a document that
-        cannot be written fails alone (as it would have) and the batch's others still commit. Returns the
-        chunks written per document."""
+    ) -> Future[Written]:
+        """The group commit on this pipeline's connection, its outcome in a settled future: ``_settle`` treats it
+        as a writer's (a failed batch is committed again one document at a time)."""
+        future: Future[Written] = Future()
+        started = time.perf_counter()
         try:
-            done = store.commit_documents(
-                self.conn, source_id, [store.DocumentCommit(p.doc, p.rows) for p in pending], vectors, model_id
-            )
-            return [c.written for c in done]
+            committed = store.commit_documents(self.conn, source_id, items, vectors, model_id)
         except (store.StaleChunksError, psycopg.Error) as err:
-            if self.conn.closed or (len(pending) == 1 and not isinstance(err, store.StaleChunksError)):
-                raise
-            log.info("group commit of %d documents failed (%s): one at a time", len(pending), err)
-        return self._commit_each(source_id, pending, vectors, model_id, counts)
+            future.set_exception(err)
+        else:
+            future.set_result(Written(committed, time.perf_counter() - started))
+        return future
 
     def _commit_each(
         self,

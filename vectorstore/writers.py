@@ -80,12 +80,7 @@ class Writers:
     ) -> Written:
         conn = self._conn()
         started = time.perf_counter()
-        try:
-            committed = store.commit_documents(conn, source_id, items, vectors, model_id)
-        except BaseException:
-            if not conn.closed:
-                conn.rollback()  # the transaction block rolled back; a failed implicit one would linger
-            raise
+        committed = store.commit_documents(conn, source_id, items, vectors, model_id)  # rolls back on error
         return Written(committed, time.perf_counter() - started)
 
     def close(self) -> None:

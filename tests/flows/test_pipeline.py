@@ -337,9 +337,11 @@ class ConcurrentWriterEmbedder(CountingEmbedder):
         return vectors
 
 
+@pytest.mark.parametrize("writers", [0, 2])  # committed on the pipeline's connection, or by background writers
 def test_a_batch_whose_kept_chunk_vanished_commits_one_document_at_a_time(
-    tmp_path: Path, settings: RaglineSettings, counting_embedder: CountingEmbedder
+    tmp_path: Path, settings: RaglineSettings, counting_embedder: CountingEmbedder, writers: int
 ) -> None:
+    settings.database.writers = writers
     docs = tmp_path / "docs"
     files = make_corpus(docs)
     first = Services(settings, shared_embedder=counting_embedder)
