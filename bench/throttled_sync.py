@@ -22,9 +22,9 @@ from connectors.hubspot import HubSpotSettings, HubSpotSource
 from flows.pipeline import sync_remote
 from flows.runtime import Services
 from flows.settings import load_settings
-from tests.fake_hubspot import FakeHubSpot
-from tests.hostile import Hostile, max_in_window
-from tests.httpserver import serve
+from tests.support.fake_hubspot import FakeHubSpot
+from tests.support.hostile import Hostile, max_in_window
+from tests.support.httpserver import serve
 from vectorstore.embedded import stop_embedded
 
 

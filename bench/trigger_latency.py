@@ -31,7 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.pdfgen import text_pdf
+from tests.support.pdfgen import text_pdf
 
 FILLER = (
     "Harbour pilots board inbound vessels two miles offshore and guide them past the shoals, the breakwater "

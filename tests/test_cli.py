@@ -16,8 +16,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import fresh_database
-from tests.pdfgen import not_a_pdf, text_pdf
+from tests.support.db import fresh_database
+from tests.support.pdfgen import not_a_pdf, text_pdf
 
 PARAGRAPH = (
     "The lighthouse keeper climbed one hundred and twelve spiral steps every evening to trim the wick, "
@@ -234,8 +234,8 @@ def test_sigkill_of_the_process_group_then_rerun_matches_a_clean_run(
 
 
 def test_ingest_all_runs_every_source_and_reports_the_one_that_is_down(tmp_path: Path, cli_home: Path, db: str) -> None:
-    from tests.fake_mediawiki import FakeWiki
-    from tests.httpserver import Reply, serve
+    from tests.support.fake_mediawiki import FakeWiki
+    from tests.support.httpserver import Reply, serve
 
     wiki = FakeWiki()
     for i in range(12):
@@ -288,8 +288,8 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_through_the_flow(tmp_path: 
 def test_sigkill_mid_sync_then_rerun_fetches_only_what_was_not_committed(
     tmp_path: Path, cli_home: Path, pg_server: str
 ) -> None:
-    from tests.fake_mediawiki import FakeWiki
-    from tests.httpserver import Logged, Reply, serve
+    from tests.support.fake_mediawiki import FakeWiki
+    from tests.support.httpserver import Logged, Reply, serve
 
     wiki = FakeWiki()
     for i in range(60):

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import fresh_database
-from tests.pdfgen import text_pdf
+from tests.support.db import fresh_database
+from tests.support.pdfgen import text_pdf
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from connectors.breaker import BreakerState, CircuitBreaker
 from connectors.errors import CircuitOpenError, MalformedPayloadError, RequestRejectedError, TransientError
 from connectors.http import HttpPolicy, ResilientClient, parse_retry_after, rate_limit_reset
 from connectors.ratelimit import TokenBucket
-from tests.httpserver import Reply, serve
+from tests.support.httpserver import Reply, serve
 
 
 class FakeTime:

@@ -1,4 +1,4 @@
-"""connectors/pdf.py on real PDF files generated per test (tests/pdfgen.py): parsing, every poison kind,
+"""connectors/pdf.py on real PDF files generated per test (tests/support/pdfgen.py): parsing, every poison kind,
 limits, discovery over real directory trees with symlinks, hashing and settings fingerprints."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from connectors.base import DocumentError
 from connectors.pdf import Discovery, PdfConnector, PdfSettings, discover, file_hash, parse_pdf
-from tests import pdfgen
+from tests.support import pdfgen
 
 PAGES = [
     "Alpha page one talks about invoices and payment terms.",

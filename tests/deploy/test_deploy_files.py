@@ -1144,7 +1144,7 @@ def _prefect_schema(url: str) -> None:
 def test_keda_queries_run_against_the_pinned_schemas(pg_server: str) -> None:
     """The scalers count rows in Prefect's tables and in ragline's: run each query on the schema of the pinned
     Prefect (its ORM) or of ragline (its migrations), so a rename fails here, not silently in production."""
-    from tests.conftest import fresh_database
+    from tests.support.db import fresh_database
     from vectorstore.db import connect
     from vectorstore.migrations import migrate
 

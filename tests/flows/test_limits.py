@@ -14,7 +14,7 @@ from connectors.http import HttpPolicy, ResilientClient
 from flows import limits
 from flows.prefect_server import ensure_local_server, stop_local_server
 from flows.settings import PrefectSettings
-from tests.httpserver import Reply, serve
+from tests.support.httpserver import Reply, serve
 
 
 @pytest.fixture(scope="module")

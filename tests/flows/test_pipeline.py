@@ -15,8 +15,9 @@ from connectors.pdf import PdfConnector
 from flows.pipeline import Counts, Pipeline, ingest_pdf_paths
 from flows.runtime import Services
 from flows.settings import RaglineSettings, database_url, load_settings
-from tests.conftest import CountingEmbedder, committed_documents, fresh_database
-from tests.pdfgen import encrypted_pdf, image_only_pdf, not_a_pdf, text_pdf, truncated_pdf
+from tests.support.db import committed_documents, fresh_database
+from tests.support.embedders import CountingEmbedder
+from tests.support.pdfgen import encrypted_pdf, image_only_pdf, not_a_pdf, text_pdf, truncated_pdf
 from vectorstore import ledger, store
 from vectorstore.db import Connection, DatabaseError, connect
 from vectorstore.writers import Writers

@@ -2,7 +2,7 @@
 with the real store and model: a full sync, then edits, creations, deletions, restores and moves made through
 the wiki's own Action API, and what the wiki's recentchanges really reports about them.
 
-The wiki is installed and seeded once per module; each test works on its own copy (tests/realwiki.py).
+The wiki is installed and seeded once per module; each test works on its own copy (tests/support/realwiki.py).
 Missing packages fail these tests with the command that installs them.
 """
 
@@ -22,8 +22,8 @@ from connectors.http import HttpPolicy
 from connectors.mediawiki import MediaWikiSettings, MediaWikiSource
 from flows.pipeline import sync_remote
 from flows.runtime import Services
-from tests import realwiki
-from tests.realwiki import RealWiki, WikiInstall
+from tests.support import realwiki
+from tests.support.realwiki import RealWiki, WikiInstall
 from vectorstore import cursors, ledger, store
 
 pytestmark = pytest.mark.integration

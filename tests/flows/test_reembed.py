@@ -15,7 +15,7 @@ from flows.pipeline import ingest_pdf_paths
 from flows.reembed import ReembedResult, migrate_generation
 from flows.runtime import Services, use_services
 from flows.settings import RaglineSettings
-from tests.pdfgen import text_pdf
+from tests.support.pdfgen import text_pdf
 from vectorstore import generations
 
 TOPICS = {

@@ -13,7 +13,7 @@ from pathlib import Path
 from flows.pipeline import ingest_pdf_paths
 from flows.runtime import Services
 from flows.settings import RaglineSettings
-from tests.pdfgen import text_pdf
+from tests.support.pdfgen import text_pdf
 
 DOCS = 24
 
@@ -43,7 +43,7 @@ def test_two_workers_claim_disjoint_documents_and_leave_no_duplicates(
     for n in range(2):
         ready = tmp_path / f"ready-{n}"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.scaleout_worker", str(folder), str(ready), str(go)],
+            [sys.executable, "-m", "tests.support.scaleout_worker", str(folder), str(ready), str(go)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

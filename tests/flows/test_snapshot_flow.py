@@ -9,7 +9,7 @@ import pytest
 
 from flows.pipeline import ingest_pdf_paths
 from flows.runtime import Services, use_services
-from tests.pdfgen import text_pdf
+from tests.support.pdfgen import text_pdf
 from vectorstore.snapshot import MANIFEST, parse_snapshot_name, verify_snapshot
 
 

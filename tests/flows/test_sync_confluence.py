@@ -12,10 +12,10 @@ from connectors.errors import MalformedPayloadError, RequestRejectedError, Sourc
 from connectors.http import HttpPolicy
 from flows.pipeline import sync_remote
 from flows.runtime import Services
-from tests.conftest import committed_documents
-from tests.fake_confluence import EMAIL, TOKEN, FakeConfluence, serve_confluence
-from tests.fake_mediawiki import flaky
-from tests.httpserver import Logged, Reply, ScriptedServer
+from tests.support.db import committed_documents
+from tests.support.fake_confluence import EMAIL, TOKEN, FakeConfluence, serve_confluence
+from tests.support.fake_mediawiki import flaky
+from tests.support.httpserver import Logged, Reply, ScriptedServer
 from vectorstore import cursors, ledger, store
 
 FAST = HttpPolicy(backoff_base=0.01, backoff_max=0.05, max_attempts=10, breaker_threshold=50, read_timeout=2.0)

@@ -11,10 +11,10 @@ from connectors.http import HttpPolicy, ResilientClient
 from connectors.hubspot import HubSpotSettings, HubSpotSource, record_text
 from flows.pipeline import sync_remote
 from flows.runtime import Services
-from tests.conftest import committed_documents
-from tests.fake_hubspot import FakeHubSpot
-from tests.fake_mediawiki import flaky
-from tests.httpserver import ScriptedServer, serve
+from tests.support.db import committed_documents
+from tests.support.fake_hubspot import FakeHubSpot
+from tests.support.fake_mediawiki import flaky
+from tests.support.httpserver import ScriptedServer, serve
 from vectorstore import ledger, store
 
 FAST = HttpPolicy(backoff_base=0.01, backoff_max=0.05, max_attempts=10, breaker_threshold=50)

@@ -11,9 +11,9 @@ from connectors.http import HttpPolicy
 from connectors.mediawiki import MediaWikiSettings, MediaWikiSource, wikitext_to_text
 from flows.pipeline import sync_remote
 from flows.runtime import Services
-from tests.conftest import committed_documents
-from tests.fake_mediawiki import FakeWiki, flaky
-from tests.httpserver import Logged, Reply, ScriptedServer, serve
+from tests.support.db import committed_documents
+from tests.support.fake_mediawiki import FakeWiki, flaky
+from tests.support.httpserver import Logged, Reply, ScriptedServer, serve
 from vectorstore import cursors, ledger, store
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "read_timeout": 2.0}

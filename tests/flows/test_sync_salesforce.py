@@ -12,10 +12,10 @@ from connectors.http import HttpPolicy, ResilientClient
 from connectors.salesforce import SalesforceSettings, SalesforceSource
 from flows.pipeline import sync_remote
 from flows.runtime import Services
-from tests.conftest import committed_documents
-from tests.fake_mediawiki import flaky
-from tests.fake_salesforce import TOKEN, VERSION, FakeSalesforce, sf_error
-from tests.httpserver import Logged, Reply, ScriptedServer, serve
+from tests.support.db import committed_documents
+from tests.support.fake_mediawiki import flaky
+from tests.support.fake_salesforce import TOKEN, VERSION, FakeSalesforce, sf_error
+from tests.support.httpserver import Logged, Reply, ScriptedServer, serve
 from vectorstore import cursors, ledger, store
 
 FAST = HttpPolicy(backoff_base=0.01, backoff_max=0.05, max_attempts=10, breaker_threshold=50)

@@ -9,10 +9,11 @@ from connectors.http import HttpPolicy, ResilientClient
 from connectors.hubspot import HubSpotSettings, HubSpotSource
 from flows.pipeline import sync_remote
 from flows.runtime import Services
-from tests.conftest import CountingEmbedder, committed_documents
-from tests.fake_hubspot import FakeHubSpot
-from tests.hostile import Hostile, max_in_window
-from tests.httpserver import serve
+from tests.support.db import committed_documents
+from tests.support.embedders import CountingEmbedder
+from tests.support.fake_hubspot import FakeHubSpot
+from tests.support.hostile import Hostile, max_in_window
+from tests.support.httpserver import serve
 
 RATE = 8.0
 BURST = 2

@@ -23,8 +23,8 @@ from PIL import Image
 from flows.artifacts import counts_key, progress_key
 from flows.prefect_server import ensure_local_server, stop_local_server
 from flows.settings import PrefectSettings
-from tests.httpserver import Reply, serve
-from tests.pdfgen import text_pdf, truncated_pdf
+from tests.support.httpserver import Reply, serve
+from tests.support.pdfgen import text_pdf, truncated_pdf
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "prefect-ui"
 WINDOW = (1400, 1000)

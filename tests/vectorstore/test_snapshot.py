@@ -31,8 +31,9 @@ from flows.runtime import Services, use_services
 from flows.settings import load_settings
 from ragline.cli import _Context
 from ragline.snapshot_cmd import snapshot as snapshot_group
-from tests.conftest import CountingEmbedder, fresh_database
-from tests.pdfgen import not_a_pdf, text_pdf
+from tests.support.db import fresh_database
+from tests.support.embedders import CountingEmbedder
+from tests.support.pdfgen import not_a_pdf, text_pdf
 from vectorstore import cursors, generations, ledger
 from vectorstore.db import Connection, DatabaseError, connect
 from vectorstore.generations import Generation

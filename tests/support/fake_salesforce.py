@@ -1,4 +1,4 @@
-"""An emulated Salesforce REST API (the parts ragline uses), served by tests.httpserver on 127.0.0.1:
+"""An emulated Salesforce REST API (the parts ragline uses), served by tests.support.httpserver on 127.0.0.1:
 ``query``/``queryAll`` with the SOQL ragline sends (``SELECT fields FROM obj [WHERE SystemModstamp >|>= T]
 ORDER BY SystemModstamp, Id``), parent fields (``Account.Name``), batches of ``batchSize`` with
 ``nextRecordsUrl`` query locators that can be expired, records in the recycle bin (``IsDeleted``) for
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.httpserver import Logged, Reply, ScriptedServer
+from tests.support.httpserver import Logged, Reply, ScriptedServer
 
 VERSION = "v60.0"
 TOKEN = "00Dtest!session-token"

@@ -1,6 +1,7 @@
 """One ingestion worker process for the scale-out test: loads the model and opens the database, says it is
 ready, waits for the start signal (so workers really run at once), ingests the PDF folder, prints its counts
-as JSON. ``python -m tests.scaleout_worker DIR READY_FILE GO_FILE`` with RAGLINE_HOME/RAGLINE_DATABASE_URL set."""
+as JSON. ``python -m tests.support.scaleout_worker DIR READY_FILE GO_FILE`` with RAGLINE_HOME and
+RAGLINE_DATABASE_URL set."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tests.fake_mediawiki import flaky
-from tests.httpserver import Handler, Logged, Reply
+from tests.support.fake_mediawiki import flaky
+from tests.support.httpserver import Handler, Logged, Reply
 
 
 @dataclass

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from tests.httpserver import Logged, Reply, ScriptedServer, serve
+from tests.support.httpserver import Logged, Reply, ScriptedServer, serve
 
 EMAIL = "bot@example.com"
 TOKEN = "atlassian-api-token"
@@ -252,7 +252,7 @@ class FakeConfluence:
 
 @contextmanager
 def serve_confluence(fake: FakeConfluence) -> Iterator[ScriptedServer]:
-    """The fake on 127.0.0.1 under ``/wiki``; the server's log counts requests as ``tests.httpserver`` does."""
+    """The fake on 127.0.0.1 under ``/wiki``; the server's log counts requests as ``tests.support.httpserver`` does."""
     with serve() as server:
         fake.mount(server)
         yield server

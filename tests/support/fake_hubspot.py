@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.httpserver import Logged, Reply
+from tests.support.httpserver import Logged, Reply
 
 TOKEN = "pat-test-token"
 

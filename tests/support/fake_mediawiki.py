@@ -1,4 +1,4 @@
-"""An emulated MediaWiki Action API (the parts ragline uses), served by tests.httpserver on 127.0.0.1:
+"""An emulated MediaWiki Action API (the parts ragline uses), served by tests.support.httpserver on 127.0.0.1:
 ``generator=allpages`` with ``continue`` paging, ``pageids`` lookups, ``list=recentchanges``, and fault
 injection (429 with and without Retry-After, 5xx, resets, bodies cut short)."""
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.httpserver import Logged, Reply
+from tests.support.httpserver import Logged, Reply
 
 
 @dataclass
