@@ -8,12 +8,10 @@ at any time and run again: it resumes with the documents still pending.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
-    from ragline.cli import _Context
+from ragline.context import Context
 
 
 @click.group()
@@ -24,7 +22,7 @@ def generation() -> None:
 @generation.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of generations.")
 @click.pass_obj
-def status(obj: _Context, as_json: bool) -> None:
+def status(obj: Context, as_json: bool) -> None:
     """Generations holding vectors: the serving one, the one being built (with documents still to
     re-embed), retired ones not yet purged."""
     from vectorstore import generations
@@ -56,7 +54,7 @@ def status(obj: _Context, as_json: bool) -> None:
 @click.option("--batch", "batch_documents", default=32, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--no-switch", is_flag=True, help="Re-embed only; leave search on the serving generation.")
 @click.pass_obj
-def migrate(obj: _Context, batch_documents: int, no_switch: bool) -> None:
+def migrate(obj: Context, batch_documents: int, no_switch: bool) -> None:
     """Re-embed into the configured model's generation, then switch search to it."""
     from flows.reembed import migrate_generation
 

@@ -1,5 +1,6 @@
 """``ragline serve`` (scheduled deployments + the on-demand trigger endpoint on warm workers),
-``ragline trigger pdf|url|source`` (its client) and ``ragline deploy render`` (``deploy/prefect.yaml``).
+``ragline trigger pdf|url|source`` (its client), ``ragline deploy render`` (``deploy/prefect.yaml``) and
+``ragline stop`` (the background services under RAGLINE_HOME).
 
 Errors are one line on stderr and a non-zero exit, as everywhere in the CLI.
 """
@@ -17,25 +18,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from ragline.context import Context, fail
 
 if TYPE_CHECKING:
     import httpx
 
     from flows.deployments import DeploymentSpec
     from flows.settings import ServeSettings
-    from ragline.cli import _Context
 
 _FINAL_FAILED = ("failed", "expired", "cancelled")
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    # Imported late: ragline.cli imports this module to register the commands.
-    from ragline.cli import _fail as fail
-
-    fail(message, code)
 
 
 # -- serve --------------------------------------------------------------------------------------------------
@@ -106,7 +101,7 @@ class _ScheduledRuns:
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Override serve.port (0: a free port).")
 @click.option("--no-schedules", is_flag=True, help="Only the trigger endpoint: do not serve the deployments.")
 @click.pass_obj
-def serve(obj: _Context, host: str | None, port: int | None, no_schedules: bool) -> None:
+def serve(obj: Context, host: str | None, port: int | None, no_schedules: bool) -> None:
     """Serve the scheduled deployments and the on-demand trigger endpoint until SIGTERM or SIGINT."""
     from flows.deployments import deployment_specs
     from flows.prefect_server import configure
@@ -138,7 +133,7 @@ def serve(obj: _Context, host: str | None, port: int | None, no_schedules: bool)
             if scheduled is not None and scheduled.done.is_set():
                 raise RuntimeError(f"the Prefect runner stopped: {scheduled.error}")
     except ServeError as err:
-        _fail(str(err))
+        fail(str(err))
     finally:
         click.echo("ragline: shutting down", err=True)
         server.shutdown()
@@ -152,7 +147,7 @@ def serve(obj: _Context, host: str | None, port: int | None, no_schedules: bool)
 # -- trigger (client) ---------------------------------------------------------------------------------------
 
 
-def _endpoint(obj: _Context, url: str | None) -> str:
+def _endpoint(obj: Context, url: str | None) -> str:
     if url:
         return url.rstrip("/")
     if os.environ.get("RAGLINE_SERVE_URL"):
@@ -166,13 +161,13 @@ def _endpoint(obj: _Context, url: str | None) -> str:
     return f"http://{serve_settings.host}:{serve_settings.port}"
 
 
-def _auth(obj: _Context) -> dict[str, str]:
+def _auth(obj: Context) -> dict[str, str]:
     name = obj.settings.serve.token_env
     if name is None:
         return {}
     token = os.environ.get(name)
     if not token:
-        _fail(f"serve.token_env names {name}, which is not set in the environment")
+        fail(f"serve.token_env names {name}, which is not set in the environment")
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -194,7 +189,7 @@ def _error_of(answer: httpx.Response) -> str:
         return answer.text.strip().splitlines()[0] if answer.text.strip() else answer.reason_phrase
 
 
-def _submit(obj: _Context, url: str | None, wait: bool, timeout: float, as_json: bool, **post: Any) -> None:
+def _submit(obj: Context, url: str | None, wait: bool, timeout: float, as_json: bool, **post: Any) -> None:
     import httpx
 
     base = _endpoint(obj, url)
@@ -203,12 +198,12 @@ def _submit(obj: _Context, url: str | None, wait: bool, timeout: float, as_json:
         try:
             answer = client.post("/v1/runs", **post)
         except httpx.TransportError as err:
-            _fail(f"no trigger endpoint at {base} ({type(err).__name__}): is `ragline serve` running?")
+            fail(f"no trigger endpoint at {base} ({type(err).__name__}): is `ragline serve` running?")
         if answer.status_code in (429, 503):
             retry = answer.headers.get("Retry-After", "?")
-            _fail(f"{base} is not taking runs now ({answer.status_code}: {_error_of(answer)}); retry after {retry} s")
+            fail(f"{base} is not taking runs now ({answer.status_code}: {_error_of(answer)}); retry after {retry} s")
         if answer.status_code != 202:
-            _fail(f"{base} refused the request ({answer.status_code}): {_error_of(answer)}")
+            fail(f"{base} refused the request ({answer.status_code}): {_error_of(answer)}")
         record: dict[str, Any] = answer.json()
         if wait:
             record = _wait(client, base, record, timeout)
@@ -222,15 +217,15 @@ def _wait(client: httpx.Client, base: str, record: dict[str, Any], timeout: floa
     delay = 0.05
     while record["state"] in ("queued", "running"):
         if time.monotonic() > deadline:
-            _fail(f"run {record['run_id']} is still {record['state']} after {timeout:g} s")
+            fail(f"run {record['run_id']} is still {record['state']} after {timeout:g} s")
         time.sleep(delay)
         delay = min(1.0, delay * 1.5)
         try:
             answer = client.get(f"/v1/runs/{record['run_id']}")
         except httpx.TransportError as err:
-            _fail(f"lost the trigger endpoint at {base} while waiting ({type(err).__name__})")
+            fail(f"lost the trigger endpoint at {base} while waiting ({type(err).__name__})")
         if answer.status_code != 200:
-            _fail(f"status of run {record['run_id']}: {answer.status_code}: {_error_of(answer)}")
+            fail(f"status of run {record['run_id']}: {answer.status_code}: {_error_of(answer)}")
         record = answer.json()
     return record
 
@@ -249,7 +244,7 @@ def _report(record: dict[str, Any], as_json: bool, waited: bool, seconds: float)
     if record.get("note"):
         click.echo(f"ragline: note: {record['note']}", err=True)
     if record["state"] in _FINAL_FAILED:
-        _fail(f"run {record['run_id']} {record['state']}: {record.get('error') or 'no reason given'}")
+        fail(f"run {record['run_id']} {record['state']}: {record.get('error') or 'no reason given'}")
     if record["state"] == "completed_with_quarantine":
         click.echo("ragline: some documents were quarantined: see `ragline quarantine list`", err=True)
 
@@ -265,7 +260,7 @@ def trigger() -> None:
 @_client_options
 @click.pass_obj
 def trigger_pdf(
-    obj: _Context, file: Path, source: str | None, url: str | None, wait: bool, timeout: float, as_json: bool
+    obj: Context, file: Path, source: str | None, url: str | None, wait: bool, timeout: float, as_json: bool
 ) -> None:
     """Post a PDF file."""
     params = {"filename": file.name, **({"source": source} if source else {})}
@@ -280,7 +275,7 @@ def trigger_pdf(
 @_client_options
 @click.pass_obj
 def trigger_url(
-    obj: _Context, target: str, source: str | None, url: str | None, wait: bool, timeout: float, as_json: bool
+    obj: Context, target: str, source: str | None, url: str | None, wait: bool, timeout: float, as_json: bool
 ) -> None:
     """Have the server fetch and ingest the PDF at TARGET."""
     body: dict[str, Any] = {"url": target, **({"source": source} if source else {})}
@@ -293,7 +288,7 @@ def trigger_url(
 @_client_options
 @click.pass_obj
 def trigger_source(
-    obj: _Context, name: str, ids: tuple[str, ...], url: str | None, wait: bool, timeout: float, as_json: bool
+    obj: Context, name: str, ids: tuple[str, ...], url: str | None, wait: bool, timeout: float, as_json: bool
 ) -> None:
     """Ingest records IDS of source NAME now (files of a PDF source; no IDS: the whole source, incrementally)."""
     _submit(obj, url, wait, timeout, as_json, json={"source": name, "ids": list(ids)})
@@ -310,7 +305,7 @@ def deploy() -> None:
 @deploy.command("render")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here.")
 @click.pass_obj
-def deploy_render(obj: _Context, output: Path | None) -> None:
+def deploy_render(obj: Context, output: Path | None) -> None:
     """Render prefect.yaml (a deployment per scheduled source, and the snapshot flow) from the config."""
     from flows.deployments import render_prefect_yaml
 
@@ -321,3 +316,21 @@ def deploy_render(obj: _Context, output: Path | None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     click.echo(f"wrote {output}", err=True)
+
+
+# -- stop ---------------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.pass_obj
+def stop(obj: Context) -> None:
+    """Stop the background services ragline started under RAGLINE_HOME (embedded Postgres, Prefect)."""
+    from flows.prefect_server import stop_local_server
+    from vectorstore.embedded import stop_embedded
+
+    stopped = []
+    if stop_local_server(obj.settings.home):
+        stopped.append("prefect server")
+    if obj.settings.database.url is None and stop_embedded(obj.settings.home):
+        stopped.append("embedded postgres")
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))

@@ -5,19 +5,9 @@ DEST and SRC are a directory path or an fsspec URL. Errors are one line on stder
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NoReturn
-
 import click
 
-if TYPE_CHECKING:
-    from ragline.cli import _Context
-
-
-def _fail(message: str) -> NoReturn:
-    # Imported late: ragline.cli imports this module to register the group.
-    from ragline.cli import _fail as fail
-
-    fail(message)
+from ragline.context import Context, fail
 
 
 def _size(n: int) -> str:
@@ -40,7 +30,7 @@ def snapshot() -> None:
 @snapshot.command("create")
 @click.argument("dest")
 @click.pass_obj
-def create(obj: _Context, dest: str) -> None:
+def create(obj: Context, dest: str) -> None:
     """Write a consistent snapshot of the store to DEST (a directory or fsspec URL holding no snapshot)."""
     from vectorstore.db import DatabaseError
     from vectorstore.snapshot import SnapshotError, create_snapshot
@@ -48,7 +38,7 @@ def create(obj: _Context, dest: str) -> None:
     try:
         manifest = create_snapshot(obj.services.conn, dest)
     except (SnapshotError, DatabaseError) as err:
-        _fail(str(err))
+        fail(str(err))
     size = sum(t.bytes for t in manifest.tables.values())
     click.echo(
         f"snapshot written to {dest}: {manifest.rows('documents')} documents, {manifest.rows('chunks')} chunks "
@@ -65,7 +55,7 @@ def verify(src: str) -> None:
     try:
         manifest = verify_snapshot(src)
     except SnapshotError as err:
-        _fail(str(err))
+        fail(str(err))
     click.echo(
         f"{src}: ok: {manifest.rows('documents')} documents, {manifest.rows('chunks')} chunks, "
         f"schema version {manifest.schema_version}, taken {manifest.created_at}"
@@ -76,7 +66,7 @@ def verify(src: str) -> None:
 @click.argument("src")
 @click.option("--force", is_flag=True, help="Restore even if the snapshot's model differs from the configured one.")
 @click.pass_obj
-def restore(obj: _Context, src: str, force: bool) -> None:
+def restore(obj: Context, src: str, force: bool) -> None:
     """Restore a snapshot into an empty database (verified first; all or nothing)."""
     from embedding.model import Embedder
     from flows.settings import database_url
@@ -94,7 +84,7 @@ def restore(obj: _Context, src: str, force: bool) -> None:
         finally:
             conn.close()
     except (SnapshotError, DatabaseError) as err:
-        _fail(str(err))
+        fail(str(err))
     click.echo(
         f"restored {src}: {manifest.rows('documents')} documents, {manifest.rows('chunks')} chunks, "
         f"{manifest.rows('sources')} sources"

@@ -1,0 +1,183 @@
+"""``ragline ingest pdf|source|all``: run the ingest flows with a progress bar, and summarise their counts.
+
+A PDF ingest plans against the ledger without Prefect and starts a flow only when there is work, so an
+ingest with nothing to do stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import click
+
+from flows import progress
+from flows.pipeline import Counts
+from ragline.context import Context, fail
+
+
+@click.group()
+def ingest() -> None:
+    """Ingest documents into the vector store."""
+
+
+class _ProgressBar:
+    """A progress bar on a terminal; on a pipe, a line every 10% so logs stay short."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+        self._total = 0
+        self._done = 0
+        self._last_pct = -1
+
+    def start(self, total: int) -> None:
+        self._total = total
+        if self._tty and total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("ingesting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("ingest", total=total)
+
+    def advance(self, event: str, external_id: str) -> None:
+        self._done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1)
+        elif self._total >= 20:
+            pct = self._done * 100 // self._total
+            if pct // 10 > self._last_pct // 10:
+                self._last_pct = pct
+                click.echo(f"ragline: {self._done}/{self._total} documents ({pct}%)", err=True)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _summary(counts: dict[str, int], seconds: float) -> str:
+    c = Counts(**counts)
+    parts = [
+        f"{c.committed} ingested ({c.chunks_written} chunks embedded, {c.chunks_reused} reused)",
+        f"{c.unchanged} unchanged",
+        f"{c.quarantined} quarantined",
+        f"{c.deleted} deleted",
+    ]
+    if c.still_quarantined:
+        parts.append(f"{c.still_quarantined} still quarantined")
+    return f"{c.seen} documents seen: " + ", ".join(parts) + f" in {seconds:.1f} s"
+
+
+def run_pdf_ingest(obj: Context, paths: list[str], source: str) -> dict[str, int]:
+    """Plan without Prefect; run the flow only when there is something to do."""
+    from connectors.pdf import PdfConnector
+    from vectorstore import runs
+
+    svc = obj.services
+    connector = PdfConnector([Path(p) for p in paths], svc.settings.pdf)
+    source_id = svc.pipeline.source_id(source, "pdf")
+    plan = svc.pipeline.plan(source_id, connector.iter_documents(), connector.covers)
+    if plan.empty:
+        run_id = runs.start_run(svc.conn, source_id)
+        runs.finish_run(svc.conn, run_id, "completed", plan.counts.as_dict())
+        return plan.counts.as_dict()
+
+    from flows.prefect_server import configure
+
+    configure(svc.settings.home, svc.settings.prefect)
+    from flows.ingest import ingest_pdf
+
+    progress.listen(_ProgressBar())
+    try:
+        result = cast(dict[str, int], ingest_pdf([str(Path(p).absolute()) for p in paths], source))
+    finally:
+        progress.listen(None)
+    return result
+
+
+@ingest.command("pdf")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--source", default="pdf", show_default=True, help="Source name these files are recorded under.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's counts as JSON.")
+@click.pass_obj
+def ingest_pdf_cmd(obj: Context, paths: tuple[str, ...], source: str, as_json: bool) -> None:
+    """Ingest PDF files and directories (recursive)."""
+    for p in paths:
+        if not Path(p).exists():
+            fail(f"no such file or directory: {p}")
+    started = time.monotonic()
+    counts = run_pdf_ingest(obj, list(paths), source)
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo(_summary(counts, time.monotonic() - started))
+        if counts.get("quarantined"):
+            click.echo("ragline: some documents were quarantined: see `ragline quarantine list`", err=True)
+
+
+def _run_sources(obj: Context, names: list[str]) -> list[tuple[str, dict[str, int] | None, str | None]]:
+    from flows.prefect_server import configure
+
+    for name in names:
+        obj.settings.source(name)  # unknown names fail before anything runs
+    svc = obj.services
+    configure(svc.settings.home, svc.settings.prefect)
+    from flows.ingest import ingest_source
+
+    results: list[tuple[str, dict[str, int] | None, str | None]] = []
+    for name in names:
+        progress.listen(_ProgressBar())
+        try:
+            results.append((name, cast(dict[str, int], ingest_source(name)), None))
+        except Exception as err:  # noqa: BLE001 - one failed source must not stop the others
+            results.append((name, None, f"{type(err).__name__}: {err}".splitlines()[0]))
+        finally:
+            progress.listen(None)
+    return results
+
+
+def _report_sources(
+    results: list[tuple[str, dict[str, int] | None, str | None]], as_json: bool, seconds: float
+) -> None:
+    if as_json:
+        click.echo(json.dumps({name: {"counts": c, "error": e} for name, c, e in results}))
+    for name, counts, error in results:
+        if error is not None:
+            click.echo(f"ragline: error: source {name} failed: {error}", err=True)
+        elif not as_json and counts is not None:
+            click.echo(f"{name}: " + _summary(counts, seconds))
+    if any(error for _, _, error in results):
+        sys.exit(1)
+
+
+@ingest.command("source")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's counts as JSON.")
+@click.pass_obj
+def ingest_source_cmd(obj: Context, name: str, as_json: bool) -> None:
+    """Run one source of the config file (from its saved cursor)."""
+    started = time.monotonic()
+    _report_sources(_run_sources(obj, [name]), as_json, time.monotonic() - started)
+
+
+@ingest.command("all")
+@click.option("--json", "as_json", is_flag=True, help="Print every source's counts as JSON.")
+@click.pass_obj
+def ingest_all_cmd(obj: Context, as_json: bool) -> None:
+    """Run every source of the config file; a failed source does not stop the others (exit 1 at the end)."""
+    names = [s.name for s in obj.settings.sources]
+    if not names:
+        fail("no sources configured (set RAGLINE_CONFIG to a file with a `sources:` list)")
+    started = time.monotonic()
+    _report_sources(_run_sources(obj, names), as_json, time.monotonic() - started)

@@ -1,0 +1,175 @@
+"""``ragline search``, ``ragline status`` and ``ragline quarantine list|retry``: what the store holds.
+
+Search, status and the quarantine list only read: they never import Prefect or start its server.
+``quarantine retry`` ingests the released PDFs again through ``ingest_cmd.run_pdf_ingest``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flows.pipeline import Counts
+from ragline.context import Context, fail
+from ragline.ingest_cmd import run_pdf_ingest
+
+
+@click.command()
+@click.argument("query")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 1000), help="Results to return.")
+@click.option("--source", default=None, help="Only search this source.")
+@click.option("--tenant", default=None, help="Only search this tenant's chunks (enforced by Postgres with RLS).")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only documents whose metadata has KEY equal to VALUE (JSON value, else a string); repeatable.",
+)
+@click.option(
+    "--mode", type=click.Choice(["hybrid", "vector"]), default=None, help="Override search.mode of the config."
+)
+@click.option("--exact", is_flag=True, help="Exact (sequential) vector search instead of the HNSW index.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, best first.")
+@click.pass_obj
+def search(
+    obj: Context,
+    query: str,
+    k: int,
+    source: str | None,
+    tenant: str | None,
+    filters: tuple[str, ...],
+    mode: str | None,
+    exact: bool,
+    as_json: bool,
+) -> None:
+    """Semantic search over the ingested chunks (of the model generation that serves search)."""
+    from vectorstore.store import SearchFilter
+
+    if not query.strip():
+        fail("the query is empty")
+    metadata: dict[str, Any] = {}
+    for item in filters:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            fail(f"--filter {item!r}: expected KEY=VALUE")
+        try:
+            metadata[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            metadata[key] = raw
+    svc = obj.services
+    update: dict[str, Any] = {}
+    if mode is not None:
+        update["mode"] = mode
+    if exact:
+        update["exact"] = "always"
+    settings = svc.settings.search.model_copy(update=update)
+    scope = SearchFilter(source=source, tenant=tenant, metadata=metadata or None)
+    hits = svc.search(query, k, settings=settings, where=scope)
+    if as_json:
+        click.echo(json.dumps([h.as_json() for h in hits], ensure_ascii=False))
+        return
+    if not hits:
+        click.echo("no results")
+    for rank, h in enumerate(hits, start=1):
+        where = f"{h.uri}" + (f" p.{h.page}" if h.page is not None else "")
+        snippet = " ".join(h.text.split())
+        click.echo(f"{rank}. [{h.score:.3f}] {where}\n   {snippet[:300]}{'...' if len(snippet) > 300 else ''}")
+
+
+# -- status -----------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print an object with documents, chunks, quarantined, sources.")
+@click.pass_obj
+def status(obj: Context, as_json: bool) -> None:
+    """What the store holds, per source."""
+    from flows.prefect_server import running_server
+    from vectorstore import store
+
+    data = store.status(obj.services.conn)
+    server = running_server(obj.settings.home)
+    data["prefect_ui"] = server[1].removesuffix("/api") if server else os.environ.get("PREFECT_API_URL")
+    if as_json:
+        click.echo(json.dumps(data, default=str))
+        return
+    click.echo(f"documents: {data['documents']}  chunks: {data['chunks']}  quarantined: {data['quarantined']}")
+    for name, s in data["sources"].items():
+        last = s["last_run"] or {}
+        click.echo(
+            f"  {name} ({s['kind']}): {s['documents']} documents, {s['chunks']} chunks, "
+            f"{s['quarantined']} quarantined; last run {last.get('status', '-')} {last.get('finished_at') or ''}"
+        )
+    for g in data["generations"]:
+        pending = f", {g['pending_documents']} documents to re-embed" if "pending_documents" in g else ""
+        index = "indexed" if g["indexed"] else "no index"
+        click.echo(
+            f"  model {g['name']} ({g['revision']}, dim {g['dim']}): {g['state']}, {g['chunks']} chunks, "
+            f"{index}{pending}"
+        )
+    if data["prefect_ui"]:
+        click.echo(f"Prefect UI: {data['prefect_ui']}")
+
+
+# -- quarantine -------------------------------------------------------------------------------------------
+
+
+@click.group()
+def quarantine() -> None:
+    """Documents that could not be ingested, and why."""
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_obj
+def quarantine_list(obj: Context, as_json: bool) -> None:
+    from vectorstore import ledger
+
+    rows = ledger.quarantined(obj.services.conn)
+    if as_json:
+        click.echo(json.dumps(rows, default=str))
+        return
+    if not rows:
+        click.echo("nothing is quarantined")
+    for r in rows:
+        click.echo(f"{r['id']}\t{r['source']}\t{r['uri']}\t{r['reason']}: {r['error']} (attempts: {r['attempts']})")
+
+
+@quarantine.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.pass_obj
+def quarantine_retry(obj: Context, ids: tuple[int, ...]) -> None:
+    """Try quarantined documents again now (all of them without IDs)."""
+    from vectorstore import ledger
+
+    conn = obj.services.conn
+    rows = ledger.quarantined(conn, list(ids) if ids else None)
+    if ids:
+        unknown = sorted(set(ids) - {r["id"] for r in rows})
+        if unknown:
+            fail(f"not quarantined: {', '.join(map(str, unknown))} (see `ragline quarantine list`)")
+    if not rows:
+        click.echo("nothing is quarantined")
+        return
+    ledger.release(conn, [r["id"] for r in rows])
+    by_source: dict[str, list[str]] = {}
+    later: list[str] = []
+    for r in rows:
+        if r["kind"] == "pdf" and Path(r["external_id"]).exists():
+            by_source.setdefault(r["source"], []).append(r["external_id"])
+        else:
+            later.append(r["source"])
+    total = Counts()
+    for source, files in by_source.items():
+        total.merge(Counts(**run_pdf_ingest(obj, files, source)))
+    click.echo(
+        f"retried {total.committed + total.quarantined}: {total.committed} ingested, "
+        f"{total.quarantined} quarantined again"
+    )
+    if later:
+        click.echo(f"{len(later)} more will be retried at the next run of: {', '.join(sorted(set(later)))}")
