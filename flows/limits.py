@@ -3,9 +3,10 @@ machine (two would replay each other's pages and race on the cursor), and an opt
 all runs and sources that call one API account (``http.shared_quota``), which a per-process token bucket
 cannot see.
 
-The source slot uses Prefect's lease calls directly (``prefect.concurrency._sync``, pinned by the Prefect
-version range) rather than its ``concurrency`` context manager, because the lease id must be recorded with
-the run so that a run killed with SIGKILL can have its slot released by the next run."""
+The source slot uses Prefect's lease calls directly rather than its ``concurrency`` context manager, because
+the lease id must be recorded with the run so that a run killed with SIGKILL can have its slot released by the
+next run. Release goes through the public client; acquire and renewal are private in Prefect 3.8 and wrapped
+in flows.prefect_private."""
 
 from __future__ import annotations
 
@@ -54,23 +55,25 @@ def source_slot(
     lease id, which the caller records. ``stale_leases``, held by runs known dead (killed on this host), are
     released first: otherwise a killed run would block its source until the lease expired (60 s at least,
     plus the server's sweep interval)."""
-    from prefect.concurrency._leases import maintain_concurrency_lease
-    from prefect.concurrency._sync import (
-        acquire_concurrency_slots_with_lease,
-        release_concurrency_slots_with_lease,
-    )
+    from flows.prefect_private import acquire_slot_with_lease, renewed_lease
 
     for lease in stale_leases:
         with suppress(Exception):  # already expired or released: nothing to free
-            release_concurrency_slots_with_lease(lease)
-    granted = acquire_concurrency_slots_with_lease(
-        [source_limit_name(source)], 1, timeout_seconds=timeout_seconds, lease_duration=LEASE_SECONDS, strict=True
-    )
+            release_lease(lease)
+    lease_id = acquire_slot_with_lease(source_limit_name(source), timeout_seconds, LEASE_SECONDS)
     try:
-        with maintain_concurrency_lease(granted.lease_id, LEASE_SECONDS, raise_on_lease_renewal_failure=False):
-            yield granted.lease_id
+        with renewed_lease(lease_id, LEASE_SECONDS):
+            yield lease_id
     finally:
-        release_concurrency_slots_with_lease(granted.lease_id)
+        release_lease(lease_id)
+
+
+def release_lease(lease_id: uuid.UUID) -> None:
+    """Free the slots held under ``lease_id`` (Prefect's public client call)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        client.release_concurrency_slots_with_lease(lease_id)
 
 
 def quota_gate(policy: HttpPolicy) -> Callable[[], None] | None:

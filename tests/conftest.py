@@ -1,5 +1,6 @@
-"""Shared fixtures: a real embedded Postgres + pgvector (one server per session, one fresh database per
-test), the real model (loaded once per session), and generated PDFs."""
+"""Shared fixtures: a real embedded Postgres + pgvector (one server per session; per test a database cloned
+from a template migrated once per session, or an empty one), the real model (loaded once per session), one
+local Prefect server per session (started by the first test that needs it), and generated PDFs."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from embedding.model import Embedder, EmbeddingSettings
 from flows.runtime import Services
 from flows.settings import RaglineSettings, load_settings
-from tests.support.db import fresh_database
+from tests.support.db import fresh_database, make_template, migrated_database
 from tests.support.embedders import CountingEmbedder
+from tests.support.prefect import PrefectServer, pointed_at, start_server, stop_server
 from vectorstore.embedded import embedded_url, stop_embedded
 
 
@@ -29,9 +31,41 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop_embedded(home)
 
 
+@pytest.fixture(scope="session")
+def template_database(pg_server: str) -> str:
+    """Name of the database every ``database_url`` is cloned from: migrated once, not ~130 times."""
+    return make_template(pg_server)
+
+
 @pytest.fixture
-def database_url(pg_server: str) -> str:
+def database_url(pg_server: str, template_database: str) -> str:
+    """A new database of the test's own, already migrated (a clone of the session's template)."""
+    return migrated_database(pg_server, template_database)
+
+
+@pytest.fixture
+def empty_database_url(pg_server: str) -> str:
+    """A new, empty database: for tests of migrations and of a first start on a brand-new store."""
     return fresh_database(pg_server)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """The session's local Prefect server (UI included), started on a free port by the first test that asks.
+    It cannot start: that test fails."""
+    server = start_server(tmp_path_factory.mktemp("prefect-server-home"))
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture
+def prefect_api(prefect_server: PrefectServer) -> Iterator[str]:
+    """This process's Prefect client (flows, limits, artifacts) pointed at the session's server, for one
+    test; yields the API URL."""
+    with pointed_at(prefect_server):
+        yield prefect_server.api_url
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,8 @@ import pytest
 
 from tests.support.db import fresh_database
 from tests.support.pdfgen import not_a_pdf, text_pdf
+from tests.support.prefect import PrefectServer
+from vectorstore.embedded import stop_embedded
 
 PARAGRAPH = (
     "The lighthouse keeper climbed one hundred and twelve spiral steps every evening to trim the wick, "
@@ -25,12 +27,13 @@ PARAGRAPH = (
 )
 
 
-@pytest.fixture(scope="session")
-def cli_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One RAGLINE_HOME for the CLI tests, so the local Prefect server starts once per session."""
-    home = tmp_path_factory.mktemp("cli-home")
+@pytest.fixture(scope="module")
+def cli_home(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One RAGLINE_HOME for the CLI tests whose local Prefect server is the session's: ragline finds it
+    running and reuses it. Anything else ragline started there (an embedded Postgres) is stopped after."""
+    home = prefect_server.ragline_home(tmp_path_factory.mktemp("cli") / "home")
     yield home
-    subprocess.run([sys.executable, "-m", "ragline", "stop"], env=_env(home), capture_output=True, timeout=60)
+    stop_embedded(home)
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -53,8 +56,9 @@ def ragline(home: Path, *args: str, check: bool = True, **env: str) -> subproces
 
 
 @pytest.fixture
-def db(pg_server: str) -> str:
-    return fresh_database(pg_server)
+def db(empty_database_url: str) -> str:
+    """An empty database: ragline's first command migrates it, as for a new user."""
+    return empty_database_url
 
 
 def corpus(root: Path, n: int, pages: int = 2) -> Path:
@@ -124,11 +128,13 @@ def test_flow_runs_on_the_reused_local_prefect_server(tmp_path: Path, cli_home: 
     )
     assert json.loads((cli_home / "prefect" / "server.json").read_text())["pid"] == state["pid"]
 
-    runs = httpx.post(f"{state['url']}/flow_runs/filter", json={"limit": 50}, timeout=10).json()
+    names = {"name": {"any_": ["ingest-pdf-pdf", "ingest-pdf-other"]}}  # the server is the session's
+    runs = httpx.post(f"{state['url']}/flow_runs/filter", json={"flow_runs": names, "limit": 50}, timeout=10).json()
     ours = [r for r in runs if r["name"] in ("ingest-pdf-pdf", "ingest-pdf-other")]
     assert {r["name"] for r in ours} == {"ingest-pdf-pdf", "ingest-pdf-other"}
     assert all(r["state_type"] == "COMPLETED" for r in ours)
-    tasks = httpx.post(f"{state['url']}/task_runs/filter", json={"limit": 200}, timeout=10).json()
+    of_ours = {"id": {"any_": [r["id"] for r in ours]}}
+    tasks = httpx.post(f"{state['url']}/task_runs/filter", json={"flow_runs": of_ours, "limit": 200}, timeout=10).json()
     assert {"plan-pdf-changes", "ingest-pdf-documents"} <= {t["name"].rsplit("-", 1)[0] for t in tasks}
 
 
@@ -270,7 +276,8 @@ def test_ingest_all_runs_every_source_and_reports_the_one_that_is_down(tmp_path:
         assert unknown.returncode == 1 and "no source named 'nope'" in unknown.stderr and "lights" in unknown.stderr
 
     state = json.loads((cli_home / "prefect" / "server.json").read_text())
-    runs = httpx.post(f"{state['url']}/flow_runs/filter", json={"limit": 100}, timeout=10).json()
+    names = {"name": {"any_": ["ingest-lights", "ingest-broken"]}}  # the server is the session's
+    runs = httpx.post(f"{state['url']}/flow_runs/filter", json={"flow_runs": names, "limit": 100}, timeout=10).json()
     states = {r["name"]: r["state_type"] for r in runs if r["name"] in ("ingest-lights", "ingest-broken")}
     assert states == {"ingest-lights": "COMPLETED", "ingest-broken": "FAILED"}
 

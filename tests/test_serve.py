@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.db import fresh_database
 from tests.support.pdfgen import text_pdf
+from tests.support.prefect import PrefectServer
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +55,9 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[Serve]:
+def serve(tmp_path_factory: pytest.TempPathFactory, pg_server: str, prefect_server: PrefectServer) -> Iterator[Serve]:
     root = tmp_path_factory.mktemp("serve")
-    home, shelf = root / "home", root / "shelf"
+    home, shelf = prefect_server.ragline_home(root / "home"), root / "shelf"  # the session's Prefect server
     text_pdf(shelf / "tides.pdf", ["Spring tides at the estuary mouth rise four metres above the chart datum."])
     config = root / "ragline.yaml"
     config.write_text(
@@ -77,7 +78,6 @@ def serve(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        subprocess.run([sys.executable, "-m", "ragline", "stop"], env=env, capture_output=True, timeout=60)
 
 
 def _wait_ready(proc: subprocess.Popen[str], home: Path, log: Path, timeout: float = 300) -> str:

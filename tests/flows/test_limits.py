@@ -4,39 +4,14 @@ at a time, and a request quota shared across processes through a Prefect rate li
 from __future__ import annotations
 
 import contextvars
-import os
+import inspect
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from connectors.http import HttpPolicy, ResilientClient
-from flows import limits
-from flows.prefect_server import ensure_local_server, stop_local_server
-from flows.settings import PrefectSettings
+from flows import limits, prefect_private
 from tests.support.httpserver import Reply, serve
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("prefect-home")
-    (home / "prefect").mkdir()
-    url = ensure_local_server(home, PrefectSettings())
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    # Prefect reads its environment once, when first imported (other test modules may have imported it):
-    # the API URL is set in its settings context, not only in the environment.
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
-    finally:
-        if saved is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = saved
-        stop_local_server(home)
 
 
 def test_limit_names_are_valid_prefect_names() -> None:
@@ -84,7 +59,7 @@ def test_a_second_sync_of_a_source_waits_for_the_first(prefect_api: str) -> None
 
 
 def test_every_request_takes_a_slot_of_the_shared_quota(prefect_api: str) -> None:
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 
     policy = HttpPolicy(rate_per_second=50.0, burst=5, shared_quota="portal-3", backoff_base=0.01)
     gate = limits.quota_gate(policy)
@@ -108,13 +83,27 @@ def test_every_request_takes_a_slot_of_the_shared_quota(prefect_api: str) -> Non
 
 
 def test_the_lease_of_a_killed_run_is_released_by_the_next_run(prefect_api: str) -> None:
-    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
-
     limits.ensure_limits("lost", None)
-    leaked = acquire_concurrency_slots_with_lease(
-        [limits.source_limit_name("lost")], 1, lease_duration=600, strict=True
-    )  # held by a process that was then killed: nobody renews or releases it
+    # held by a process that was then killed: nobody renews or releases it
+    leaked = prefect_private.acquire_slot_with_lease(limits.source_limit_name("lost"), None, 600)
     with pytest.raises(TimeoutError), limits.source_slot("lost", timeout_seconds=1.0):
         pass
-    with limits.source_slot("lost", timeout_seconds=30, stale_leases=[leaked.lease_id]) as lease:
-        assert lease != leaked.lease_id
+    with limits.source_slot("lost", timeout_seconds=30, stale_leases=[leaked]) as lease:
+        assert lease != leaked
+
+
+def test_the_private_prefect_calls_ragline_wraps_keep_their_signatures() -> None:
+    """flows.prefect_private calls these by keyword: a Prefect release that renames, drops or reorders them
+    fails here, not in a sync."""
+    from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
+    from prefect.concurrency._leases import maintain_concurrency_lease
+    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
+
+    acquire = inspect.signature(acquire_concurrency_slots_with_lease).parameters
+    assert list(acquire)[:2] == ["names", "slots"]
+    assert {"timeout_seconds", "lease_duration", "strict"} <= set(acquire)
+    assert acquire_concurrency_slots_with_lease.__annotations__["return"] == "ConcurrencyLimitWithLeaseResponse"
+    assert "lease_id" in ConcurrencyLimitWithLeaseResponse.model_fields
+    maintain = inspect.signature(maintain_concurrency_lease).parameters
+    assert list(maintain)[:2] == ["lease_id", "lease_duration"]
+    assert "raise_on_lease_renewal_failure" in maintain

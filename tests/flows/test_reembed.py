@@ -4,7 +4,6 @@ one is built from stored text, then switches; a remote source's records are not 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +78,11 @@ def test_a_model_change_keeps_search_answering_and_ends_in_the_new_generation(
         new.close()
 
 
-@pytest.fixture(scope="module")
-def prefect() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_the_reembed_flow_switches_and_reports_in_prefect(
-    prefect: None, tmp_path: Path, services: Services, settings: RaglineSettings, other_model: Path
+    prefect_api: str, tmp_path: Path, services: Services, settings: RaglineSettings, other_model: Path
 ) -> None:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.reembed_flow import reembed_store
 
@@ -110,7 +102,8 @@ def test_the_reembed_flow_switches_and_reports_in_prefect(
 
         async def artifact_keys() -> dict[str, Any]:
             async with get_client() as client:
-                return {a.key: a for a in await client.read_artifacts() if a.key}
+                only_ours = ArtifactFilter(key=ArtifactFilterKey(any_=["reembed-store", "reembed-progress"]))
+                return {a.key: a for a in await client.read_artifacts(artifact_filter=only_ours) if a.key}
 
         import asyncio
 

@@ -1,4 +1,4 @@
-"""The ``snapshot-store`` flow on a real (temporary) Prefect server: snapshot, verify, retention."""
+"""The ``snapshot-store`` flow on the session's real Prefect server: snapshot, verify, retention."""
 
 from __future__ import annotations
 
@@ -13,14 +13,6 @@ from tests.support.pdfgen import text_pdf
 from vectorstore.snapshot import MANIFEST, parse_snapshot_name, verify_snapshot
 
 
-@pytest.fixture(scope="module")
-def prefect() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
 def installed(services: Services, tmp_path: Path) -> Iterator[Services]:
     text_pdf(tmp_path / "docs" / "a.pdf", ["Glaciers carve U-shaped valleys.", "Moraines mark old ice."], title="Ice")
@@ -30,7 +22,7 @@ def installed(services: Services, tmp_path: Path) -> Iterator[Services]:
     use_services(None)
 
 
-def test_flow_snapshots_verifies_and_prunes(prefect: None, installed: Services, tmp_path: Path) -> None:
+def test_flow_snapshots_verifies_and_prunes(prefect_api: str, installed: Services, tmp_path: Path) -> None:
     from flows.snapshot import snapshot_store
 
     root = tmp_path / "snapshots"
@@ -50,7 +42,7 @@ def test_flow_snapshots_verifies_and_prunes(prefect: None, installed: Services, 
     assert sorted(p.name for p in root.iterdir()) == ["20200102T000000Z", new.name, "notes"]
 
 
-def test_bad_retention_fails_before_any_export(prefect: None, installed: Services, tmp_path: Path) -> None:
+def test_bad_retention_fails_before_any_export(prefect_api: str, installed: Services, tmp_path: Path) -> None:
     from flows.snapshot import snapshot_store
 
     with pytest.raises(ValueError, match="keep_last must be at least 1"):

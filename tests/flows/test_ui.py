@@ -11,8 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,9 @@ import pytest
 from PIL import Image
 
 from flows.artifacts import counts_key, progress_key
-from flows.prefect_server import ensure_local_server, stop_local_server
-from flows.settings import PrefectSettings
 from tests.support.httpserver import Reply, serve
 from tests.support.pdfgen import text_pdf, truncated_pdf
+from tests.support.prefect import PrefectServer
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "prefect-ui"
 WINDOW = (1400, 1000)
@@ -58,27 +56,13 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", **extra}
 
 
-@dataclass(frozen=True)
-class LocalPrefect:
-    home: Path
-    """RAGLINE_HOME whose local Prefect server is up: ragline commands run with it reuse that server."""
-    base: str
-    """Base URL of its API and UI."""
-
-
-@pytest.fixture(scope="module")
-def prefect_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrefect]:
-    """The Prefect server users of ragline get: started by ragline itself (flows.prefect_server) under a
-    RAGLINE_HOME of this module's own, on a port other than Prefect's default 4200. Its UI must be told that
-    port (``/ui-settings``), or the UI calls port 4200 and shows an error page."""
-    home = tmp_path_factory.mktemp("ragline-ui-home")
-    api_url = ensure_local_server(home, PrefectSettings(startup_timeout=120))  # on a free port, not 4200
-    base = api_url.removesuffix("/api")
-    try:
-        assert httpx.get(f"{base}/ui-settings", timeout=10).json()["api_url"] == api_url
-        yield LocalPrefect(home, base)
-    finally:
-        stop_local_server(home)
+@pytest.fixture
+def prefect_ui(prefect_server: PrefectServer, tmp_path: Path) -> PrefectServer:
+    """The session's Prefect server, the one users of ragline get: started by ragline itself
+    (flows.prefect_server), on a port other than Prefect's default 4200, which its UI must be told
+    (``/ui-settings``, checked when it starts) or the UI calls port 4200 and shows an error page. ragline runs
+    here with a RAGLINE_HOME of the test's own that reuses that server."""
+    return PrefectServer(prefect_server.ragline_home(tmp_path / "ragline-home"), prefect_server.api_url)
 
 
 def browse(url: str, profile: Path, screenshot: Path | None = None) -> str:
@@ -119,7 +103,7 @@ def api(base: str, path: str, body: dict[str, Any]) -> Any:
 
 
 def test_an_ingest_run_its_state_and_its_counts_show_in_the_prefect_ui(
-    tmp_path: Path, prefect_ui: LocalPrefect, database_url: str
+    tmp_path: Path, prefect_ui: PrefectServer, database_url: str
 ) -> None:
     chromium()  # fail before minutes of ingestion when the browser is missing
     docs = tmp_path / "docs"
@@ -128,6 +112,7 @@ def test_an_ingest_run_its_state_and_its_counts_show_in_the_prefect_ui(
         text_pdf(docs / f"{name}.pdf", [f"{topic}, page one.", f"{topic}, page two."], title=name)
     truncated_pdf(docs / "cut.pdf", docs / "tides.pdf", keep_fraction=0.5)
 
+    began = datetime.now(UTC)
     with serve() as down:
         down.route("/api.php", [Reply(503, b"maintenance")])
         config = tmp_path / "ragline.yaml"
@@ -155,7 +140,9 @@ def test_an_ingest_run_its_state_and_its_counts_show_in_the_prefect_ui(
     assert (result["docs"]["counts"]["committed"], result["docs"]["counts"]["quarantined"]) == (2, 1)
 
     # What the API holds: states that tell the truth, tags per source, task runs that read well.
-    flow_runs = {r["name"]: r for r in api(prefect_ui.base, "/flow_runs/filter", {"limit": 50})}
+    # The server is the session's: only the runs of this test (started after it began) are looked at.
+    ours = {"start_time": {"after_": began.isoformat()}, "name": {"any_": ["ingest-docs", "ingest-broken"]}}
+    flow_runs = {r["name"]: r for r in api(prefect_ui.base, "/flow_runs/filter", {"flow_runs": ours, "limit": 50})}
     assert set(flow_runs) == {"ingest-docs", "ingest-broken"}
     docs_run, broken_run = flow_runs["ingest-docs"], flow_runs["ingest-broken"]
     assert (docs_run["state_type"], docs_run["state_name"]) == ("COMPLETED", "CompletedWithQuarantine")
@@ -167,7 +154,10 @@ def test_an_ingest_run_its_state_and_its_counts_show_in_the_prefect_ui(
     assert all("source:docs" in t["tags"] for t in tasks)
 
     # Each run's artifacts: the counts under the source's key, and the progress of the documents.
-    artifacts = api(prefect_ui.base, "/artifacts/filter", {"sort": "CREATED_DESC"})
+    run_ids = [docs_run["id"], broken_run["id"]]
+    artifacts = api(
+        prefect_ui.base, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": run_ids}}, "sort": "CREATED_DESC"}
+    )
     by_run: dict[str, dict[str, Any]] = {}
     for artifact in artifacts:
         by_run.setdefault(artifact["flow_run_id"], {})[artifact["key"]] = artifact
