@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from connectors.http import HttpStats
 
 
 class SourceSettingsBase(BaseModel):
@@ -67,6 +69,11 @@ class SourceDocument:
     """One version of one document at its source.
 
     ``content_hash`` identifies the version; ``load`` parses it (raising ``DocumentError`` for poison input).
+
+    A source whose content must be read to be hashed (a file) can defer both: ``read`` reads it once and
+    returns its content hash and a ``load`` over what was read, so a file is read once per run, and only when
+    its ``stat_key`` (a cheap change signal, e.g. size, mtime and inode) differs from the ledger's. Until then
+    ``content_hash`` is a placeholder that never reaches the ledger.
     """
 
     external_id: str
@@ -76,6 +83,12 @@ class SourceDocument:
     title: str | None = None
     modified: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    stat_key: str | None = None
+    read: Callable[[], tuple[str, Callable[[], ParsedDocument]]] | None = field(default=None, repr=False, compare=False)
+
+
+class DocumentGone(Exception):
+    """The document vanished between listing and reading: it is skipped, and the next listing finds it gone."""
 
 
 def _raise(error: DocumentError) -> ParsedDocument:
@@ -109,8 +122,18 @@ class Batch:
 
 
 class RemoteSource(Protocol):
-    """A paged remote source, resumable from a saved cursor."""
+    """A paged remote source, resumable from a saved cursor. It owns an HTTP client: ``stats`` counts its
+    requests for the run's report, ``close`` (or leaving a ``with`` block) releases its connections."""
 
     kind: str
 
+    @property
+    def stats(self) -> HttpStats: ...
+
     def batches(self, cursor: dict[str, Any] | None) -> Iterator[Batch]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...

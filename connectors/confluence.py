@@ -24,19 +24,14 @@ by the first incremental run. Afterwards: ``{"mode": "incremental", "since": T, 
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import html
 import logging
-import re
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta, tzinfo
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from functools import partial
-from html.parser import HTMLParser
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 
@@ -49,25 +44,20 @@ from connectors.base import (
     SourceSettingsBase,
     failing_document,
 )
+from connectors.confluence_cursor import ConfluenceCursor
+from connectors.confluence_site import basic_auth, changes_cql, cql_date, join_link, site_url, zone
+from connectors.confluence_storage import storage_to_text
 from connectors.errors import MalformedPayloadError, RequestRejectedError
-from connectors.http import HttpPolicy, ResilientClient
-from connectors.text import clean_text
+from connectors.http import HttpPolicy, HttpSource, ResilientClient
 from connectors.values import parse_timestamp, secret_from_env
+
+parse_time = parse_timestamp
 
 log = logging.getLogger(__name__)
 
 REMOVED_STATUSES = ("trashed", "deleted", "archived")
 LISTING_CAP = 250  # the v2 listings' largest page
 EPOCH = "1970-01-01T00:00:00+00:00"
-
-
-def _zone(name: str) -> tzinfo:
-    if name.upper() == "UTC":
-        return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as err:
-        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Europe/Berlin)") from err
 
 
 class ConfluenceSettings(SourceSettingsBase):
@@ -108,259 +98,9 @@ class ConfluenceSettings(SourceSettingsBase):
 
     @field_validator("timezone")
     @classmethod
-    def _known_zone(cls, value: str) -> str:
-        _zone(value)
+    def _knownzone(cls, value: str) -> str:
+        zone(value)
         return value
-
-
-# ---- URLs -------------------------------------------------------------------------------------------------
-
-
-def site_url(base_url: str) -> str:
-    """The root every API path hangs off. Confluence Cloud serves under ``/wiki``, so a URL that stops at the
-    host gets it added: both spellings operators copy from the browser work."""
-    site = base_url.strip().rstrip("/")
-    return site if urlsplit(site).path.endswith("/wiki") else f"{site}/wiki"
-
-
-def join_link(site: str, link: str) -> str:
-    """Absolute URL of a link from an answer.
-
-    v2 ``_links.next`` carries the context path (``/wiki/api/v2/...?cursor=``) while v1 ``_links.next`` and
-    every ``_links.webui`` are relative to the site (``/rest/api/...``, ``/spaces/...``). Absolute links must
-    stay on the site: the client sends credentials with every request.
-    """
-    site_parts = urlsplit(site)
-    origin = f"{site_parts.scheme}://{site_parts.netloc}"
-    parts = urlsplit(link)
-    if parts.scheme or parts.netloc:
-        if f"{parts.scheme}://{parts.netloc}" != origin:
-            raise ValueError(f"link {link!r} leaves the site {origin}")
-        return link
-    path = link if link.startswith("/") else f"/{link}"
-    context = site_parts.path.rstrip("/")
-    if context and (path == context or path.startswith((f"{context}/", f"{context}?"))):
-        return origin + path
-    return site + path
-
-
-def basic_auth(email: str, token: str) -> dict[str, str]:
-    """Atlassian Cloud's basic auth: the account's email and an API token."""
-    return {"Authorization": "Basic " + base64.b64encode(f"{email}:{token}".encode()).decode("ascii")}
-
-
-# ---- CQL and cursor pieces ----------------------------------------------------------------------------------
-
-
-def cql_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def cql_date(moment: datetime, zone: tzinfo) -> str:
-    """A CQL date: minute precision, in the account's time zone (the minute is floored, never rounded up)."""
-    return moment.astimezone(zone).strftime("%Y/%m/%d %H:%M")
-
-
-def changes_cql(spaces: Sequence[str], since: str | None, order: Literal["asc", "desc"] = "asc") -> str:
-    clauses = [f"space in ({', '.join(cql_string(k) for k in spaces)})", "type = page"]
-    if since is not None:
-        clauses.append(f"lastmodified >= {cql_string(since)}")
-    return " and ".join(clauses) + f" order by lastmodified {order}"
-
-
-def pack_ids(ids: Iterable[str]) -> str:
-    """Page ids, sorted and deflated: the known set of a large wiki stays a small part of the cursor."""
-    raw = "\n".join(sorted(set(ids))).encode()
-    return base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
-
-
-def unpack_ids(packed: Any) -> set[str]:
-    if not packed:
-        return set()
-    raw = zlib.decompress(base64.b64decode(str(packed))).decode()
-    return set(raw.split("\n")) if raw else set()
-
-
-parse_time = parse_timestamp
-
-
-# ---- storage format -> text ---------------------------------------------------------------------------------
-
-_CDATA = re.compile(r"<!\[CDATA\[(.*?)\]\]>", re.DOTALL)
-_TAG = re.compile(r"<[^>]*>")
-_WHITESPACE = re.compile(r"\s+")
-_PARAGRAPHS = frozenset(
-    {"p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "pre", "blockquote", "ac:structured-macro", "ac:layout-section"}
-)
-_LINES = frozenset(
-    {"div", "li", "ul", "ol", "dl", "dt", "dd", "tr", "section", "ac:layout-cell", "ac:task", "ac:task-list"}
-    | {"ac:plain-text-body", "ac:rich-text-body", "ac:image", "ac:caption"}
-)
-_VOID = frozenset({"br", "hr", "img", "col", "ac:emoticon", "time"})
-# Parameters and editor chrome: text an author never wrote as content.
-_SKIP = frozenset(
-    {"ac:parameter", "ac:placeholder", "ac:task-id", "ac:task-uuid", "ac:task-status", "ac:adf-attribute"}
-    | {"script", "style"}
-)
-_PREFORMATTED = frozenset({"pre", "ac:plain-text-body"})
-_CELLS = frozenset({"td", "th"})
-_LINK_TARGETS = {
-    "ri:page": "ri:content-title",
-    "ri:blog-post": "ri:content-title",
-    "ri:attachment": "ri:filename",
-    "ri:space": "ri:space-key",
-    "ri:url": "ri:value",
-}
-
-
-class _StorageText(HTMLParser):
-    """Text of storage-format XHTML: blocks as line breaks, table cells separated by ``|``, macro parameters
-    dropped, macro bodies kept, ``ac:link`` targets as their titles.
-
-    Breaks are held back until the next text and the strongest one wins, so nested blocks (``<td><p>``,
-    ``<li><p>``) give one separator rather than a pile of blank lines.
-    """
-
-    _STRENGTH: ClassVar[dict[str, int]] = {"": 0, " ": 1, " | ": 2, "\n": 3, "\n\n": 4}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.pending = ""
-        self.stack: list[str] = []
-        self.skip = 0
-        self.pre = 0
-        self.cells = 0
-        self.rows: list[int] = []
-        self.links: list[list[Any]] = []  # [target title or None, whether the link has its own text]
-
-    def text(self) -> str:
-        return "".join(self.out)
-
-    @property
-    def swallowed(self) -> bool:
-        """An unclosed parameter hid everything after it: better the noise of stripping tags than losing text."""
-        return self.skip > 0
-
-    def _break(self, separator: str) -> None:
-        if self.cells and separator != " | ":
-            separator = " "  # a table row stays on one line
-        if self._STRENGTH[separator] > self._STRENGTH[self.pending]:
-            self.pending = separator
-
-    def _emit(self, text: str) -> None:
-        if not text or (self.pending and not text.strip()):
-            return
-        if self.pending and self.out:
-            self.out.append(self.pending)
-        self.pending = ""
-        self.out.append(text)
-        if self.links and text.strip():
-            self.links[-1][1] = True
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self.skip:
-            if tag in _SKIP:
-                self.skip += 1
-                self.stack.append(tag)
-            elif tag not in _VOID and not tag.startswith("ri:"):
-                self.stack.append(tag)
-            return
-        attributes = {k: v for k, v in attrs if v is not None}
-        if tag.startswith("ri:"):
-            if self.links and tag in _LINK_TARGETS and self.links[-1][0] is None:
-                self.links[-1][0] = attributes.get(_LINK_TARGETS[tag])
-            return
-        if tag == "time" and attributes.get("datetime"):
-            self._break(" ")
-            self._emit(attributes["datetime"])
-            self._break(" ")
-        if tag in ("br", "hr"):
-            self._break("\n")
-        if tag in _VOID:
-            return
-        self.stack.append(tag)
-        if tag in _SKIP:
-            self.skip += 1
-        elif tag in _PARAGRAPHS or tag in _LINES:
-            self._break("\n\n" if tag in _PARAGRAPHS else "\n")
-        if tag in _PREFORMATTED:
-            self.pre += 1
-        if tag == "tr":
-            self.rows.append(0)
-        elif tag in _CELLS:
-            self._break(" | " if self.rows and self.rows[-1] else " ")
-            if self.rows:
-                self.rows[-1] += 1
-            self.cells += 1
-        elif tag == "ac:link":
-            self.links.append([None, False])
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        depth = len(self.stack)
-        self.handle_starttag(tag, attrs)
-        if len(self.stack) > depth:
-            self.handle_endtag(tag)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag not in self.stack:
-            return  # a stray end tag
-        while self.stack:
-            if self._close(self.stack.pop()) == tag:
-                return
-
-    def _close(self, tag: str) -> str:
-        if tag in _SKIP:
-            self.skip -= 1
-            return tag
-        if self.skip:
-            return tag
-        if tag in _PREFORMATTED:
-            self.pre -= 1
-        if tag == "tr" and self.rows:
-            self.rows.pop()
-        elif tag in _CELLS:
-            self.cells = max(0, self.cells - 1)
-        elif tag == "ac:link" and self.links:
-            target, has_text = self.links.pop()
-            if target and not has_text:
-                self._emit(target)
-        if tag in _PARAGRAPHS or tag in _LINES:
-            self._break("\n\n" if tag in _PARAGRAPHS else "\n")
-        return tag
-
-    def handle_data(self, data: str) -> None:
-        if not self.skip:
-            self._emit(data if self.pre else _WHITESPACE.sub(" ", data))
-
-
-def strip_tags(xhtml: str) -> str:
-    """The fallback for markup the parser cannot follow: every tag removed, CDATA kept as written."""
-    pieces: list[str] = []
-    position = 0
-    for match in _CDATA.finditer(xhtml):
-        pieces.append(html.unescape(_TAG.sub(" ", xhtml[position : match.start()])))
-        pieces.append(match.group(1))
-        position = match.end()
-    pieces.append(html.unescape(_TAG.sub(" ", xhtml[position:])))
-    return clean_text(" ".join(pieces))
-
-
-def storage_to_text(xhtml: str) -> str:
-    """Clean text of a page body in Confluence's storage format (XHTML with ``ac:``/``ri:`` elements)."""
-    # CDATA (code and plain-text macro bodies) becomes escaped text, so the parser treats it as data
-    # whatever its version does with marked sections.
-    source = _CDATA.sub(lambda m: html.escape(m.group(1), quote=False), xhtml)
-    parser = _StorageText()
-    try:
-        parser.feed(source)
-        parser.close()
-    except (AssertionError, ValueError) as err:  # html.parser on unknown marked sections (<![foo[ ... ]]>)
-        log.debug("storage body not parseable (%s); stripping tags instead", err)
-        return strip_tags(xhtml)
-    if parser.swallowed:
-        return strip_tags(xhtml)
-    return clean_text(parser.text())
 
 
 def _parse_page(title: str, storage: str) -> ParsedDocument:
@@ -373,7 +113,7 @@ def _parse_page(title: str, storage: str) -> ParsedDocument:
 # ---- the source ---------------------------------------------------------------------------------------------
 
 
-class ConfluenceSource:
+class ConfluenceSource(HttpSource):
     kind = "confluence"
 
     def __init__(
@@ -381,11 +121,12 @@ class ConfluenceSource:
         settings: ConfluenceSettings,
         client: ResilientClient | None = None,
         *,
+        gate: Callable[[], None] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
         self.site = site_url(settings.base_url)
-        self.zone = _zone(settings.timezone)
+        self.zone = zone(settings.timezone)
         self._now = now
         self._space_ids: dict[str, str] | None = None
         self._space_keys: dict[str, str] = {}
@@ -395,6 +136,7 @@ class ConfluenceSource:
                 settings.name,
                 settings.http,
                 headers={**basic_auth(*credentials), "Accept": "application/json"},
+                gate=gate,
             )
         self.client = client
 
@@ -518,36 +260,35 @@ class ConfluenceSource:
     # -- sync
 
     def batches(self, cursor: dict[str, Any] | None) -> Iterator[Batch]:
-        state = dict(cursor or {})
+        state = ConfluenceCursor.from_json(cursor, source=self.settings.name)
         self._spaces()
-        if state.get("mode") != "incremental":
+        if state.mode != "incremental":
             yield from self._full(state)
-        elif not state.get("next") and state.get("phase") != "removed" and self._reconcile_due(state):
-            yield from self._full({"known": state.get("known")})
+        elif not state.next and state.phase != "removed" and self._reconcile_due(state):
+            yield from self._full(ConfluenceCursor(known=state.known))
         else:
             yield from self._incremental(state)
 
-    def _reconcile_due(self, state: dict[str, Any]) -> bool:
+    def _reconcile_due(self, state: ConfluenceCursor) -> bool:
         hours = self.settings.reconcile_hours
         if hours is None:
             return False
-        last = parse_time(state.get("reconciled_at"))
+        last = parse_time(state.reconciled_at)
         return last is None or self._now() - last >= timedelta(hours=hours)
 
-    def _full(self, state: dict[str, Any]) -> Iterator[Batch]:
-        since = str(state.get("since") or self._latest_change())
-        started = str(state.get("reconciled_at") or self._now().isoformat())
-        known = str(state.get("known") or "")
-        seen = unpack_ids(state.get("seen"))
+    def _full(self, state: ConfluenceCursor) -> Iterator[Batch]:
+        since = state.since or self._latest_change()
+        started = state.reconciled_at or self._now().isoformat()
+        seen = set(state.seen)
         spaces = self.settings.spaces
-        resumed = state.get("space") in spaces
-        link: str | None = state.get("next") if resumed else None
+        resumed = state.space in spaces
+        link = state.next if resumed else None
 
-        def listing(**position: Any) -> dict[str, Any]:
-            base = {"mode": "full", "since": since, "seen": pack_ids(seen), "known": known, "reconciled_at": started}
-            return base | position
+        def listing(space: str | None, link: str | None) -> dict[str, Any]:
+            here = ConfluenceCursor("full", since, link, state.known, started, space, frozenset(seen))
+            return here.to_json()
 
-        for index in range(spaces.index(state["space"]) if resumed else 0, len(spaces)):
+        for index in range(spaces.index(str(state.space)) if resumed else 0, len(spaces)):
             key = spaces[index]
             what = f"pages of space {key}"
             url = f"{self.site}/api/v2/spaces/{self._spaces()[key]}/pages"
@@ -558,48 +299,33 @@ class ConfluenceSource:
                 seen.update(d.external_id.removeprefix("page/") for d in docs)
                 if not link:
                     break
-                yield Batch(docs, [], listing(space=key, next=link))
+                yield Batch(docs, [], listing(key, link))
                 results, link = self._listing(self._link(link, what), None, what)
             if index + 1 < len(spaces):
-                yield Batch(docs, [], listing(space=spaces[index + 1], next=None))
+                yield Batch(docs, [], listing(spaces[index + 1], None))
                 continue
             # All spaces listed: pages known before but absent now were purged, moved away or hidden from us.
-            gone = sorted(unpack_ids(known) - seen)
-            done = {
-                "mode": "incremental",
-                "since": since,
-                "latest": since,
-                "next": None,
-                "known": pack_ids(seen),
-                "reconciled_at": started,
-            }
-            yield Batch(docs, [f"page/{p}" for p in gone], done)
+            gone = sorted(state.known - seen)
+            done = ConfluenceCursor("incremental", since, None, frozenset(seen), started, latest=since)
+            yield Batch(docs, [f"page/{p}" for p in gone], done.to_json())
 
-    def _incremental(self, state: dict[str, Any]) -> Iterator[Batch]:
-        since = str(state.get("since") or EPOCH)
-        latest = parse_time(state.get("latest")) or parse_time(since) or datetime.fromisoformat(EPOCH)
-        known = unpack_ids(state.get("known"))
-        reconciled = state.get("reconciled_at")
+    def _incremental(self, state: ConfluenceCursor) -> Iterator[Batch]:
+        since = state.since or EPOCH
+        latest = parse_time(state.latest) or parse_time(since) or datetime.fromisoformat(EPOCH)
+        known = set(state.known)
 
         def position(**more: Any) -> dict[str, Any]:
-            base = {
-                "mode": "incremental",
-                "since": since,
-                "latest": latest.isoformat(),
-                "next": None,
-                "known": pack_ids(known),
-                "reconciled_at": reconciled,
-            }
-            return base | more
+            here = ConfluenceCursor("incremental", since, None, frozenset(known), state.reconciled_at)
+            return replace(here, latest=latest.isoformat(), **more).to_json()
 
-        if state.get("phase") != "removed":
+        if state.phase != "removed":
             what = "CQL search"
             params = {
                 "cql": self._changes_query(since),
                 "expand": "body.storage,version,space",
                 "limit": self.settings.page_size,
             }
-            results, link = self._first_page(f"{self.site}/rest/api/content/search", params, state.get("next"), what)
+            results, link = self._first_page(f"{self.site}/rest/api/content/search", params, state.next, what)
             while True:
                 docs = self._documents(results)
                 known.update(d.external_id.removeprefix("page/") for d in docs)
@@ -644,6 +370,5 @@ class ConfluenceSource:
                 if number < len(steps):
                     yield Batch([], deleted, position(phase="removed"))
                 else:
-                    done = position(since=latest.isoformat())
-                    yield Batch([], deleted, done)
+                    yield Batch([], deleted, position(since=latest.isoformat()))
                 break

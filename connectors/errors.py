@@ -42,3 +42,12 @@ class MalformedPayloadError(SourceError):
 class UnparseableBodyError(TransientError, MalformedPayloadError):
     """A 2xx answer whose body does not parse: usually a cut transfer or a proxy's page, so it is retried;
     once the attempts are spent it is reported as the malformed payload it is."""
+
+
+class CursorError(SourceError):
+    """A saved cursor that does not read as this source's cursor (edited by hand, or from another version):
+    the sync stops and names the field, rather than resuming from a position it cannot trust."""
+
+    def __init__(self, source: str, field: str, problem: str) -> None:
+        super().__init__(source, f"saved cursor: {field}: {problem}")
+        self.field = field

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import tenacity
@@ -137,6 +137,7 @@ class ResilientClient:
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
+        gate: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
         self.policy = policy
@@ -145,9 +146,9 @@ class ResilientClient:
         self._sleep = sleep
         self._rng = rng
         self.stats = HttpStats()
-        # Called before each attempt, blocking until a quota shared with other processes allows it (set by
+        # Called before each attempt, blocking until a quota shared with other processes allows it (given by
         # the orchestration layer; a connector does not know who else calls its API).
-        self.gate: Callable[[], None] | None = None
+        self.gate = gate
         self.breaker = CircuitBreaker(source, policy.breaker_threshold, policy.breaker_reset_seconds, clock=clock)
         self.bucket = (
             TokenBucket(policy.rate_per_second, policy.burst, clock=clock, sleep=sleep)
@@ -257,4 +258,31 @@ class ResilientClient:
         return response
 
 
-__all__ = ["CircuitOpenError", "HttpPolicy", "ResilientClient", "parse_retry_after", "rate_limit_reset"]
+class HttpSource:
+    """What a remote connector answers through the client it owns: request counts, closing, ``with``."""
+
+    client: ResilientClient
+
+    @property
+    def stats(self) -> HttpStats:
+        return self.client.stats
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "CircuitOpenError",
+    "HttpPolicy",
+    "HttpSource",
+    "HttpStats",
+    "ResilientClient",
+    "parse_retry_after",
+    "rate_limit_reset",
+]

@@ -3,14 +3,16 @@
 Incremental through the search API, sorted ascending on the object's last-modified property with ``after``
 paging. The search API stops at 10,000 results per query: before reaching it, the query restarts with
 ``GTE`` the last timestamp seen (records sharing that timestamp come again and are skipped as unchanged).
-Deletions come from the archived-objects listing. Cursor per object: ``{"since": ms, "after": str|None}``.
+Deletions come from the archived-objects listing. Cursor (``HubSpotCursor``) per object: ``{"since": ms,
+"after": str|None, "query_since": ms (while a restarted query pages), "archived_since": ms}``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal
@@ -26,8 +28,9 @@ from connectors.base import (
     SourceSettingsBase,
     failing_document,
 )
+from connectors.cursors import CursorReader, ObjectCursor
 from connectors.errors import MalformedPayloadError
-from connectors.http import HttpPolicy, ResilientClient
+from connectors.http import HttpPolicy, HttpSource, ResilientClient
 from connectors.text import clean_text
 from connectors.values import parse_timestamp, secret_from_env
 
@@ -100,14 +103,58 @@ def _millis(value: Any) -> int | None:
     return int(stamp.timestamp() * 1000) if stamp else None
 
 
-class HubSpotSource:
+@dataclass(frozen=True)
+class ObjectPosition:
+    """Where one object's sync stands: the newest modification committed (``since``), the search page after
+    it (``after``) within a query started at ``query_since``, and the newest archive already reported."""
+
+    since: int = 0
+    after: str | None = None
+    query_since: int | None = None
+    archived_since: int | None = None  # None: no archive listing finished yet
+
+    @classmethod
+    def read(cls, read: CursorReader) -> ObjectPosition:
+        return cls(
+            since=read.integer("since") or 0,
+            after=read.text("after"),
+            query_since=read.integer("query_since"),
+            archived_since=read.integer("archived_since"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        optional = {"query_since": self.query_since, "archived_since": self.archived_since}
+        return {"since": self.since, "after": self.after} | {k: v for k, v in optional.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class HubSpotCursor(ObjectCursor[ObjectPosition]):
+    @classmethod
+    def from_json(cls, saved: Mapping[str, Any] | None, *, source: str = "hubspot") -> HubSpotCursor:
+        return cls(cls.read_objects(source, saved, ObjectPosition.read))
+
+    def position(self, obj: str) -> ObjectPosition:
+        return self.objects.get(obj) or ObjectPosition()
+
+
+class HubSpotSource(HttpSource):
     kind = "hubspot"
 
-    def __init__(self, settings: HubSpotSettings, client: ResilientClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: HubSpotSettings,
+        client: ResilientClient | None = None,
+        *,
+        gate: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         token = secret_from_env(settings.name, settings.token_env) if client is None else ""
         self.client = client or ResilientClient(
-            settings.name, settings.http, base_url=settings.base_url, headers={"Authorization": f"Bearer {token}"}
+            settings.name,
+            settings.http,
+            base_url=settings.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            gate=gate,
         )
 
     def _document(self, obj: str, record: Any, wanted: list[str]) -> SourceDocument | None:
@@ -134,15 +181,19 @@ class HubSpotSource:
         )
 
     def batches(self, cursor: dict[str, Any] | None) -> Iterator[Batch]:
-        state: dict[str, Any] = {k: dict(v) for k, v in (cursor or {}).items() if isinstance(v, dict)}
+        state = HubSpotCursor.from_json(cursor, source=self.settings.name)
         for obj in self.settings.objects:
-            yield from self._object(obj, state)
+            for docs, deleted, position in self._object(obj, state.position(obj)):
+                state = state.moved(obj, position)
+                yield Batch(docs, deleted, state.to_json())
 
-    def _object(self, obj: str, state: dict[str, Any]) -> Iterator[Batch]:
+    def _object(
+        self, obj: str, position: ObjectPosition
+    ) -> Iterator[tuple[list[SourceDocument], list[str], ObjectPosition]]:
+        """Each search page of the object's changes, then each page of its archive, with the position after it."""
         wanted = self.settings.properties.get(obj) or DEFAULT_PROPERTIES[obj]
         modified_prop = MODIFIED_PROPERTY.get(obj, "hs_lastmodifieddate")
-        mine = state.setdefault(obj, {"since": 0, "after": None})
-        query_start = int(mine.get("query_since", mine.get("since", 0)))
+        query_start = position.since if position.query_since is None else position.query_since
         while True:
             body: dict[str, Any] = {
                 "filterGroups": [
@@ -152,22 +203,21 @@ class HubSpotSource:
                 "properties": [*wanted, modified_prop],
                 "limit": self.settings.page_size,
             }
-            if mine.get("after"):
-                body["after"] = mine["after"]
+            if position.after:
+                body["after"] = position.after
             answer = self.client.post_json(f"/crm/v3/objects/{obj}/search", json=body)
             results = answer.get("results") if isinstance(answer, dict) else None
             if not isinstance(results, list):
                 raise MalformedPayloadError(self.settings.name, f"{obj} search answer has no results list")
             docs = [d for d in (self._document(obj, r, wanted) for r in results) if d is not None]
             latest = max(
-                [mine.get("since", 0)]
+                [position.since]
                 + [_millis((r.get("properties") or {}).get(modified_prop)) or 0 for r in results if isinstance(r, dict)]
             )
             after = ((answer.get("paging") or {}).get("next") or {}).get("after")
-            mine["since"] = latest
             if after and int(after) + self.settings.page_size <= self.settings.search_cap:
-                mine.update(after=str(after), query_since=query_start)
-                yield Batch(docs, [], _snapshot(state))
+                position = replace(position, since=latest, after=str(after), query_since=query_start)
+                yield docs, [], position
                 continue
             if after:
                 # The next page would pass the 10,000-results cap: restart from the last timestamp seen.
@@ -177,19 +227,19 @@ class HubSpotSource:
                         f"over {self.settings.search_cap} {obj} share one modification time: cannot page on",
                     )
                 query_start = latest
-                mine.update(after=None, query_since=query_start)
-                yield Batch(docs, [], _snapshot(state))
+                position = replace(position, since=latest, after=None, query_since=query_start)
+                yield docs, [], position
                 continue
-            mine.update(after=None)
-            mine.pop("query_since", None)
-            yield Batch(docs, [], _snapshot(state))
+            position = replace(position, since=latest, after=None, query_since=None)
+            yield docs, [], position
             break
-        yield from self._archived(obj, state)
+        yield from self._archived(obj, position)
 
-    def _archived(self, obj: str, state: dict[str, Any]) -> Iterator[Batch]:
+    def _archived(
+        self, obj: str, position: ObjectPosition
+    ) -> Iterator[tuple[list[SourceDocument], list[str], ObjectPosition]]:
         """Archived (deleted) records since the last run, from the archived listing."""
-        mine = state[obj]
-        seen_until = int(mine.get("archived_since", 0))
+        seen_until = position.archived_since or 0
         newest = seen_until
         after: str | None = None
         while True:
@@ -210,11 +260,6 @@ class HubSpotSource:
                     newest = max(newest, archived_at)
             after = ((answer.get("paging") or {}).get("next") or {}).get("after")
             if not after:
-                mine["archived_since"] = newest
-                yield Batch([], deleted, _snapshot(state))
+                yield [], deleted, replace(position, archived_since=newest)
                 return
-            yield Batch([], deleted, _snapshot(state))
-
-
-def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: dict(v) for k, v in state.items()}
+            yield [], deleted, position

@@ -5,8 +5,8 @@ The index mirrors the content pages of the configured namespaces: redirects and 
 namespaces are not documents (a page that becomes one is deleted), a page moved in is ingested. Behaviour
 checked against a real MediaWiki 1.39 in tests/flows/test_real_mediawiki.py.
 
-The cursor is ``{"mode": "full", "continue": {...}, "since": T}`` during the first full listing (T: when
-it started, so edits made meanwhile are caught by the first incremental run) and
+The cursor (``MediaWikiCursor``) is ``{"mode": "full", "since": T, "ns": N, "continue": {...}}`` during the
+first full listing (T: when it started, so edits made meanwhile are caught by the first incremental run) and
 ``{"mode": "incremental", "since": T, "continue": {...}}`` afterwards.
 """
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any, Literal
@@ -30,8 +31,9 @@ from connectors.base import (
     SourceSettingsBase,
     failing_document,
 )
-from connectors.errors import MalformedPayloadError
-from connectors.http import HttpPolicy, ResilientClient
+from connectors.cursors import CursorReader
+from connectors.errors import CursorError, MalformedPayloadError
+from connectors.http import HttpPolicy, HttpSource, ResilientClient
 from connectors.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -66,13 +68,48 @@ def _parse_page(title: str, wikitext: str) -> ParsedDocument:
     return ParsedDocument(title=title, pages=[Page(None, f"{title}\n\n{text}")])
 
 
-class MediaWikiSource:
+@dataclass(frozen=True)
+class MediaWikiCursor:
+    """Where a sync stands: listing namespace ``ns`` from ``cont`` (``full``, ``since`` the newest change when
+    the listing began), or following recent changes from ``since`` (``incremental``)."""
+
+    mode: Literal["full", "incremental"] = "full"
+    since: str | None = None
+    ns: int | None = None
+    cont: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, saved: Mapping[str, Any] | None, *, source: str = "mediawiki") -> MediaWikiCursor:
+        if not saved:
+            return cls()
+        read = CursorReader(source, saved)
+        mode: Literal["full", "incremental"] = (
+            "incremental" if read.choice("mode", ("full", "incremental"), "full") == "incremental" else "full"
+        )
+        since = read.text("since")
+        if mode == "incremental" and since is None:
+            raise read.fail("since", "an incremental cursor needs the time of the last change seen")
+        return cls(mode, since, read.integer("ns"), read.mapping("continue"))
+
+    def to_json(self) -> dict[str, Any]:
+        if self.mode == "incremental":
+            return {"mode": "incremental", "since": self.since, "continue": dict(self.cont)}
+        return {"mode": "full", "since": self.since, "ns": self.ns, "continue": dict(self.cont)}
+
+
+class MediaWikiSource(HttpSource):
     kind = "mediawiki"
 
-    def __init__(self, settings: MediaWikiSettings, client: ResilientClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: MediaWikiSettings,
+        client: ResilientClient | None = None,
+        *,
+        gate: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client or ResilientClient(
-            settings.name, settings.http, headers={"User-Agent": settings.user_agent}
+            settings.name, settings.http, headers={"User-Agent": settings.user_agent}, gate=gate
         )
 
     def _query(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -165,18 +202,20 @@ class MediaWikiSource:
         return "1970-01-01T00:00:00Z"
 
     def batches(self, cursor: dict[str, Any] | None) -> Iterator[Batch]:
-        cursor = dict(cursor or {})
-        if cursor.get("mode") != "incremental":
-            yield from self._full(cursor)
-            return
-        yield from self._incremental(cursor)
+        position = MediaWikiCursor.from_json(cursor, source=self.settings.name)
+        if position.mode == "incremental":
+            yield from self._incremental(position)
+        else:
+            yield from self._full(position)
 
-    def _full(self, cursor: dict[str, Any]) -> Iterator[Batch]:
-        since = cursor.get("since") or self._latest_change()
+    def _full(self, cursor: MediaWikiCursor) -> Iterator[Batch]:
+        since = cursor.since or self._latest_change()
         namespaces = self.settings.namespaces
-        first = namespaces.index(cursor["ns"]) if "ns" in cursor else 0
+        if cursor.ns is not None and cursor.ns not in namespaces:
+            raise CursorError(self.settings.name, "ns", f"namespace {cursor.ns} is not configured any more")
+        first = namespaces.index(cursor.ns) if cursor.ns is not None else 0
         for position, namespace in enumerate(namespaces[first:], start=first):
-            cont: dict[str, Any] = dict(cursor.get("continue") or {}) if cursor.get("ns") == namespace else {}
+            cont = dict(cursor.cont) if cursor.ns == namespace else {}
             params = {
                 "generator": "allpages",
                 "gapnamespace": namespace,
@@ -186,14 +225,13 @@ class MediaWikiSource:
             }
             for pages, following in self._complete_batches(params, cont):
                 docs = [doc for page in pages if self._wanted(page) and (doc := self._document(page)) is not None]
-                nxt: dict[str, Any]
                 if following:
-                    nxt = {"mode": "full", "since": since, "ns": namespace, "continue": following}
+                    nxt = MediaWikiCursor("full", since, namespace, following)
                 elif position + 1 < len(namespaces):
-                    nxt = {"mode": "full", "since": since, "ns": namespaces[position + 1], "continue": {}}
+                    nxt = MediaWikiCursor("full", since, namespaces[position + 1])
                 else:  # all listed: from now on, only what changed since the listing began
-                    nxt = {"mode": "incremental", "since": since, "continue": {}}
-                yield Batch(docs, [], nxt)
+                    nxt = MediaWikiCursor("incremental", since)
+                yield Batch(docs, [], nxt.to_json())
 
     def _concerns(self, change: dict[str, Any]) -> bool:
         """Whether a change may touch a page of the configured namespaces. A move is listed under the old
@@ -207,12 +245,12 @@ class MediaWikiSource:
             and (params.get("target_ns") in self.settings.namespaces)
         )
 
-    def _incremental(self, cursor: dict[str, Any]) -> Iterator[Batch]:
+    def _incremental(self, cursor: MediaWikiCursor) -> Iterator[Batch]:
         """Every page a change touched is looked up as it is now, and its current state decides: gone,
         a redirect or moved out of the namespaces is deleted, anything else is (re)ingested. So a deletion
         followed by a restore, or a move followed by an edit, ends where the wiki ends."""
-        since = str(cursor["since"])
-        cont = dict(cursor.get("continue") or {})
+        since = str(cursor.since)
+        cont = dict(cursor.cont)
         latest = since
         while True:
             # Not filtered by rcnamespace: a move is listed under its old namespace, and a page moved into
@@ -259,8 +297,10 @@ class MediaWikiSource:
                         elif (doc := self._document(page)) is not None:
                             docs.append(doc)
             cont = body.get("continue") or {}
+            if not isinstance(cont, dict):
+                raise MalformedPayloadError(self.settings.name, "continue is not an object")
             if cont:
-                yield Batch(docs, deleted, {"mode": "incremental", "since": since, "continue": cont})
+                yield Batch(docs, deleted, MediaWikiCursor("incremental", since, cont=cont).to_json())
             else:
-                yield Batch(docs, deleted, {"mode": "incremental", "since": latest, "continue": {}})
+                yield Batch(docs, deleted, MediaWikiCursor("incremental", latest).to_json())
                 return

@@ -3,6 +3,7 @@ that turns settings into a connector."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -25,13 +26,15 @@ SourceSettings = Annotated[
 ]
 
 
-def remote_source(settings: SourceSettings) -> RemoteSource:
+def remote_source(settings: SourceSettings, *, gate: Callable[[], None] | None = None) -> RemoteSource:
+    """The connector of a remote source. ``gate`` is called before every request attempt (a quota shared
+    with other processes); the caller closes the connector (``with`` or ``close()``)."""
     if isinstance(settings, MediaWikiSettings):
-        return MediaWikiSource(settings)
+        return MediaWikiSource(settings, gate=gate)
     if isinstance(settings, HubSpotSettings):
-        return HubSpotSource(settings)
+        return HubSpotSource(settings, gate=gate)
     if isinstance(settings, SalesforceSettings):
-        return SalesforceSource(settings)
+        return SalesforceSource(settings, gate=gate)
     if isinstance(settings, ConfluenceSettings):
-        return ConfluenceSource(settings)
+        return ConfluenceSource(settings, gate=gate)
     raise ValueError(f"source {settings.name!r} of kind {settings.kind!r} is not a remote source")

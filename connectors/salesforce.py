@@ -2,7 +2,8 @@
 
 One SOQL query per object through ``queryAll`` (so records in the recycle bin come back with
 ``IsDeleted = true`` and become deletions), ordered by ``SystemModstamp, Id`` and paged with the query
-locator in ``nextRecordsUrl``. Cursor per object: ``{"since": T, "next": locator}``, saved after each page:
+locator in ``nextRecordsUrl``. Cursor (``SalesforceCursor``) per object: ``{"since": T, "next": locator}``,
+saved after each page:
 ``T`` is the newest ``SystemModstamp`` of the pages committed so far (a SOQL datetime literal), ``next`` the
 locator of the page after them, or None once the query is done.
 
@@ -19,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal, NamedTuple
@@ -35,8 +37,9 @@ from connectors.base import (
     SourceSettingsBase,
     failing_document,
 )
+from connectors.cursors import CursorReader, ObjectCursor
 from connectors.errors import MalformedPayloadError, RequestRejectedError
-from connectors.http import HttpPolicy, ResilientClient
+from connectors.http import HttpPolicy, HttpSource, ResilientClient
 from connectors.text import clean_text
 from connectors.values import parse_timestamp, secret_from_env
 
@@ -267,10 +270,48 @@ class _Page(NamedTuple):
     next_url: str | None
 
 
-class SalesforceSource:
+@dataclass(frozen=True)
+class ObjectPosition:
+    """Where one object's query stands: the newest ``SystemModstamp`` committed (a SOQL datetime literal) and
+    the locator of the page after it, None once the query is done."""
+
+    since: str | None = None
+    next: str | None = None
+
+    @classmethod
+    def read(cls, read: CursorReader) -> ObjectPosition:
+        since, locator = read.text("since"), read.text("next")
+        if since is not None and not SOQL_DATETIME.fullmatch(since):
+            raise read.fail("since", f"{since!r:.80} is not a SOQL datetime like 2024-01-01T00:00:00Z")
+        if locator is not None and not locator.startswith("/services/data/"):
+            # Anything but a path on this instance could send the bearer token elsewhere.
+            raise read.fail("next", f"the saved locator is not a /services/data/ path: {locator!r:.80}")
+        return cls(since, locator)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"since": self.since, "next": self.next}
+
+
+@dataclass(frozen=True)
+class SalesforceCursor(ObjectCursor[ObjectPosition]):
+    @classmethod
+    def from_json(cls, saved: Mapping[str, Any] | None, *, source: str = "salesforce") -> SalesforceCursor:
+        return cls(cls.read_objects(source, saved, ObjectPosition.read))
+
+    def position(self, obj: str) -> ObjectPosition:
+        return self.objects.get(obj) or ObjectPosition()
+
+
+class SalesforceSource(HttpSource):
     kind = "salesforce"
 
-    def __init__(self, settings: SalesforceSettings, client: ResilientClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: SalesforceSettings,
+        client: ResilientClient | None = None,
+        *,
+        gate: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         token = secret_from_env(settings.name, settings.token_env) if client is None else ""
         self.client = client or ResilientClient(
@@ -278,6 +319,7 @@ class SalesforceSource:
             settings.http,
             base_url=settings.base_url,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            gate=gate,
         )
 
     def _document(self, obj: SalesforceObject, record: dict[str, Any], rid: str) -> SourceDocument:
@@ -333,13 +375,15 @@ class SalesforceSource:
         return _Page(docs, deleted, newest, next_url)
 
     def batches(self, cursor: dict[str, Any] | None) -> Iterator[Batch]:
-        state: dict[str, Any] = {k: dict(v) for k, v in (cursor or {}).items() if isinstance(v, dict)}
+        state = SalesforceCursor.from_json(cursor, source=self.settings.name)
         for obj in self.settings.objects:
-            yield from self._object(obj, state)
+            for page, position in self._object(obj, state.position(obj.name)):
+                state = state.moved(obj.name, position)
+                yield Batch(page.documents, page.deleted, state.to_json())
 
-    def _object(self, obj: SalesforceObject, state: dict[str, Any]) -> Iterator[Batch]:
-        mine = state.setdefault(obj.name, {"since": None, "next": None})
-        locator: str | None = mine.get("next")
+    def _object(self, obj: SalesforceObject, position: ObjectPosition) -> Iterator[tuple[_Page, ObjectPosition]]:
+        """Each page of the object's query, with the position after it."""
+        locator = position.next
         carried = locator is not None  # saved by an earlier run
         restarted_at: str | None = None
         restarted = False
@@ -347,39 +391,34 @@ class SalesforceSource:
             if locator is None:
                 answer = self.client.get_json(
                     f"/services/data/{self.settings.api_version}/queryAll",
-                    params={"q": build_soql(obj, mine.get("since"))},
+                    params={"q": build_soql(obj, position.since)},
                     headers={"Sforce-Query-Options": f"batchSize={self.settings.page_size}"},
                 )
             else:
                 try:
-                    answer = self.client.get_json(_checked_locator(self.settings.name, obj.name, locator))
+                    answer = self.client.get_json(locator)
                 except RequestRejectedError as err:
                     # A second loss without progress would loop: surface it instead.
-                    if not _locator_lost(err, carried) or (restarted and restarted_at == mine.get("since")):
+                    if not _locator_lost(err, carried) or (restarted and restarted_at == position.since):
                         raise
                     log.warning(
                         "%s: the query locator of %s is gone (%s); querying again from %s",
                         self.settings.name,
                         obj.name,
                         err,
-                        mine.get("since") or "the start",
+                        position.since or "the start",
                     )
-                    restarted, restarted_at = True, mine.get("since")
+                    restarted, restarted_at = True, position.since
                     locator, carried = None, False
                     continue
                 carried = False
             page = self._page(obj, answer)
+            since = position.since
             if page.newest is not None:
-                since = mine.get("since")
                 stamp = soql_datetime(page.newest)
-                mine["since"] = stamp if since is None or stamp > since else since
-            locator = mine["next"] = page.next_url
-            yield Batch(page.documents, page.deleted, {k: dict(v) for k, v in state.items()})
+                since = stamp if since is None or stamp > since else since
+            locator = page.next_url
+            position = replace(position, since=since, next=locator)
+            yield page, position
             if locator is None:
                 return
-
-
-def _checked_locator(source: str, obj: str, locator: Any) -> str:
-    if not isinstance(locator, str) or not locator.startswith("/services/data/"):
-        raise MalformedPayloadError(source, f"saved locator of {obj} is not a /services/data/ path: {locator!r}")
-    return locator

@@ -10,19 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from connectors.base import DocumentError
-from connectors.confluence import (
-    ConfluenceSettings,
-    ConfluenceSource,
-    _parse_page,
-    changes_cql,
-    cql_date,
-    join_link,
-    pack_ids,
-    site_url,
-    storage_to_text,
-    strip_tags,
-    unpack_ids,
-)
+from connectors.confluence import ConfluenceSettings, ConfluenceSource, _parse_page
+from connectors.confluence_cursor import pack_ids, unpack_ids
+from connectors.confluence_site import changes_cql, cql_date, join_link, site_url
+from connectors.confluence_storage import storage_to_text, strip_tags
 from connectors.errors import RequestRejectedError
 
 RUNBOOK = """\

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from connectors.base import DocumentError
-from connectors.errors import MalformedPayloadError, RequestRejectedError
+from connectors.errors import CursorError, MalformedPayloadError, RequestRejectedError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.salesforce import (
     SalesforceObject,
@@ -349,9 +349,9 @@ def test_a_lost_locator_restarts_once_then_surfaces() -> None:
 
 def test_a_saved_locator_must_be_a_path_on_the_instance() -> None:
     sf, seen = source(lambda _: httpx.Response(200, json={"done": True, "records": []}))
-    with pytest.raises(MalformedPayloadError, match="saved locator of Account"):
+    with pytest.raises(CursorError, match=r"Account[.]next: the saved locator is not a /services/data/ path") as err:
         list(sf.batches({"Account": {"since": None, "next": "https://elsewhere.example/x"}}))
-    assert seen == []
+    assert err.value.source == "sf" and seen == []
 
 
 def test_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

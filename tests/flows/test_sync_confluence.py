@@ -7,7 +7,8 @@ from datetime import UTC, timedelta
 
 import pytest
 
-from connectors.confluence import ConfluenceSettings, ConfluenceSource, cql_date
+from connectors.confluence import ConfluenceSettings, ConfluenceSource
+from connectors.confluence_site import cql_date
 from connectors.errors import MalformedPayloadError, RequestRejectedError, SourceError
 from connectors.http import HttpPolicy
 from flows.pipeline import sync_remote
