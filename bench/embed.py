@@ -46,7 +46,7 @@ TWO = "pool float32, 2 CPU workers"
 class Config:
     name: str
     run: Callable[[list[str]], np.ndarray]
-    dtype: str
+    precision: str
     pool: EmbeddingPool | None = None
     seconds: list[float] = field(default_factory=list)
     vectors: np.ndarray | None = None
@@ -90,8 +90,10 @@ def bare(embedder: Embedder, precision: str) -> Callable[[list[str]], np.ndarray
     return run
 
 
-def make_pool(embedder: Embedder, cache: Path, **pool: Any) -> EmbeddingPool:
-    settings = EmbeddingSettings.model_validate({"pool": {"calibration_dir": str(cache), **pool}})
+def make_pool(embedder: Embedder, cache: Path, precision: str, **pool: Any) -> EmbeddingPool:
+    settings = EmbeddingSettings.model_validate(
+        {"precision": precision, "pool": {"calibration_dir": str(cache), **pool}}
+    )
     p = EmbeddingPool(settings, embedder=embedder)
     p.wait_ready()
     return p
@@ -107,9 +109,10 @@ def main() -> None:
     ap.add_argument("--plot", default=str(ROOT / "docs" / "bench_embed.png"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("embedding.pool").setLevel(logging.INFO)
+    for name in ("embedding.pool", "embedding.calibrate"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
-    embedder = Embedder(EmbeddingSettings(dtype="float32"))
+    embedder = Embedder(EmbeddingSettings(precision="float32"))
     texts = corpus(Path(args.pdfs), embedder, args.max_chunks)
     lengths = [min(n, embedder.max_seq_length) for n in embedder.tokenizer.count(texts)]
     tokens = sum(lengths)
@@ -183,13 +186,13 @@ def report(
             batch = " / ".join(f"{d.mean_batch_chunks:.0f}" for d in s.devices)
             padding = f"{sum(d.padded_tokens for d in s.devices) / max(1, sum(d.tokens for d in s.devices)):.2f}"
         rows.append(
-            f"| {c.name} | {c.dtype} | {speed[c.name]:,.0f} | {ratio(c.name, ENCODE)} | {batch} | {padding} | "
+            f"| {c.name} | {c.precision} | {speed[c.name]:,.0f} | {ratio(c.name, ENCODE)} | {batch} | {padding} | "
             f"{cosine:.5f} |"
         )
-    auto = by_name[AUTO].dtype
-    same_dtype = f"{ratio(BUDGET, ENCODE)} at float32"
+    auto = by_name[AUTO].precision
+    same_precision = f"{ratio(BUDGET, ENCODE)} at float32"
     if auto != "float32":
-        same_dtype += f", {ratio(AUTO, f'encode {auto} (batch 32)')} at {auto}"
+        same_precision += f", {ratio(AUTO, f'encode {auto} (batch 32)')} at {auto}"
     lines = [
         "## Embedding pool (`bench/embed.py`)",
         "",
@@ -203,7 +206,7 @@ def report(
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"- Pool vs bare `encode` at the same precision (target >= 0.95x): **{same_dtype}**.",
+        f"- Pool vs bare `encode` at the same precision (target >= 0.95x): **{same_precision}**.",
         f"- Token budgets vs fixed batches of 32 chunks: {ratio(BUDGET, FIXED)}.",
         f"- Automatic precision vs float32 (target >= 3x; needs bf16 hardware): **{ratio(AUTO, BUDGET)}**. "
         f"Choice: {choice}.",

@@ -1,5 +1,6 @@
 """float32 vs bfloat16 embedding on the same realistic chunks, side by side in one run: speed and quality
-(minimum cosine to the float32 vector, top-10 neighbour overlap). Decides what `embedding.dtype: auto` picks.
+(minimum cosine to the float32 vector, top-10 neighbour overlap). Decides what `embedding.precision: auto` picks
+where nothing is calibrated (the plain Embedder, and the pool's candidates on CPU).
 
     python bench/embed_dtype.py [PDF_DIR] [--rounds 3]
 """
@@ -23,8 +24,8 @@ def main() -> None:
     ap.add_argument("pdfs", nargs="?", default=str(Path(__file__).parent.parent / "examples" / "pdfs"))
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    fp32 = Embedder(EmbeddingSettings(dtype="float32"))
-    bf16 = Embedder(EmbeddingSettings(dtype="bfloat16"))
+    fp32 = Embedder(EmbeddingSettings(precision="float32"))
+    bf16 = Embedder(EmbeddingSettings(precision="bfloat16"))
     texts: list[str] = []
     for f in discover([Path(args.pdfs)]).files:
         doc = parse_pdf(f, PdfSettings())

@@ -44,7 +44,7 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    base = Embedder(EmbeddingSettings(dtype="float32"))
+    base = Embedder(EmbeddingSettings(precision="float32"))
     texts: list[str] = []
     for f in discover([Path(args.pdfs)]).files:
         doc = parse_pdf(f, PdfSettings())

@@ -39,6 +39,12 @@ class Device:
     threads: int | None = None
 
 
+def batch_token_cap(configured: int | None, device: Device) -> int:
+    """Padded tokens per batch at most on ``device``: ``embedding.pool.max_batch_tokens``, else the default
+    of the device's kind. Free memory may lower it further, never raise it."""
+    return configured or (CPU_BATCH_TOKENS if device.kind == "cpu" else CUDA_BATCH_TOKENS)
+
+
 MemoryProbe = Callable[[Device], int]
 """Bytes free for activations on a device now (weights already loaded)."""
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedding.chunking import ChunkingSettings
-from embedding.pool_settings import PoolSettings
+from embedding.pool_settings import PRECISIONS, PoolSettings, Precision
+from embedding.runner import autocast, cast_weights
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -43,18 +44,51 @@ class EmbeddingSettings(BaseModel):
         description="A sentence-transformers model: a packaged name (all-MiniLM-L6-v2) or a local directory.",
     )
     device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+    precision: Literal["auto", Precision] = Field(
         default="auto",
-        description="Compute precision. auto: for Embedder, bfloat16 on CPUs with AMX, where it is reported "
-        "2-3x faster than float32, float32 elsewhere (bf16 without AMX measured slower here: "
-        "docs/benchmarks.md); for EmbeddingPool, measured per device (embedding.pool.precision).",
+        description="Compute precision. auto: for the worker pool (EmbeddingPool), measured per device: the "
+        "fastest precision within the quality bars against float32 on a calibration set (cached in "
+        "pool.calibration_dir); for the plain Embedder, which calibrates nothing, bfloat16 on CPUs with AMX "
+        "(reported 2-3x faster than float32 there) and float32 elsewhere (bfloat16 without AMX measured slower: "
+        "docs/benchmarks.md). Replaces embedding.dtype and embedding.pool.precision, still read.",
     )
     batch_size: int = Field(default=32, gt=0, le=4096, description="Chunks per forward pass (Embedder only).")
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     pool: PoolSettings = Field(
         default_factory=PoolSettings,
-        description="The worker pool (embedding.pool.EmbeddingPool): devices, token budgets, precision choice.",
+        description="The worker pool (embedding.pool.EmbeddingPool): devices, token budgets, calibration.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_precision_keys(cls, data: Any) -> Any:
+        """Old config files set ``embedding.dtype`` (for Embedder) and ``embedding.pool.precision`` (for the
+        pool, default: follow dtype); both are read as ``embedding.precision``, which they must agree with."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        pool = data.get("pool")
+        if isinstance(pool, dict) and "precision" in pool:
+            data["pool"] = {k: v for k, v in pool.items() if k != "precision"}
+        given = {
+            "embedding.precision": data.get("precision"),
+            "embedding.dtype": data.pop("dtype", None),
+            "embedding.pool.precision": pool.get("precision") if isinstance(pool, dict) else None,
+        }
+        given = {name: value for name, value in given.items() if value is not None}
+        old = [name for name in given if name != "embedding.precision"]
+        if not old:
+            return data
+        if len(set(map(str, given.values()))) > 1:
+            settings = " and ".join(f"{name} {value!r}" for name, value in given.items())
+            raise ValueError(f"{settings} disagree: set embedding.precision alone ({' and '.join(old)}: deprecated)")
+        value = next(iter(given.values()))
+        if value not in ("auto", *PRECISIONS):
+            raise ValueError(f"{old[0]}: {value!r} is not one of {', '.join(('auto', *PRECISIONS))}")
+        log.warning(
+            "%s %s deprecated: read as embedding.precision %r", " and ".join(old), "are" if old[1:] else "is", value
+        )
+        return {**data, "precision": value}
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -73,9 +107,11 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return "amx_bf16" in flags
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype != "auto":
-        return dtype
+def resolve_precision(precision: str, device: str) -> Precision:
+    """What ``auto`` means where no calibration runs (the plain ``Embedder``): bfloat16 on CPUs with AMX,
+    float32 elsewhere (GPUs included: only the pool measures what a GPU does best)."""
+    if precision != "auto":
+        return cast(Precision, precision)
     return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
 
 
@@ -176,7 +212,7 @@ class Embedder:
         self.model_dir, self.revision = resolve_model_dir(settings.model)
         self._lock = threading.Lock()
         self._model: Any = None
-        self.dtype: str = settings.dtype  # resolved when the model loads
+        self.precision: Precision = resolve_precision(settings.precision, settings.device)
 
     @cached_property
     def _st_config(self) -> dict[str, Any]:
@@ -220,15 +256,12 @@ class Embedder:
     def _load(self) -> Any:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        import torch
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         model = SentenceTransformer(str(self.model_dir), device=self.settings.device, local_files_only=True)
-        self.dtype = resolve_dtype(self.settings.dtype, self.settings.device)
-        if self.dtype == "bfloat16":
-            model = model.to(torch.bfloat16)
+        model = cast_weights(model, self.precision)
         model.eval()
         loaded_dim = model.get_embedding_dimension()
         if loaded_dim != self.dimension:
@@ -240,7 +273,7 @@ class Embedder:
             self.settings.model,
             self.revision,
             self.settings.device,
-            self.settings.dtype,
+            self.precision,
         )
         return model
 
@@ -248,13 +281,15 @@ class Embedder:
         """Unit-length float32 vectors, one per text, in order (``token_counts`` is not needed here)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self.model.encode(
-            list(texts),
-            batch_size=self.settings.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        model = self.model
+        with autocast(self.precision, self.settings.device.split(":")[0]):
+            vectors = model.encode(
+                list(texts),
+                batch_size=self.settings.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         # Normalised again in float32: a bfloat16 model normalises at bf16 precision (norms off by ~1e-3).
         vectors = np.asarray(vectors, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)

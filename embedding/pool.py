@@ -17,8 +17,6 @@ uses (``embed``, ``identity``, ``tokenizer``, ``max_seq_length``, ``dimension``,
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -31,13 +29,15 @@ from typing import Literal
 
 import numpy as np
 
-from embedding.budget import BudgetController, MemoryModel, pack, take_batch
-from embedding.calibration_text import QUERIES, calibration_texts
-from embedding.devices import CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS, Device, MemoryProbe, default_probe, discover_devices
+from embedding.budget import BudgetController, MemoryModel, take_batch
+from embedding.calibrate import DeviceCalibrator
+from embedding.devices import Device, MemoryProbe, batch_token_cap, default_probe, discover_devices
 from embedding.devices import is_oom as is_oom
 from embedding.model import Embedder, EmbeddingSettings, ModelIdentity, ModelTokenizer
 from embedding.pool_settings import PoolSettings
-from embedding.precision import CalibrationCache, PrecisionChoice, Thresholds, calibrate, candidates, choose
+from embedding.pool_stats import Counters, PoolStats, device_stats
+from embedding.pool_stats import DeviceStats as DeviceStats  # its import from here predates pool_stats
+from embedding.precision import CalibrationCache, PrecisionChoice
 from embedding.runner import Runner, RunnerFactory, TorchRunner
 
 log = logging.getLogger(__name__)
@@ -88,65 +88,6 @@ class _Item:
     attempts: int = 0
 
 
-@dataclass(frozen=True)
-class DeviceStats:
-    key: str
-    state: str
-    precision: str | None
-    batches: int
-    chunks: int
-    tokens: int
-    padded_tokens: int
-    busy_s: float
-    tokens_per_s: float
-    mean_batch_chunks: float
-    max_batch_chunks: int
-    last_batch_chunks: int
-    last_batch_padded_tokens: int
-    budget_tokens: int | None
-    budget_ceiling: int | None
-    ooms: int
-    shrinks: int
-    regrows: int
-    crashes: int
-    restarts: int
-    error: str | None
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    queued_chunks: int
-    queued_tokens: int
-    queued_interactive: int
-    queued_bulk: int
-    in_flight_batches: int
-    in_flight_chunks: int
-    pending_requests: int
-    duplicates: int
-    devices: list[DeviceStats]
-
-    @property
-    def load(self) -> int:
-        """The scaling signal: chunks waiting or being embedded."""
-        return self.queued_chunks + self.in_flight_chunks
-
-
-@dataclass
-class _Counters:
-    batches: int = 0
-    chunks: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    busy_s: float = 0.0
-    max_batch: int = 0
-    last_batch: int = 0
-    last_padded: int = 0
-    ooms: int = 0
-    crashes: int = 0
-    restarts: int = 0
-    crash_streak: int = 0
-
-
 @dataclass(eq=False)
 class _Worker:
     device: Device
@@ -158,7 +99,7 @@ class _Worker:
     controller: BudgetController | None = None
     thread: threading.Thread | None = None
     in_flight: list[_Item] | None = None
-    counters: _Counters = field(default_factory=_Counters)
+    counters: Counters = field(default_factory=Counters)
     error: str | None = None
 
     def budget(self, length: int) -> int:
@@ -194,15 +135,21 @@ class EmbeddingPool:
         self._devices = list(devices) if devices is not None else None
         self._probe = probe
         self._factory: RunnerFactory = runner_factory or (lambda d, p: TorchRunner(self.model_dir, d, p))
-        self._calibration_texts = list(calibration_texts) if calibration_texts is not None else None
-        self._calibration_queries = list(calibration_queries) if calibration_queries is not None else None
-        self._calibration_rounds = calibration_rounds
         self._clock = clock
-        self._cpu_bf16 = cpu_bf16  # None: detected (AMX tiles)
-        self._cache = CalibrationCache(self.pool_settings.calibration_dir)
+        self._calibrator = DeviceCalibrator(
+            self._meta,
+            self.settings.precision,
+            self.pool_settings,
+            self._factory,
+            CalibrationCache(self.pool_settings.calibration_dir),
+            texts=calibration_texts,
+            queries=calibration_queries,
+            rounds=calibration_rounds,
+            clock=clock,
+            cpu_bf16=cpu_bf16,
+        )
         self._cond = threading.Condition()
         self._start_lock = threading.Lock()
-        self._calibration_lock = threading.Lock()
         # Each lane: units (a request's chunks, or a re-queued batch), each sorted longest first.
         self._lanes: dict[Lane, deque[deque[_Item]]] = {lane: deque() for lane in Lane}
         self._workers: list[_Worker] = []
@@ -327,7 +274,17 @@ class EmbeddingPool:
             queued = [item for lane in Lane for unit in self._lanes[lane] for item in unit]
             per_lane = {lane: sum(len(u) for u in self._lanes[lane]) for lane in Lane}
             in_flight = [w.in_flight for w in self._workers if w.in_flight is not None]
-            devices = [self._device_stats(w) for w in self._workers]
+            devices = [
+                device_stats(
+                    w.device.key,
+                    w.state,
+                    w.precision.precision if w.precision else None,
+                    w.counters,
+                    w.controller,
+                    w.error,
+                )
+                for w in self._workers
+            ]
             return PoolStats(
                 queued_chunks=len(queued),
                 queued_tokens=sum(item.tokens for item in queued),
@@ -339,33 +296,6 @@ class EmbeddingPool:
                 duplicates=self._duplicates,
                 devices=devices,
             )
-
-    @staticmethod
-    def _device_stats(w: _Worker) -> DeviceStats:
-        c = w.counters
-        return DeviceStats(
-            key=w.device.key,
-            state=w.state,
-            precision=w.precision.precision if w.precision else None,
-            batches=c.batches,
-            chunks=c.chunks,
-            tokens=c.tokens,
-            padded_tokens=c.padded_tokens,
-            busy_s=c.busy_s,
-            tokens_per_s=c.tokens / c.busy_s if c.busy_s > 0 else 0.0,
-            mean_batch_chunks=c.chunks / c.batches if c.batches else 0.0,
-            max_batch_chunks=c.max_batch,
-            last_batch_chunks=c.last_batch,
-            last_batch_padded_tokens=c.last_padded,
-            budget_tokens=w.controller.limit if w.controller else None,
-            budget_ceiling=w.controller.ceiling if w.controller else None,
-            ooms=c.ooms,
-            shrinks=w.controller.shrinks if w.controller else 0,
-            regrows=w.controller.regrows if w.controller else 0,
-            crashes=c.crashes,
-            restarts=c.restarts,
-            error=w.error,
-        )
 
     # Workers.
     def _spawn(self, worker: _Worker) -> None:
@@ -397,16 +327,10 @@ class EmbeddingPool:
             import torch
 
             torch.cuda.set_device(device.torch_device)  # kernels that use the current device land on ours
-        # One calibration at a time: workers on like devices then reuse the first one's result, and two
-        # calibrations never compete for the same cores.
-        with self._calibration_lock:
-            choice = self._choose_precision(device)
-            runner = self._factory(device, choice.precision)
-            runner.load()
-            memory = self._memory_model(device, choice.precision, runner)
+        calibrated = self._calibrator.prepare(device)
+        choice, runner, memory = calibrated.choice, calibrated.runner, calibrated.memory
         usable = self._probe(device) * pool.memory_fraction
-        cap = pool.max_batch_tokens or (CPU_BATCH_TOKENS if device.kind == "cpu" else CUDA_BATCH_TOKENS)
-        ceiling = max(1, min(cap, memory.max_padded_tokens(usable, 1)))
+        ceiling = max(1, min(batch_token_cap(pool.max_batch_tokens, device), memory.max_padded_tokens(usable, 1)))
         controller = BudgetController(ceiling, pool.regrow_after, pool.regrow_factor)
         with self._cond:
             worker.runner, worker.precision, worker.memory = runner, choice, memory
@@ -422,76 +346,6 @@ class EmbeddingPool:
             worker.budget(self.max_seq_length),
             self.max_seq_length,
         )
-
-    def _requested_precision(self) -> str:
-        configured = self.pool_settings.precision
-        return configured if configured is not None else self.settings.dtype
-
-    def _choose_precision(self, device: Device) -> PrecisionChoice:
-        requested = self._requested_precision()
-        if requested != "auto":
-            return PrecisionChoice(requested, "configured")
-        names = candidates(device, cuda_bf16=device.kind == "cuda" and _cuda_bf16(device), cpu_bf16=self._cpu_bf16)
-        if len(names) == 1:
-            return PrecisionChoice(names[0], "the only candidate on this device")
-        texts = self._calibration_texts or calibration_texts()
-        queries = self._calibration_queries if self._calibration_queries is not None else list(QUERIES)
-        pool = self.pool_settings
-        thresholds = Thresholds(pool.min_cosine, pool.min_neighbour_overlap, pool.min_speedup)
-        key = {
-            "model": self.revision,
-            "device": device.label,
-            "threads": device.threads,
-            "torch": _torch_version(),
-            "candidates": names,
-            "thresholds": [thresholds.min_cosine, thresholds.min_neighbour_overlap, thresholds.min_speedup],
-            "calibration": hashlib.sha256(json.dumps([queries, texts]).encode()).hexdigest()[:16],
-            "batch_tokens": pool.max_batch_tokens,
-        }
-        cached = self._cache.get("precision", key)
-        if cached is not None:
-            choice = PrecisionChoice.from_json(cached, cached=True)
-            log.info("precision for %s from the calibration cache: %s", device.key, choice.summary())
-            return choice
-        everything = [*queries, *texts]
-        counts = [max(1, min(c, self.max_seq_length)) for c in self.tokenizer.count(everything)]
-        cap = pool.max_batch_tokens or (CPU_BATCH_TOKENS if device.kind == "cpu" else CUDA_BATCH_TOKENS)
-        batches = pack(counts, lambda _length: cap, pool.max_batch_items)
-
-        def make(name: str) -> Runner:
-            runner = self._factory(device, name)
-            runner.load()
-            return runner
-
-        measurements = calibrate(
-            make,
-            names,
-            everything,
-            batches,
-            sum(counts),
-            len(queries),
-            rounds=self._calibration_rounds,
-            clock=self._clock,
-        )
-        choice = choose(measurements, thresholds)
-        self._cache.put("precision", key, choice.to_json())
-        log.info("precision for %s calibrated: %s", device.key, choice.summary())
-        return choice
-
-    def _memory_model(self, device: Device, precision: str, runner: Runner) -> MemoryModel:
-        key = {
-            "model": self.revision,
-            "device": device.label,
-            "precision": precision,
-            "torch": _torch_version(),
-            "max_seq_length": self.max_seq_length,
-        }
-        cached = self._cache.get("memory", key)
-        if cached is not None:
-            return MemoryModel.from_json(cached)
-        model = runner.memory_model(self.max_seq_length)
-        self._cache.put("memory", key, model.to_json())
-        return model
 
     def _next_batch(self, worker: _Worker) -> list[_Item] | None:
         with self._cond:
@@ -564,15 +418,7 @@ class EmbeddingPool:
                 if request._remaining == 0:
                     self._requests.discard(request)
                     request._event.set()
-            c = worker.counters
-            c.batches += 1
-            c.chunks += len(batch)
-            c.tokens += sum(item.tokens for item in batch)
-            c.padded_tokens += padded
-            c.busy_s += elapsed
-            c.max_batch = max(c.max_batch, len(batch))
-            c.last_batch, c.last_padded = len(batch), padded
-            c.crash_streak = 0
+            worker.counters.record_batch(len(batch), sum(item.tokens for item in batch), padded, elapsed)
             worker.in_flight = None
             return worker.controller.on_success()
 
@@ -605,9 +451,7 @@ class EmbeddingPool:
         """Probe free memory again (others may have taken or freed some) and move the ceiling with it."""
         assert worker.memory is not None and worker.controller is not None
         usable = self._probe(worker.device) * self.pool_settings.memory_fraction
-        cap = self.pool_settings.max_batch_tokens or (
-            CPU_BATCH_TOKENS if worker.device.kind == "cpu" else CUDA_BATCH_TOKENS
-        )
+        cap = batch_token_cap(self.pool_settings.max_batch_tokens, worker.device)
         with self._cond:
             worker.usable_bytes = usable
             worker.controller.set_ceiling(max(1, min(cap, worker.memory.max_padded_tokens(usable, 1))))
@@ -689,15 +533,3 @@ class EmbeddingPool:
 
     def _device_errors(self) -> str:
         return "; ".join(f"{w.device.key}: {w.error or w.state}" for w in self._workers) or "no devices"
-
-
-def _cuda_bf16(device: Device) -> bool:
-    import torch
-
-    return bool(torch.cuda.is_bf16_supported())
-
-
-def _torch_version() -> str:
-    import torch
-
-    return str(torch.__version__)

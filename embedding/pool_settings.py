@@ -10,7 +10,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Precision = Literal["float32", "bfloat16", "float16", "autocast-bfloat16", "autocast-float16"]
-"""How a model computes: weights cast to a dtype, or float32 weights under ``torch.autocast``."""
+"""How a model computes (``embedding.precision``): weights cast to a dtype, or float32 weights under
+``torch.autocast``."""
 
 PRECISIONS: tuple[Precision, ...] = ("float32", "bfloat16", "float16", "autocast-bfloat16", "autocast-float16")
 
@@ -30,11 +31,6 @@ class PoolSettings(BaseModel):
         gt=0,
         description="Threads per CPU worker. Default: the CPUs this process may use (affinity and cgroup "
         "quota) shared among the CPU workers.",
-    )
-    precision: Literal["auto", Precision] | None = Field(
-        default=None,
-        description="auto: the fastest precision per device that keeps quality against float32 on a "
-        "calibration set (cached in calibration_dir). Default: follow embedding.dtype (auto, float32, bfloat16).",
     )
     max_batch_tokens: int | None = Field(
         default=None,

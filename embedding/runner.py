@@ -61,6 +61,24 @@ def dtype_bytes(precision: str) -> int:
     return 2 if precision in ("bfloat16", "float16") else 4
 
 
+def cast_weights(model: Any, precision: str) -> Any:
+    """``model`` with its weights in the precision's dtype (in place); autocast precisions keep float32 weights."""
+    if precision not in ("bfloat16", "float16"):
+        return model
+    import torch
+
+    return model.to(getattr(torch, precision))
+
+
+def autocast(precision: str, device_kind: str) -> AbstractContextManager[Any]:
+    """``torch.autocast`` for the ``autocast-*`` precisions, nothing for the others."""
+    if not precision.startswith("autocast-"):
+        return nullcontext()
+    import torch
+
+    return torch.autocast(device_type=device_kind, dtype=getattr(torch, precision.removeprefix("autocast-")))
+
+
 class TorchRunner:
     def __init__(self, model_dir: Path, device: Device, precision: str, *, model: Any = None) -> None:
         """``model``: an already loaded float32 SentenceTransformer on the device to reuse (cast on a copy)."""
@@ -77,8 +95,6 @@ class TorchRunner:
                 self._model = self._load()
 
     def _load(self) -> Any:
-        import torch
-
         model = self._given
         if model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,10 +104,9 @@ class TorchRunner:
             hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
             model = SentenceTransformer(str(self.model_dir), device=self.device.torch_device, local_files_only=True)
-        if self.precision in ("bfloat16", "float16"):
-            if model is self._given:
-                model = copy.deepcopy(model)  # never cast a model someone else uses
-            model = model.to(getattr(torch, self.precision))
+        if self.precision in ("bfloat16", "float16") and model is self._given:
+            model = copy.deepcopy(model)  # never cast a model someone else uses
+        model = cast_weights(model, self.precision)
         model.eval()
         log.info("loaded %s on %s at %s", self.model_dir.name, self.device.key, self.precision)
         return model
@@ -102,14 +117,6 @@ class TorchRunner:
             self.load()
         return self._model
 
-    def _autocast(self) -> AbstractContextManager[Any]:
-        if not self.precision.startswith("autocast-"):
-            return nullcontext()
-        import torch
-
-        dtype = getattr(torch, self.precision.removeprefix("autocast-"))
-        return torch.autocast(device_type=self.device.kind, dtype=dtype)
-
     def forward(self, texts: Sequence[str]) -> np.ndarray:
         import torch
         from sentence_transformers.util import batch_to_device
@@ -118,7 +125,7 @@ class TorchRunner:
         with _preprocess_lock(model):
             features = model.preprocess(list(texts))
         features = batch_to_device(features, torch.device(self.device.torch_device))
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.precision, self.device.kind):
             out = model(features)["sentence_embedding"]
         vectors = torch.nn.functional.normalize(out.float(), p=2, dim=1)
         return np.asarray(vectors.cpu().numpy(), dtype=np.float32)

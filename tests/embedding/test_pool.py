@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from embedding.budget import MemoryModel
-from embedding.calibration_text import QUERIES, calibration_texts
 from embedding.devices import Device
 from embedding.model import Embedder, EmbeddingSettings, TextEmbedder
 from embedding.pool import EmbeddingError, EmbeddingPool, Lane
@@ -114,7 +113,7 @@ def make_pool(
     probe: Callable[[Device], int] = lambda _device: 64 * GIB,
     **pool: Any,
 ) -> EmbeddingPool:
-    settings = EmbeddingSettings.model_validate({"pool": {"precision": "float32", **pool}})
+    settings = EmbeddingSettings.model_validate({"precision": "float32", "pool": pool})
     return EmbeddingPool(
         settings,
         embedder=embedder,
@@ -144,7 +143,7 @@ def test_pool_offers_the_embedder_surface_and_keeps_order(embedder: Embedder, re
             384,
             embedder.max_seq_length,
         )
-        assert surface.revision == embedder.revision and surface.settings.pool.precision == "float32"
+        assert surface.revision == embedder.revision and surface.settings.precision == "float32"
         assert_same(pool.embed(TEXTS), reference)
         assert pool.embed([]).shape == (0, 384)
         stats = pool.stats()
@@ -335,78 +334,23 @@ def test_close_fails_what_is_still_queued(embedder: Embedder) -> None:
         pool.submit(TEXTS[:1])
 
 
-class Timed(Wrapped):
-    """A real runner (``bfloat16`` casts a copy of the model for real) whose speed is set on a fake clock."""
-
-    def __init__(self, model: Any, device: Device, precision: str, clock: list[float], cost: float) -> None:
-        super().__init__(model, device, precision)
-        self.clock, self.cost = clock, cost
-
-    def forward(self, texts: Sequence[str]) -> np.ndarray:
-        self.clock[0] += self.cost * len(texts)
-        return super().forward(texts)
-
-
-def test_auto_precision_is_measured_chosen_cached_and_reported(embedder: Embedder, tmp_path: Path) -> None:
-    now = [0.0]
-    cost = {"float32": 1.0, "bfloat16": 0.4, "autocast-bfloat16": 0.5}
-    built: list[str] = []
-
-    def factory(device: Device, precision: str) -> Runner:
-        built.append(precision)
-        return Timed(embedder.model, device, precision, now, cost[precision])
-
-    def pool_for(cache: Path) -> EmbeddingPool:
-        settings = EmbeddingSettings.model_validate({"pool": {"precision": "auto", "calibration_dir": cache}})
-        return EmbeddingPool(
-            settings,
-            embedder=embedder,
-            devices=[cpu()],
-            probe=lambda _d: 64 * GIB,
-            runner_factory=factory,
-            calibration_texts=[t for t in calibration_texts() if len(t) < 400][:40],
-            calibration_queries=QUERIES[:5],
-            calibration_rounds=1,
-            clock=lambda: now[0],
-            cpu_bf16=True,
-        )
-
-    with pool_for(tmp_path / "cal") as pool:
-        pool.wait_ready(WAIT)
-        choice = pool.precision_choices()["cpu"]
-        assert pool.stats().devices[0].precision == "bfloat16"
-    # bf16 on the fake clock is 2.5x faster, and its real vectors keep quality (cosine and neighbours)
-    assert (choice.precision, choice.cached) == ("bfloat16", False)
-    measured = {m.precision: m for m in choice.measurements}
-    assert measured["bfloat16"].tokens_per_s == pytest.approx(2.5 * measured["float32"].tokens_per_s)
-    assert measured["bfloat16"].min_cosine >= 0.999 and measured["bfloat16"].neighbour_overlap >= 0.95
-    assert "2.50x float32" in choice.summary()
-    assert built == ["float32", "bfloat16", "autocast-bfloat16", "bfloat16"]  # candidates, then the choice
-    assert len(list((tmp_path / "cal").glob("precision-*.json"))) == 1
-
-    built.clear()
-    with pool_for(tmp_path / "cal") as pool:  # a second start reads the cache: no calibration runs
-        pool.wait_ready(WAIT)
-        again = pool.precision_choices()["cpu"]
-    assert (again.precision, again.cached, built) == ("bfloat16", True, ["bfloat16"])
-
-
 def test_settings_and_embedder_must_name_the_same_model(embedder: Embedder) -> None:
     with pytest.raises(ValueError, match=r"embedding.model '/elsewhere' differs"):
         EmbeddingPool(EmbeddingSettings(model="/elsewhere"), embedder=embedder)
 
 
-def test_configured_dtype_is_followed_without_calibration(embedder: Embedder) -> None:
+def test_configured_precision_is_followed_without_calibration_and_reported(embedder: Embedder) -> None:
     built: list[str] = []
 
     def factory(device: Device, precision: str) -> Runner:
         built.append(precision)
         return Wrapped(embedder.model, device, precision)
 
-    settings = EmbeddingSettings(dtype="bfloat16")
+    settings = EmbeddingSettings(precision="bfloat16")
     with EmbeddingPool(settings, embedder=embedder, devices=[cpu()], runner_factory=factory) as pool:
         vectors = pool.embed(TEXTS[:4])
         assert pool.precision_choices()["cpu"].reason == "configured"
+        assert pool.stats().devices[0].precision == "bfloat16"
     assert built == ["bfloat16"]
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # renormalised in float32
 
@@ -424,7 +368,7 @@ def test_two_real_cpu_workers_from_settings(embedder: Embedder, reference: np.nd
     """The default path: devices from settings, models loaded from safetensors per worker, memory
     calibrated (analytic estimate checked against the resident set), real probe."""
     settings = EmbeddingSettings.model_validate(
-        {"pool": {"devices": ["cpu", "cpu"], "precision": "float32", "max_batch_tokens": 1024}}
+        {"precision": "float32", "pool": {"devices": ["cpu", "cpu"], "max_batch_tokens": 1024}}
     )
     with EmbeddingPool(settings, embedder=embedder) as pool:
         assert_same(pool.embed(TEXTS), reference)

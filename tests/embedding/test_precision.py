@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -13,7 +14,10 @@ import torch
 from pydantic import ValidationError
 
 from embedding.devices import (
+    CPU_BATCH_TOKENS,
+    CUDA_BATCH_TOKENS,
     Device,
+    batch_token_cap,
     cgroup_available,
     cpu_label,
     cpu_quota,
@@ -207,6 +211,16 @@ def test_discovery_one_worker_per_gpu_else_the_cpu() -> None:
 
 
 @pytest.mark.parametrize(
+    ("configured", "kind", "cap"),
+    [(None, "cpu", CPU_BATCH_TOKENS), (None, "cuda", CUDA_BATCH_TOKENS), (512, "cuda", 512), (100_000, "cpu", 100_000)],
+)
+def test_batch_cap_is_the_setting_else_the_default_of_the_device_kind(
+    configured: int | None, kind: Literal["cpu", "cuda"], cap: int
+) -> None:
+    assert batch_token_cap(configured, Device(kind, kind, kind, "test")) == cap
+
+
+@pytest.mark.parametrize(
     ("error", "expected"),
     [
         (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
@@ -228,8 +242,8 @@ def test_pool_settings_errors_name_the_field() -> None:
         PoolSettings(devices=["cuda", "cuda:0"])
     with pytest.raises(ValidationError, match="is empty"):
         PoolSettings(devices=[])
-    with pytest.raises(ValidationError, match=r"pool\.precision"):
-        EmbeddingSettings.model_validate({"pool": {"precision": "int4"}})
+    with pytest.raises(ValidationError, match=r"embedding\.pool\.precision: 'int4' is not one of auto, float32"):
+        EmbeddingSettings.model_validate({"pool": {"precision": "int4"}})  # the deprecated key, still checked
     with pytest.raises(ValidationError, match=r"pool\.memory_fraction"):
         EmbeddingSettings.model_validate({"pool": {"memory_fraction": 1.5}})
     with pytest.raises(ValidationError, match="Extra inputs"):
