@@ -1,23 +1,56 @@
-"""ragline's settings: one pydantic model, loaded once at the edge from the config file and environment.
+"""ragline's settings: one pydantic-settings model, loaded once at the edge from the config file and environment.
 
 Precedence: built-in defaults < YAML config file (``RAGLINE_CONFIG``, else ``RAGLINE_HOME/config.yaml``) <
-environment (``RAGLINE_DATABASE_URL``, ``RAGLINE_PDF_PASSWORDS``).
+environment. Every setting can be set in the environment as ``RAGLINE_`` + its path in upper case, nested
+levels joined by ``__``: ``RAGLINE_DATABASE__WRITERS=0``, ``RAGLINE_EMBEDDING__CHUNKING__CHUNK_TOKENS=128``,
+``RAGLINE_SEARCH__MODE=vector``; lists and whole sections take JSON (``RAGLINE_SOURCES='[...]'``). Two older
+variables keep their meaning: ``RAGLINE_DATABASE_URL`` is ``database.url``, and ``RAGLINE_PDF_PASSWORDS``
+(one password a line) is appended to ``pdf.passwords``. A ``RAGLINE_`` variable that is neither a setting nor
+one of ragline's own (``RAGLINE_HOME``, ``RAGLINE_CONFIG``, ``RAGLINE_DEBUG``, ...) or named by a ``*_env``
+setting is refused, so that a misspelt override does not pass unnoticed.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.exceptions import SettingsError
+from pydantic_settings.sources.utils import parse_env_vars
 
 from connectors.pdf import PdfSettings
 from connectors.registry import SourceSettings
 from embedding.model import EmbeddingSettings
 from vectorstore.settings import DatabaseSettings, SearchSettings
+
+ENV_PREFIX = "RAGLINE_"
+
+# ragline's variables that are not settings, and those docker compose reads (deploy/compose.yaml).
+OWN_VARIABLES = frozenset(
+    {
+        "RAGLINE_HOME",
+        "RAGLINE_CONFIG",
+        "RAGLINE_DATABASE_URL",
+        "RAGLINE_PDF_PASSWORDS",
+        "RAGLINE_DEBUG",
+        "RAGLINE_SERVE_URL",
+        "RAGLINE_IMAGE",
+        "RAGLINE_CUDA_IMAGE",
+        "RAGLINE_PDFS",
+    }
+)
 
 
 class ConfigError(ValueError):
@@ -108,8 +141,16 @@ class ReembedScheduleSettings(BaseModel):
     batch_documents: int = Field(default=32, ge=1, le=10_000, description="Documents re-embedded per transaction.")
 
 
-class RaglineSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RaglineSettings(BaseSettings):
+    """Built by ``load_settings``, which gives it its sources; constructed directly it reads nothing."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        validate_default=False,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_ignore_empty=True,  # an empty variable is unset, as RAGLINE_HOME= and RAGLINE_CONFIG= always were
+    )
 
     home: Path
     config_path: Path | None = None
@@ -146,6 +187,17 @@ class RaglineSettings(BaseModel):
         where = f" in {self.config_path}" if self.config_path else " (no config file: set RAGLINE_CONFIG)"
         raise ConfigError(f"no source named {name!r}{where}; known: {known}")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
 
 def default_home() -> Path:
     import platformdirs
@@ -153,47 +205,158 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("ragline", appauthor=False))
 
 
-def _format_errors(err: ValidationError) -> str:
-    parts = []
+class ConfigFile(PydanticBaseSettingsSource):
+    """The YAML config file as a settings source: its mapping as written (unknown keys are left to validation,
+    which refuses them with their path)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+        self.data = {} if path is None else _read_yaml(path)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+    def value(self, *path: str) -> Any:
+        """The value at ``path`` (``pdf``, ``passwords``), None where the file has none."""
+        node: Any = self.data
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    return loaded
+
+
+class Environment(EnvSettingsSource):
+    """pydantic-settings' environment source (``RAGLINE_`` prefix, ``__`` between levels) over the given
+    mapping rather than ``os.environ``, plus ``RAGLINE_DATABASE_URL`` and ``RAGLINE_PDF_PASSWORDS``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str], below: ConfigFile) -> None:
+        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
+        self._below = below
+        self._undecodable = f"{ENV_PREFIX}*: not valid JSON"
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+    def variable(self, *path: str | int) -> str | None:
+        """The variable that sets ``path`` (or the section holding it), as spelt in the environment."""
+        names = {name.upper(): name for name in self._environ if self._environ[name]}
+        if path[:2] == ("database", "url") and "RAGLINE_DATABASE_URL" in names:
+            return names["RAGLINE_DATABASE_URL"]
+        if path[:2] == ("pdf", "passwords") and "RAGLINE_PDF_PASSWORDS" in names:
+            return names["RAGLINE_PDF_PASSWORDS"]
+        for depth in range(len(path), 0, -1):
+            name = ENV_PREFIX + "__".join(str(p) for p in path[:depth]).upper()
+            if name in names:
+                return names[name]
+        return None
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
+        except ValueError as err:
+            # Some failures are tolerated by the caller (a union may take the plain string); the one that is
+            # not ends the loading, so the last one recorded is the one to report.
+            names = [n for n, v in self._environ.items() if v == value and n.upper().startswith(ENV_PREFIX)]
+            self._undecodable = f"{' or '.join(sorted(names)) or ENV_PREFIX + '*'}: not valid JSON ({err})"
+            raise
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            data = super().__call__()
+        except SettingsError as err:  # a list or section given as JSON that does not parse
+            raise ConfigError(f"environment {self._undecodable}") from err
+        url = self.env_vars.get("ragline_database_url")
+        if url:
+            database = data.setdefault("database", {})
+            if isinstance(database, dict):
+                if database.get("url") not in (None, url):
+                    raise ConfigError("environment: RAGLINE_DATABASE_URL and RAGLINE_DATABASE__URL differ; set one")
+                database["url"] = url
+        passwords = self.env_vars.get("ragline_pdf_passwords")
+        if passwords:
+            pdf = data.setdefault("pdf", {})
+            if isinstance(pdf, dict):
+                listed = pdf["passwords"] if "passwords" in pdf else self._below.value("pdf", "passwords")
+                # A value that is not a list is kept as it is, for validation to name it.
+                if listed is None or isinstance(listed, list):
+                    pdf["passwords"] = list(listed or []) + passwords.splitlines()
+        return data
+
+
+def _format_errors(err: ValidationError, env: Environment, config_path: Path | None) -> str:
+    """``origin: field: message`` with the origin that set each bad value: a variable, else the file."""
+    by_origin: dict[str, list[str]] = {}
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        parts.append(f"{where}: {e['msg']}")
-    return "; ".join(parts)
+        name = env.variable(*(str(p) for p in e["loc"]))
+        origin = f"environment {name}" if name else f"config file {config_path}" if config_path else "settings"
+        by_origin.setdefault(origin, []).append(f"{where}: {e['msg']}")
+    return "; ".join(f"{origin}: " + "; ".join(parts) for origin, parts in by_origin.items())
+
+
+def _named_variables(model: BaseModel) -> Iterator[str]:
+    """Variables the settings name (``serve.token_env``, a source's ``token_env``): secrets, not settings."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if name.endswith("_env") and isinstance(value, str):
+            yield value
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, BaseModel):
+                yield from _named_variables(item)
+
+
+def _refuse_unknown_variables(environ: Mapping[str, str], settings: RaglineSettings) -> None:
+    settable = sorted(set(RaglineSettings.model_fields) - {"home", "config_path"})
+    allowed = OWN_VARIABLES | {n.upper() for n in _named_variables(settings)}
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in allowed or not environ[name]:
+            continue
+        if upper.removeprefix(ENV_PREFIX).lower().split("__")[0] not in settable:
+            raise ConfigError(
+                f"environment {name}: not a ragline setting; settings are {ENV_PREFIX}<NAME>, nested with __ "
+                f"(e.g. RAGLINE_DATABASE__WRITERS), NAME one of: {', '.join(settable)}"
+            )
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> RaglineSettings:
-    env = os.environ if env is None else env
-    home = Path(env.get("RAGLINE_HOME") or default_home()).expanduser().absolute()
+    """Settings from ``env`` (default ``os.environ``; a given mapping is the only environment read) and the
+    config file it names."""
+    environ: Mapping[str, str] = os.environ if env is None else env
+    home = Path(environ.get("RAGLINE_HOME") or default_home()).expanduser().absolute()
     config_path: Path | None = None
-    data: dict[str, Any] = {}
-    if env.get("RAGLINE_CONFIG"):
-        config_path = Path(env["RAGLINE_CONFIG"]).expanduser().absolute()
+    if environ.get("RAGLINE_CONFIG"):
+        config_path = Path(environ["RAGLINE_CONFIG"]).expanduser().absolute()
         if not config_path.is_file():
             raise ConfigError(f"RAGLINE_CONFIG points to {config_path}, which is not a file")
     elif (home / "config.yaml").is_file():
         config_path = home / "config.yaml"
-    if config_path is not None:
-        try:
-            loaded = yaml.safe_load(config_path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {config_path} is not valid YAML: {err}") from err
-        except OSError as err:
-            raise ConfigError(f"cannot read config file {config_path}: {err.strerror}") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {config_path}: the top level must be a mapping")
-        data = loaded
-    data = {**data, "home": home, "config_path": config_path}
-    if env.get("RAGLINE_DATABASE_URL"):
-        data["database"] = {**(data.get("database") or {}), "url": env["RAGLINE_DATABASE_URL"]}
-    if env.get("RAGLINE_PDF_PASSWORDS"):
-        pdf = dict(data.get("pdf") or {})
-        pdf["passwords"] = list(pdf.get("passwords") or []) + env["RAGLINE_PDF_PASSWORDS"].splitlines()
-        data["pdf"] = pdf
+    config_file = ConfigFile(RaglineSettings, config_path)
+    environment = Environment(RaglineSettings, environ, config_file)
+    located = InitSettingsSource(RaglineSettings, {"home": home, "config_path": config_path})
     try:
-        return RaglineSettings.model_validate(data)
+        # mypy reads the fields' __init__ (no pydantic plugin), not BaseSettings' keyword for given sources.
+        settings = RaglineSettings(_build_sources=((located, environment, config_file), {}))  # type: ignore[call-arg]
     except ValidationError as err:
-        origin = f"config file {config_path}" if config_path else "settings"
-        raise ConfigError(f"{origin}: {_format_errors(err)}") from err
+        raise ConfigError(_format_errors(err, environment, config_path)) from err
+    _refuse_unknown_variables(environ, settings)
+    return settings
 
 
 def database_url(settings: RaglineSettings) -> str:
