@@ -674,6 +674,7 @@ def _dockerignore() -> DockerIgnore:
 def test_dockerfile_stages_and_base_images(name: str) -> None:
     path = DEPLOY / name
     stages = dockerfile_stages(path)
+    assert stages, f"{name}: no FROM"
     names = [s.name for s in stages if s.name]
     assert len(names) == len(set(names)), f"{name}: stage names repeat: {names}"
     for stage in stages:
@@ -695,6 +696,7 @@ def test_dockerfile_stages_and_base_images(name: str) -> None:
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfile_copies_exist_in_the_build_context(name: str) -> None:
     ignore = _dockerignore()
+    checked = 0
     for stage in dockerfile_stages(DEPLOY / name):
         for ins in stage.instructions:
             if ins.keyword not in ("COPY", "ADD"):
@@ -703,6 +705,7 @@ def test_dockerfile_copies_exist_in_the_build_context(name: str) -> None:
             if "from" in flags:
                 continue
             for source in sources:
+                checked += 1
                 assert "://" not in source, f"{name} line {ins.line}: ADD from a URL is not reproducible"
                 assert "$" not in source, f"{name} line {ins.line}: {source} depends on a build argument"
                 assert (REPO / source).exists() or any(c in source for c in "*?["), (
@@ -719,12 +722,14 @@ def test_dockerfile_copies_exist_in_the_build_context(name: str) -> None:
                     and (REPO / source).is_dir()
                 ]
                 assert not missing, f"{name} line {ins.line}: .dockerignore drops sources of {source}: {missing}"
+    assert checked, f"{name}: no COPY from the build context"
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfile_installs_follow_constraints(name: str) -> None:
     pins = read_constraints(REPO / "constraints.txt")
     assert "torch" in pins, "constraints.txt does not pin torch"
+    installs = 0
     for stage in dockerfile_stages(DEPLOY / name):
         copied: set[str] = set()
         torch_first = False
@@ -736,6 +741,7 @@ def test_dockerfile_installs_follow_constraints(name: str) -> None:
             if ins.keyword != "RUN":
                 continue
             for pip in pip_installs(ins.args):
+                installs += 1
                 where = f"{name} line {ins.line}"
                 assert not pip.requirement_files or pip.constraints, f"{where}: -r without constraints"
                 for c in pip.constraints:
@@ -756,6 +762,7 @@ def test_dockerfile_installs_follow_constraints(name: str) -> None:
                             f"{where}: torch without --index-url would come from PyPI with CUDA for every image"
                         )
                         torch_first = True
+    assert installs, f"{name}: no pip install"
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -785,6 +792,7 @@ def test_dockerfile_runtime_is_non_root_with_ragline_entrypoint(name: str) -> No
 def test_cuda_image_differs_from_the_cpu_image_only_in_torch_and_gpu_settings() -> None:
     """The two images must not drift: same stages, same copies, same entrypoint."""
     cpu, cuda = (dockerfile_stages(DEPLOY / n) for n in DOCKERFILES)
+    assert cpu, "the CPU Dockerfile has no stages"
     assert [(s.base, s.name) for s in cpu] == [(s.base, s.name) for s in cuda]
     for a, b in zip(cpu, cuda, strict=True):
         keep = ("COPY", "ADD", "USER", "WORKDIR", "ENTRYPOINT", "CMD", "HEALTHCHECK")
@@ -808,7 +816,9 @@ def test_compose_refuses_to_run_without_a_database_password() -> None:
 
 def test_compose_required_variables_are_documented() -> None:
     guide = GUIDE.read_text()
-    for var in required_variables(COMPOSE.read_text()):
+    required = required_variables(COMPOSE.read_text())
+    assert required, "compose.yaml requires no variable (the database password must be one)"
+    for var in required:
         assert var in guide, f"compose.yaml requires {var}, which deploy/README.md does not mention"
 
 
@@ -872,6 +882,7 @@ def test_compose_dependencies_and_healthchecks() -> None:
 
 def test_compose_healthchecks_probe_the_ports_services_listen_on() -> None:
     services: dict[str, Any] = load_compose()["services"]
+    probed = 0
     for name, service in services.items():
         hc = service.get("healthcheck") or {}
         if hc.get("disable") or not hc.get("test"):
@@ -887,6 +898,8 @@ def test_compose_healthchecks_probe_the_ports_services_listen_on() -> None:
         else:
             listens = option_value(argv, "--port") or ""
         assert url.group(1) == listens, f"compose service {name}: probes :{url.group(1)}, listens on :{listens}"
+        probed += 1
+    assert probed, "compose: no healthcheck probes an HTTP port"
 
 
 def test_compose_volumes_configs_and_ports() -> None:
@@ -895,8 +908,11 @@ def test_compose_volumes_configs_and_ports() -> None:
     volumes = set(compose.get("volumes") or {})
     configs: dict[str, Any] = compose.get("configs") or {}
     host_ports: list[str] = []
+    assert volumes and configs, "compose declares no volumes or no configs"
+    mounted = referenced = 0
     for name, service in services.items():
         for spec in service.get("volumes") or []:
+            mounted += 1
             source = str(spec).split(":")[0]
             if source.startswith((".", "/")):
                 path = (DEPLOY / source).resolve()
@@ -904,9 +920,11 @@ def test_compose_volumes_configs_and_ports() -> None:
             else:
                 assert source in volumes, f"compose service {name}: volume {source} is not declared"
         for ref in service.get("configs") or []:
+            referenced += 1
             source = ref["source"] if isinstance(ref, dict) else ref
             assert source in configs, f"compose service {name}: config {source} is not declared"
         host_ports += [str(p).rsplit(":", 1)[0] for p in service.get("ports") or []]
+    assert mounted and referenced, "compose: no service mounts a volume or a config"
     assert len(host_ports) == len(set(host_ports)), f"compose: a host port is published twice: {host_ports}"
     for cname, config in configs.items():
         assert ("content" in config) != ("file" in config), f"compose config {cname}: needs one of content/file"
@@ -945,6 +963,8 @@ def test_compose_app_services_get_the_environment_the_app_needs(tmp_path: Path) 
     (tmp_path / "config.yaml").write_text(text)
     settings = load_settings({"RAGLINE_HOME": str(tmp_path), "RAGLINE_CONFIG": str(tmp_path / "config.yaml")})
     assert settings.sources, "the compose config has no sources"
+    read = [p for source in settings.sources for p in getattr(source, "paths", [])]
+    assert read, "the compose config has no source that reads paths"
     for name, service in app.items():
         targets = _mount_targets(service)
         for source in settings.sources:
@@ -974,6 +994,7 @@ def test_compose_prefect_server_keeps_its_state_in_postgres() -> None:
 
 def test_compose_runs_commands_that_exist() -> None:
     compose = load_compose()
+    assert compose["services"], "compose has no services"
     for name, service in compose["services"].items():
         argv = service_argv(service, service_dockerfile(service))
         commands = embedded_commands(argv)
@@ -1019,7 +1040,9 @@ def test_prefect_yaml_entrypoints_are_prefect_flows() -> None:
     from prefect import Flow
 
     entrypoints = set()
-    for deployment in _prefect_yaml()["deployments"]:
+    deployments = _prefect_yaml()["deployments"]
+    assert deployments, "deploy/prefect.yaml has no deployments"
+    for deployment in deployments:
         where = f"deploy/prefect.yaml deployment {deployment.get('name')!r}"
         path, sep, attr = str(deployment.get("entrypoint", "")).partition(":")
         assert sep and path.endswith(".py"), f"{where}: entrypoint must be path.py:function"
@@ -1040,6 +1063,7 @@ def test_prefect_yaml_schedules_and_work_pools_match_compose() -> None:
 
     pools = set(compose_pools(load_compose()).values())
     data = _prefect_yaml()
+    assert data["deployments"], "deploy/prefect.yaml has no deployments"
     for deployment in data["deployments"]:
         where = f"deploy/prefect.yaml deployment {deployment.get('name')!r}"
         pool = (deployment.get("work_pool") or {}).get("name")
@@ -1197,7 +1221,9 @@ def test_guide_commands_name_existing_files_services_and_commands() -> None:
     profiles = {p for s in services.values() for p in s.get("profiles") or []}
     pools = set(compose_pools(compose).values())
     k8s_pools: set[str] = set()
-    for where, words in _documented_commands():
+    commands = _documented_commands()
+    assert commands, "deploy/README.md has no shell blocks"
+    for where, words in commands:
         for token in words:
             path = _repo_path(token)
             if path is not None:
