@@ -146,7 +146,7 @@ class RaglineSettings(BaseSettings):
 
     model_config = SettingsConfigDict(
         extra="forbid",
-        validate_default=False,
+        validate_default=False,  # as the plain model it was: defaults are not validated again at each load
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         env_ignore_empty=True,  # an empty variable is unset, as RAGLINE_HOME= and RAGLINE_CONFIG= always were
@@ -211,7 +211,6 @@ class ConfigFile(PydanticBaseSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
         super().__init__(settings_cls)
-        self.path = path
         self.data = {} if path is None else _read_yaml(path)
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
