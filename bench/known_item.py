@@ -16,7 +16,7 @@ from pypdf import PdfReader
 
 from connectors.pdf import discover
 from embedding.chunking import ChunkingSettings
-from flows.pipeline import ingest_pdf_paths
+from flows.pdfs import ingest_pdf_paths
 from flows.runtime import Services
 from flows.settings import load_settings
 from vectorstore import store

@@ -42,7 +42,7 @@ from psycopg.types.json import Jsonb
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vectorstore import bulk, generations, indexing, ledger, migrations, store
-from vectorstore.db import Connection, connect, register_pgvector
+from vectorstore.db import Connection, connect, open_pool
 from vectorstore.embedded import embedded_url, stop_embedded
 from vectorstore.generations import Generation
 from vectorstore.indexing import IndexLoad, IndexOptions
@@ -180,12 +180,8 @@ class Bench:
         self.source_id = ledger.ensure_source(self.conn, SOURCE, "pdf")
         self.results: list[tuple[str, str, str]] = []
 
-        def open_writer() -> Connection:
-            conn = connect(url)
-            register_pgvector(conn)
-            return conn
-
-        self.writers = Writers(open_writer, args.writers) if args.writers else None
+        self.pool = open_pool(url, size=args.writers) if args.writers else None
+        self.writers = Writers(self.pool, args.writers) if self.pool is not None else None
 
     def note(self, phase: str, what: str, figure: str) -> None:
         self.results.append((phase, what, figure))
@@ -704,6 +700,8 @@ def main() -> None:
             run(bench, args)
             if bench.writers is not None:
                 bench.writers.close()
+            if bench.pool is not None:
+                bench.pool.close()
             bench.conn.close()
             bench.admin.close()
         finally:

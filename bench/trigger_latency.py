@@ -156,7 +156,7 @@ def flow_compare(root: Path, n: int) -> dict[str, list[float]]:
     settings = load_settings()
     configure(settings.home, settings.prefect)
     from flows.ingest import ingest_pdf
-    from flows.pipeline import ingest_pdf_paths
+    from flows.pdfs import ingest_pdf_paths
 
     svc = Services(settings)
     use_services(svc)

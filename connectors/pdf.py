@@ -7,9 +7,11 @@ quarantined and the rest of the run goes on.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -17,13 +19,16 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connectors.base import DocumentError, Page, ParsedDocument, SourceDocument, failing_document
+from connectors.base import DocumentError, DocumentGone, Page, ParsedDocument, SourceDocument, failing_document
 from connectors.text import clean_text
 
 log = logging.getLogger(__name__)
 
 PDF_MAGIC = b"%PDF-"
 _HASH_BLOCK = 1 << 20
+RACY_SECONDS = 2.0
+"""A file modified this recently gets no stat key: a write within the file system's timestamp granularity
+could leave its stat unchanged (git's "racy" entries), so it is read again next time."""
 
 
 class PdfSettings(BaseModel):
@@ -43,6 +48,11 @@ class PdfSettings(BaseModel):
     )
     extensions: list[str] = Field(
         default_factory=lambda: [".pdf"], description="File suffixes picked up when walking directories."
+    )
+    rehash: bool = Field(
+        default=False,
+        description="Read and hash every file at every run. Default: a file whose size, mtime, ctime and inode "
+        "match what the ledger recorded is known unchanged without reading it.",
     )
 
     def fingerprint(self) -> str:
@@ -129,37 +139,44 @@ def file_hash(path: Path, max_bytes: int) -> str:
     return digest.hexdigest()
 
 
-def _check_envelope(path: Path, settings: PdfSettings) -> None:
-    size = path.stat().st_size
+def _check_envelope(data: bytes, settings: PdfSettings) -> None:
+    size = len(data)
     if size > settings.max_file_bytes:
         raise DocumentError("too_large", f"{size} bytes exceeds pdf.max_file_bytes={settings.max_file_bytes}")
     if size == 0:
         raise DocumentError("empty", "the file is empty (0 bytes)", retryable=True)
-    with path.open("rb") as fh:
-        head = fh.read(1024)
-        fh.seek(max(0, size - 65536))
-        # Writers pad some files with NULs, whitespace or junk after the final %%EOF.
-        tail = fh.read()
-    if PDF_MAGIC not in head:
+    if PDF_MAGIC not in data[:1024]:
         raise DocumentError("not_a_pdf", f"no {PDF_MAGIC.decode()} header in the first 1024 bytes")
-    if b"%%EOF" not in tail:
+    # Writers pad some files with NULs, whitespace or junk after the final %%EOF.
+    if b"%%EOF" not in data[-65536:]:
         raise DocumentError("truncated", "no %%EOF marker in the last 64 KiB: the file is incomplete or cut short")
 
 
 def parse_pdf(path: Path, settings: PdfSettings) -> ParsedDocument:
-    """Extract the text of each page. Raises ``DocumentError`` for anything that is not a usable PDF."""
+    """Read ``path`` and extract the text of each page (``parse_pdf_bytes``)."""
+    try:
+        size = path.stat().st_size
+        if size > settings.max_file_bytes:
+            raise DocumentError("too_large", f"{size} bytes exceeds pdf.max_file_bytes={settings.max_file_bytes}")
+        data = path.read_bytes()
+    except OSError as err:
+        raise DocumentError("unreadable", f"cannot read the file: {err.strerror}", retryable=True) from err
+    return parse_pdf_bytes(data, path.stem, settings)
+
+
+def parse_pdf_bytes(data: bytes, name: str, settings: PdfSettings) -> ParsedDocument:
+    """Extract the text of each page of a PDF read into memory (pypdf reads whole files into memory anyway);
+    ``name`` is the title when the PDF has none. Raises ``DocumentError`` for anything that is not a usable
+    PDF."""
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
 
     # pypdf logs every recoverable oddity of a file as a warning; failures that matter raise instead.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
-    try:
-        _check_envelope(path, settings)
-    except OSError as err:
-        raise DocumentError("unreadable", f"cannot read the file: {err.strerror}", retryable=True) from err
+    _check_envelope(data, settings)
 
     try:
-        reader = PdfReader(path, strict=False)
+        reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:
             _decrypt(reader, settings)
         page_count = len(reader.pages)
@@ -183,7 +200,7 @@ def parse_pdf(path: Path, settings: PdfSettings) -> ParsedDocument:
                 )
             if text:
                 pages.append(Page(index, text))
-        title = _title(reader, path)
+        title = _title(reader, name)
     except DocumentError:
         raise
     except FileNotDecryptedError as err:
@@ -215,7 +232,7 @@ def _decrypt(reader: object, settings: PdfSettings) -> None:
     raise DocumentError("encrypted", f"encrypted PDF: {detail}")
 
 
-def _title(reader: object, path: Path) -> str:
+def _title(reader: object, name: str) -> str:
     from pypdf import PdfReader
 
     assert isinstance(reader, PdfReader)
@@ -227,7 +244,19 @@ def _title(reader: object, path: Path) -> str:
         cleaned = clean_text(meta_title)
         if cleaned and any(ch.isalnum() for ch in cleaned):
             return cleaned[:500]
-    return path.stem
+    return name
+
+
+def stat_key(st: os.stat_result, *, racy_before: float | None = None) -> str | None:
+    """Size, mtime, ctime and inode: any write changes one of them. None for a file changed after
+    ``racy_before`` (seconds since the epoch), whose stat a write in the same timestamp tick could repeat."""
+    if racy_before is not None and max(st.st_mtime, st.st_ctime) >= racy_before:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+def _raise(error: DocumentError) -> ParsedDocument:
+    raise error
 
 
 def _failing(name: str, content_hash: str, error: DocumentError) -> SourceDocument:
@@ -244,8 +273,9 @@ class PdfConnector:
         self.discovery = discover(paths, self.settings.extensions)
 
     def document(self, path: Path) -> SourceDocument:
-        """The document at ``path``: hashed now, parsed only when loaded. A file that cannot be read or named
-        still becomes a document, whose load raises: it is quarantined instead of failing the run."""
+        """The document at ``path``, from its stat alone: it is read (hashed and parsed from the same bytes)
+        only if the pipeline needs it. A file that cannot be named still becomes a document, whose load
+        raises: it is quarantined instead of failing the run."""
         name = str(path)
         try:
             st = path.stat()
@@ -267,26 +297,32 @@ class PdfConnector:
                 f"badname:{st.st_size}:{st.st_mtime_ns}",
                 DocumentError("bad_filename", "the file name is not valid UTF-8: rename the file"),
             )
-        load = partial(parse_pdf, path, self.settings)
-        try:
-            content_hash = file_hash(path, self.settings.max_file_bytes)
-        except FileNotFoundError:
-            raise
-        except OSError as err:
-            return _failing(
-                name,
-                f"unreadable:{st.st_size}:{st.st_mtime_ns}",
-                DocumentError("unreadable", f"cannot read the file: {err.strerror}", retryable=True),
-            )
         return SourceDocument(
             external_id=name,
             uri=name,
-            content_hash=content_hash,
-            load=load,
+            content_hash=f"unread:{stat_key(st)}",
+            load=partial(parse_pdf, path, self.settings),
             title=path.stem,
             modified=datetime.fromtimestamp(st.st_mtime, tz=UTC),
             metadata={"size": st.st_size},
+            stat_key=stat_key(st, racy_before=time.time() - RACY_SECONDS),
+            read=partial(self.read, path),
         )
+
+    def read(self, path: Path) -> tuple[str, Callable[[], ParsedDocument]]:
+        """Read the file once: its content hash and a parse of the bytes read. A file over the size limit is
+        not read (its identity is its size and mtime); one that cannot be read gets a load that fails."""
+        try:
+            st = path.stat()
+            if st.st_size > self.settings.max_file_bytes:
+                return file_hash(path, self.settings.max_file_bytes), partial(parse_pdf, path, self.settings)
+            data = path.read_bytes()
+        except FileNotFoundError as err:
+            raise DocumentGone(str(path)) from err
+        except OSError as err:
+            error = DocumentError("unreadable", f"cannot read the file: {err.strerror}", retryable=True)
+            return f"unreadable:{err.errno}", partial(_raise, error)
+        return hashlib.sha256(data).hexdigest(), partial(parse_pdf_bytes, data, path.stem, self.settings)
 
     def iter_documents(self) -> Iterator[SourceDocument]:
         for path in self.discovery.files:

@@ -12,11 +12,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
-from flows.pipeline import Counts
-
-Outcome = Literal["completed", "completed_with_quarantine", "failed"]
+from flows.counts import Counts
+from flows.runs import outcome
+from vectorstore.runs import RunStatus
 
 RUN_TAG = "ragline"
 QUARANTINE_TAG = "quarantined"
@@ -51,13 +50,6 @@ def progress_key(source: str) -> str:
 def run_tags(source: str, kind: str) -> list[str]:
     """Tags of a source's flow and task runs: filter runs per source or per kind in the UI."""
     return [RUN_TAG, f"source:{source}", f"kind:{kind}"]
-
-
-def outcome(counts: Counts, error: str | None = None) -> Outcome:
-    """A run that quarantined documents is not a clean success; one that raised failed (whatever it did)."""
-    if error is not None:
-        return "failed"
-    return "completed_with_quarantine" if counts.quarantined else "completed"
 
 
 def count_rows(counts: Counts) -> list[tuple[str, int]]:
@@ -110,9 +102,9 @@ def throughput(counts: Counts, seconds: float) -> Throughput:
 def headline(counts: Counts, error: str | None = None) -> str:
     """One line that says how the run ended, the first thing read on the artifact."""
     result = outcome(counts, error)
-    if result == "failed":
+    if result is RunStatus.FAILED:
         return "Failed"
-    if result == "completed_with_quarantine":
+    if result is RunStatus.COMPLETED_WITH_QUARANTINE:
         return f"Completed with {_plural(counts.quarantined, 'quarantined document')}"
     return "Completed"
 

@@ -11,7 +11,6 @@ fails its run.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,14 +23,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.states import Completed
 
-from connectors.pdf import PdfConnector
-from connectors.registry import PdfSourceSettings, remote_source
-from flows import artifacts, limits, progress
-from flows.pipeline import Counts, sync_remote
+from connectors.registry import PdfSourceSettings
+from flows import artifacts, pdfs, progress, sources
+from flows.counts import Counts
+from flows.pdfs import PdfPlan
+from flows.planning import SourceRef, resolve_source
+from flows.runs import Run, recorded_run
 from flows.runtime import services
-from vectorstore import runs
-
-DOCUMENTS_PER_TASK = 64
 
 
 @dataclass
@@ -79,123 +77,68 @@ def _finish_progress() -> None:
             _live.pop(run_id, None)
 
 
-@task(name="plan-pdf-changes", task_run_name="plan-pdf-changes-{source}", cache_policy=NO_CACHE)
-def plan_pdf_changes(paths: list[str], source: str) -> dict[str, Any]:
-    """Walk the paths, hash every PDF and compare with the ledger: only new, changed or due documents are
-    parsed and embedded later; files gone from walked directories are marked for deletion."""
-    svc = services()
-    source_id = svc.pipeline.source_id(source, "pdf")
-    connector = PdfConnector([Path(p) for p in paths], svc.settings.pdf)
-    result = svc.pipeline.plan(source_id, connector.iter_documents(), connector.covers)
-    # Documents that cannot be found again by name (a file name that is not UTF-8 is recorded escaped) are
-    # quarantined here, where their document is at hand; their load fails at once, with no model work.
-    unnamed = [doc for doc in result.work if not Path(doc.external_id).exists()]
-    result.counts.merge(svc.pipeline.ingest(source_id, source, unnamed))
-    skip = {doc.external_id for doc in unnamed}
-    return {
-        "work": [doc.external_id for doc in result.work if doc.external_id not in skip],
-        "deleted": result.deleted,
-        "planned_at": result.planned_at.isoformat(),
-        "counts": result.counts.as_dict(),
-    }
+@task(name="plan-pdf-changes", task_run_name="plan-pdf-changes-{source.name}", cache_policy=NO_CACHE)
+def plan_pdf_changes(paths: list[str], source: SourceRef) -> PdfPlan:
+    """Walk the paths, stat every PDF and compare with the ledger: only new, changed or due documents are
+    read, parsed and embedded later; files gone from walked directories are marked for deletion."""
+    return pdfs.plan_pdfs(services().pipeline, source, paths)
 
 
 @task(name="ingest-pdf-documents", cache_policy=NO_CACHE)
-def ingest_pdf_documents(files: list[str], source: str) -> dict[str, int]:
-    """Parse, chunk, embed and commit a batch of PDFs (each document version atomically)."""
-    svc = services()
-    source_id = svc.pipeline.source_id(source, "pdf")
-    connector = PdfConnector([], svc.settings.pdf)
-    documents = []
-    for file in files:
-        try:
-            documents.append(connector.document(Path(file)))
-        except FileNotFoundError:
-            get_run_logger().warning("%s disappeared before it could be ingested", file)
-    counts = svc.pipeline.ingest(source_id, source, documents, _report)
-    return counts.as_dict()
+def ingest_pdf_documents(files: list[str], source: SourceRef, planned_at: datetime) -> Counts:
+    """Read, parse, chunk, embed and commit a batch of PDFs (each document version atomically)."""
+    return pdfs.ingest_pdf_files(services().pipeline, source, files, planned_at, _report)
 
 
 @task(name="remove-deleted-documents", cache_policy=NO_CACHE)
-def remove_deleted_documents(document_ids: list[int], planned_at: str) -> int:
+def remove_deleted_documents(document_ids: list[int], planned_at: datetime) -> int:
     """Documents gone from the source lose their chunks (unless committed again since the plan)."""
-    return services().pipeline.delete(document_ids, datetime.fromisoformat(planned_at))
+    return services().pipeline.delete(document_ids, planned_at)
 
 
-def _ingest_pdf(paths: list[str], source: str) -> Any:
+def _ingest_pdf(paths: list[str], source: str, plan_file: str | None) -> Any:
     svc = services()
-    source_id = svc.pipeline.source_id(source, "pdf")
-    run_id = runs.start_run(svc.conn, source_id, _flow_run_id())
-    counts = Counts()
-    started = time.monotonic()
-    try:
-        planned = plan_pdf_changes(paths, source)
-        counts.merge(Counts(**planned["counts"]))
-        work: list[str] = planned["work"]
-        # A large load goes in without the live HNSW index, built once at the end (vectorstore.bulk).
-        svc.pipeline.begin_load(svc.pipeline.expected_chunks(len(work)))
-        _start_progress(source, len(work))
-        batches = range(0, len(work), DOCUMENTS_PER_TASK)
-        for number, start in enumerate(batches, start=1):
-            # Batches are named "1/3", "2/3"...: the task list reads as the run's progress.
-            batch = ingest_pdf_documents.with_options(task_run_name=f"ingest-pdf-documents-{number}/{len(batches)}")
-            counts.merge(Counts(**batch(work[start : start + DOCUMENTS_PER_TASK], source)))
-        if planned["deleted"]:
+    ref = resolve_source(svc.conn, svc.settings, source, "pdf")
+    with recorded_run(svc.conn, ref, flow_run_id=_flow_run_id(), report=_publish) as run:
+        # The CLI planned already (to know whether a flow was needed): its plan is used, not made again.
+        plan = pdfs.read_plan(plan_file) if plan_file else plan_pdf_changes(paths, ref)
+        _start_progress(source, len(plan.work))
+        try:
+
+            def ingest_batch(files: list[str], number: int, total: int) -> Counts:
+                # Batches are named "1/3", "2/3"...: the task list reads as the run's progress.
+                task_run = ingest_pdf_documents.with_options(task_run_name=f"ingest-pdf-documents-{number}/{total}")
+                return task_run(files, ref, plan.planned_at)
+
             remove = remove_deleted_documents.with_options(task_run_name=f"remove-deleted-documents-{source}")
-            counts.deleted += remove(planned["deleted"], planned["planned_at"])
-    except BaseException as err:
-        error = f"{type(err).__name__}: {err}"
-        runs.finish_run(svc.conn, run_id, "failed", counts.as_dict(), error)
-        _publish_failure(source, "pdf", counts, time.monotonic() - started, error)
-        raise
-    finally:
-        _finish_progress()
-        svc.pipeline.finish_load()
-    runs.finish_run(svc.conn, run_id, artifacts.outcome(counts), counts.as_dict())
-    _publish_counts(source, "pdf", counts, time.monotonic() - started)
-    return _final_state(counts.as_dict())
+            pdfs.run_pdf_plan(svc.pipeline, plan, run.counts, ingest_batch=ingest_batch, remove_deleted=remove)
+        finally:
+            _finish_progress()
+    return _final_state(run.counts.as_dict())
 
 
 @flow(name="ingest-pdf", flow_run_name="ingest-pdf-{source}", log_prints=True)
-def ingest_pdf(paths: list[str], source: str = "pdf") -> Any:
-    """Ingest PDF files and directories (recursive) into the vector store."""
+def ingest_pdf(paths: list[str], source: str = "pdf", plan_file: str | None = None) -> Any:
+    """Ingest PDF files and directories (recursive) into the vector store. ``plan_file``: a plan the caller
+    made already (``flows.pdfs.write_plan``), consumed by this run; without one the run plans itself."""
     run_tags = artifacts.run_tags(source, "pdf")
     _tag_run(run_tags)
-    with tags(*run_tags):
-        return _ingest_pdf(paths, source)
+    try:
+        with tags(*run_tags):
+            return _ingest_pdf(paths, source, plan_file)
+    finally:
+        if plan_file:
+            Path(plan_file).unlink(missing_ok=True)
 
 
 @task(name="sync-source", task_run_name="sync-source-{source}", cache_policy=NO_CACHE)
 def sync_source(source: str) -> dict[str, int]:
     """Pull a remote source from its checkpoint through the resilient HTTP layer and ingest it. The source's
     global concurrency slot is held throughout: a second run of the same source waits for this one."""
-    svc = services()
-    settings = svc.settings.source(source)
-    policy = getattr(settings, "http", None)
-    limits.ensure_limits(source, policy)
-    source_id = svc.pipeline.source_id(source, settings.kind)
-    with limits.source_slot(source, stale_leases=runs.abandon_dead(svc.conn, source_id)) as lease:
-        connector = remote_source(settings)
-        client = getattr(connector, "client", None)
-        if client is not None and policy is not None:
-            client.gate = limits.quota_gate(policy)
-        run_id = runs.start_run(svc.conn, source_id, _flow_run_id(), lease)
-        counts = Counts()
-        started = time.monotonic()
-        try:
-            sync_remote(svc.pipeline, source, connector, counts, progress=_report)
-        except BaseException as err:
-            error = f"{type(err).__name__}: {err}"
-            runs.finish_run(svc.conn, run_id, "failed", counts.as_dict(), error)
-            # Published here, where the counts of a failed sync are at hand: the flow only sees the error.
-            _publish_failure(source, settings.kind, counts, time.monotonic() - started, error)
-            raise
-        finally:
-            if client is not None:
-                client.close()
-        runs.finish_run(svc.conn, run_id, artifacts.outcome(counts), counts.as_dict())
-        _publish_counts(source, settings.kind, counts, time.monotonic() - started)
-    return counts.as_dict()
+    run = sources.sync_source(
+        services().pipeline, source, flow_run_id=_flow_run_id(), report=_publish, progress=_report
+    )
+    return run.counts.as_dict()
 
 
 @flow(name="ingest-source", flow_run_name="ingest-{source}", log_prints=True)
@@ -208,7 +151,7 @@ def ingest_source(source: str) -> Any:
     with tags(*run_tags):
         if isinstance(settings, PdfSourceSettings):
             # In this run, not as a subflow: its tasks, counts and state are this run's.
-            return _ingest_pdf(settings.paths, source)
+            return _ingest_pdf(settings.paths, source, None)
         return _final_state(sync_source(source))
 
 
@@ -227,20 +170,14 @@ def _final_state(result: dict[str, int]) -> Any:
     return Completed(message=f"{quarantined} document(s) quarantined", name="CompletedWithQuarantine", data=result)
 
 
-def _publish_counts(source: str, kind: str, counts: Counts, seconds: float, error: str | None = None) -> None:
+def _publish(run: Run) -> None:
+    """The run's counts and throughput as a markdown artifact, failed runs included (``recorded_run`` keeps a
+    failure here from hiding the run's own error)."""
     create_markdown_artifact(
-        artifacts.counts_markdown(source, kind, counts, seconds, error),
-        key=artifacts.counts_key(source),
-        description=artifacts.counts_description(source, counts, error),
+        artifacts.counts_markdown(run.source.name, run.source.kind, run.counts, run.seconds, run.error),
+        key=artifacts.counts_key(run.source.name),
+        description=artifacts.counts_description(run.source.name, run.counts, run.error),
     )
-
-
-def _publish_failure(source: str, kind: str, counts: Counts, seconds: float, error: str) -> None:
-    """The counts of a failed run, without hiding its error behind a second one (the API it failed on)."""
-    try:
-        _publish_counts(source, kind, counts, seconds, error)
-    except Exception:  # noqa: BLE001 - the run's own error is the one to raise
-        get_run_logger().exception("could not publish the counts artifact of %s", source)
 
 
 def _tag_run(extra: list[str]) -> None:

@@ -1,4 +1,6 @@
-"""Process-wide services: one database connection and one warm model per process, opened on first use."""
+"""Process-wide services, opened on first use: the pipeline's own connection (migrated at open), one
+connection pool for everything else (searches, background writers, the warm service's workers), one warm
+model."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from embedding.pool import EmbeddingPool
 from flows.pipeline import Pipeline
 from flows.settings import RaglineSettings, database_url, load_settings
 from vectorstore import generations, store
-from vectorstore.db import Connection, DatabaseError, connect, open_pool, register_pgvector
+from vectorstore.db import Connection, DatabaseError, connect, open_pool
 from vectorstore.generations import Generation
 from vectorstore.migrations import migrate, set_full_text
 from vectorstore.settings import SearchSettings
@@ -62,26 +64,18 @@ class Services:
 
     @cached_property
     def writers(self) -> Writers | None:
-        """The pipeline's background committers (``database.writers``), connecting on first use."""
-        _ = self.conn  # migrated first: the writers' connections need pgvector's types
-        database = self.settings.database
-        if database.writers == 0:
-            return None
-        url = database_url(self.settings)
-
-        def open_writer() -> Connection:
-            conn = connect(url, connect_timeout=database.connect_timeout)
-            register_pgvector(conn)
-            return conn
-
-        return Writers(open_writer, database.writers)
+        """The pipeline's background committers (``database.writers``), on the pool's connections."""
+        count = self.settings.database.writers
+        return Writers(self.pool, count) if count else None
 
     @cached_property
     def pool(self) -> ConnectionPool[Connection]:
-        """Connections for searches, which may come from many threads (``ragline serve``)."""
-        _ = self.conn  # migrated first
+        """The process's pool: ``database.pool_size`` connections for searches, plus one per background
+        writer and per warm worker of ``ragline serve``, which hold theirs while they write."""
+        _ = self.conn  # migrated first: pooled connections need pgvector's types
         database = self.settings.database
-        return open_pool(database_url(self.settings), size=database.pool_size, connect_timeout=database.connect_timeout)
+        size = database.pool_size + database.writers + self.settings.serve.workers
+        return open_pool(database_url(self.settings), size=size, connect_timeout=database.connect_timeout)
 
     def query_embedder(self, serving: Generation) -> TextEmbedder:
         """The model that embeds queries for ``serving``: the configured one, or, while a new generation is
@@ -92,7 +86,7 @@ class Services:
         with self._lock:
             cached = self._query_embedders.get(serving.id)
             if cached is None:
-                settings = self.settings.embedding.model_copy(update={"model": serving.name, "dtype": "float32"})
+                settings = self.settings.embedding.model_copy(update={"model": serving.name, "precision": "float32"})
                 cached = Embedder(settings)
                 if cached.identity.revision != serving.revision or cached.dimension != serving.dim:
                     raise DatabaseError(

@@ -23,7 +23,6 @@ API (JSON answers; ``Authorization: Bearer`` when ``serve.token_env`` is set):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -32,7 +31,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,15 +38,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
-import psycopg
 
 from connectors.base import SourceDocument
 from connectors.pdf import PdfConnector
-from connectors.registry import PdfSourceSettings, remote_source
+from connectors.registry import PdfSourceSettings
 from embedding.pool import EmbeddingPool
-from flows.pipeline import Counts, Pipeline, plan, sync_remote
+from flows import sources
+from flows.counts import Counts
+from flows.pipeline import Pipeline
+from flows.planning import resolve_source
+from flows.runs import Run, outcome, recorded_run
 from flows.runtime import Services
-from flows.settings import ConfigError, ServeSettings, database_url
+from flows.settings import ConfigError, ServeSettings
 from flows.trigger import (
     Admitted,
     BadRequest,
@@ -59,8 +60,9 @@ from flows.trigger import (
     pdf_request,
     safe_filename,
 )
-from vectorstore import ledger, runs
-from vectorstore.db import Connection, connect, first_line, register_pgvector
+from vectorstore import ledger
+from vectorstore.db import first_line
+from vectorstore.runs import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -139,40 +141,21 @@ class DownloadError(RuntimeError):
 # -- execution ----------------------------------------------------------------------------------------------
 
 
-def ingest_documents(pipeline: Pipeline, source: str, documents: list[SourceDocument], counts: Counts) -> int:
+def ingest_documents(
+    pipeline: Pipeline, source: str, documents: list[SourceDocument], counts: Counts, started: Callable[[Run], None]
+) -> None:
     """Plan ``documents`` against the ledger (unchanged ones cost nothing) and ingest the rest, recorded as a
-    run of ``source`` in the ``runs`` table; returns that run's id. Nothing is deleted: a request names what
-    to add, not the whole source."""
-    conn = pipeline.conn
-    source_id = pipeline.source_id(source, "pdf")
-    run_id = runs.start_run(conn, source_id)
-    try:
-        ids = [d.external_id for d in documents]
-        planned = plan(conn, source_id, documents, pipeline.fingerprints, lambda _: False, only=ids)
-        counts.merge(planned.counts)
+    run of ``source``; ``started`` is told the run once it exists. Nothing is deleted: a request names what to
+    add, not the whole source."""
+    ref = resolve_source(pipeline.conn, pipeline.settings, source, "pdf")
+    with recorded_run(pipeline.conn, ref, counts=counts) as run:
+        started(run)
+        planned = pipeline.plan(ref, documents, lambda _: False, only=[d.external_id for d in documents])
+        run.counts.merge(planned.counts)
         try:
-            counts.merge(pipeline.ingest(source_id, source, planned.work))
+            run.counts.merge(pipeline.ingest(ref, planned.work, planned_at=planned.planned_at))
         finally:
             pipeline.finish_load()
-    except BaseException as err:
-        _finish_store_run(conn, run_id, "failed", counts, f"{type(err).__name__}: {first_line(err)}")
-        raise
-    _finish_store_run(conn, run_id, "completed_with_quarantine" if counts.quarantined else "completed", counts)
-    return run_id
-
-
-def _finish_store_run(conn: Connection, run_id: int, status: str, counts: Counts, error: str | None = None) -> None:
-    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-        conn.rollback()
-    runs.finish_run(conn, run_id, status, counts.as_dict(), error)
-
-
-@dataclass
-class _Slot:
-    """One worker's database connection and pipeline (a psycopg connection serves one thread at a time)."""
-
-    conn: Connection
-    pipeline: Pipeline
 
 
 class TriggerServer:
@@ -194,7 +177,6 @@ class TriggerServer:
         self.token = self._token()
         self._http: _HTTPServer | None = None
         self._threads: list[threading.Thread] = []
-        self._slots: list[_Slot] = []
         self.url = ""
 
     def _token(self) -> str | None:
@@ -238,22 +220,13 @@ class TriggerServer:
             embedder.wait_ready(self.settings.ready_timeout)
         embedder.embed(["warm up the model"])
         ledger.ensure_source(svc.conn, self.settings.inbox_source, "pdf")  # migrates; fails on a kind clash
-        url = database_url(svc.settings)
-        for _ in range(self.settings.workers):
-            self._slots.append(self._open_slot(url))
-        for i, slot in enumerate(self._slots):
-            thread = threading.Thread(target=self._work, args=(slot,), name=f"trigger-worker-{i}", daemon=True)
+        with svc.pool.connection() as conn:  # the pool open and the generation registered before ready
+            Pipeline(conn, svc.settings, svc.embedder).model_id()
+        for i in range(self.settings.workers):
+            thread = threading.Thread(target=self._work, name=f"trigger-worker-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
         self.book.set_ready()
-
-    def _open_slot(self, url: str) -> _Slot:
-        conn = connect(url, connect_timeout=self.services.settings.database.connect_timeout)
-        register_pgvector(conn)
-        pipeline = Pipeline(conn, self.services.settings, self.services.embedder)
-        pipeline.model_id()
-        conn.commit()
-        return _Slot(conn, pipeline)
 
     def shutdown(self, grace: float = 60.0) -> None:
         """Refuse new requests (503), cancel queued runs, let running ones finish (up to ``grace`` s), then
@@ -269,9 +242,6 @@ class TriggerServer:
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(5)
-        for slot in self._slots:
-            with contextlib.suppress(psycopg.Error):
-                slot.conn.close()
         state = read_state(self.services.settings.home)
         if state is not None and state.get("pid") == os.getpid():
             (self.services.settings.home / STATE_FILE).unlink(missing_ok=True)
@@ -295,55 +265,41 @@ class TriggerServer:
 
     # -- workers -----------------------------------------------------------------------------------------
 
-    def _work(self, slot: _Slot) -> None:
+    def _work(self) -> None:
+        """Take runs until the book closes. Each run borrows a pooled connection (checked before it is lent,
+        replaced after a server restart, its session locks dropped when it comes back)."""
+        svc = self.services
         while True:
             record = self.book.take()
             if record is None:
                 return
             counts = Counts()
             try:
-                self._execute(slot, record, counts)
+                with svc.pool.connection() as conn:
+                    self._execute(Pipeline(conn, svc.settings, svc.embedder), record, counts)
             except Exception as err:  # noqa: BLE001 - a failed run is recorded in its record, the worker goes on
                 message = f"{type(err).__name__}: {first_line(err)}"
                 log.warning("on-demand run %s failed: %s", record.id, message)
-                self.book.finish(record.id, "failed", counts.as_dict(), message)
-                self._recover(slot)
+                self.book.finish(record.id, RunStatus.FAILED, counts.as_dict(), message)
                 continue
-            self.book.finish(
-                record.id, "completed_with_quarantine" if counts.quarantined else "completed", counts.as_dict()
-            )
+            self.book.finish(record.id, outcome(counts), counts.as_dict())
 
-    def _recover(self, slot: _Slot) -> None:
-        """After a failure: roll back whatever was left open, and reconnect if the connection is gone."""
-        try:
-            if slot.conn.closed:
-                raise psycopg.OperationalError("connection closed")
-            slot.conn.rollback()
-        except psycopg.Error:
-            with contextlib.suppress(psycopg.Error):
-                slot.conn.close()
-            try:
-                fresh = self._open_slot(database_url(self.services.settings))
-            except Exception as err:  # noqa: BLE001 - retried after the next failure; the run records say why
-                log.warning("cannot reconnect to the database: %s", first_line(err))
-                return
-            slot.conn, slot.pipeline = fresh.conn, fresh.pipeline
-
-    def _execute(self, slot: _Slot, record: RunRecord, counts: Counts) -> None:
+    def _execute(self, pipeline: Pipeline, record: RunRecord, counts: Counts) -> None:
         request = record.request
-        attach: Callable[[int], None] = lambda run_id: self.book.attach(record.id, store_run_id=run_id)  # noqa: E731
+
+        def started(run: Run) -> None:
+            self.book.attach(record.id, store_run_id=run.id)
+
         if request.kind == "pdf":
             path = self._stored(request.target)
-            attach(ingest_documents(slot.pipeline, request.source, [self._document(path)], counts))
+            ingest_documents(pipeline, request.source, [self._document(path)], counts, started)
         elif request.kind == "url":
             s = self.settings
             _, path = download(request.target, self.inbox, max_bytes=s.max_body_bytes, timeout=s.download_timeout)
             doc = dataclasses.replace(self._document(path), external_id=request.target, uri=redact_url(request.target))
-            attach(ingest_documents(slot.pipeline, request.source, [doc], counts))
+            ingest_documents(pipeline, request.source, [doc], counts, started)
         else:
-            self._records(slot, record, counts, attach)
-        if slot.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            slot.conn.commit()  # reads leave a transaction open; writes committed in their own blocks
+            self._records(pipeline, record, counts, started)
 
     def _stored(self, digest: str) -> Path:
         found = sorted((self.inbox / digest[:2] / digest).glob("*.pdf"))
@@ -354,12 +310,12 @@ class TriggerServer:
     def _document(self, path: Path) -> SourceDocument:
         return PdfConnector([], self.services.settings.pdf).document(path)
 
-    def _records(self, slot: _Slot, record: RunRecord, counts: Counts, attach: Callable[[int], None]) -> None:
+    def _records(self, pipeline: Pipeline, record: RunRecord, counts: Counts, started: Callable[[Run], None]) -> None:
         request = record.request
         source = self.services.settings.source(request.source)
         if isinstance(source, PdfSourceSettings):
             documents = [self._document(p) for p in self._pdf_ids(source, request.ids)]
-            attach(ingest_documents(slot.pipeline, request.source, documents, counts))
+            ingest_documents(pipeline, request.source, documents, counts, started)
             return
         if request.ids:
             self.book.attach(
@@ -367,7 +323,9 @@ class TriggerServer:
                 note=f"the {source.kind} connector fetches no single records: ran an incremental sync of "
                 f"{request.source}, which brings every record changed since its cursor (these included)",
             )
-        self._sync(slot, request.source, counts, attach)
+        # Holding the source's Prefect slot like a scheduled run, so the two never overlap.
+        run = sources.sync_source(pipeline, request.source, started=started)
+        counts.merge(run.counts)
 
     def _pdf_ids(self, source: PdfSourceSettings, ids: tuple[str, ...]) -> list[Path]:
         """Record ids of a PDF source are files under its configured paths (nothing else may be read)."""
@@ -384,33 +342,6 @@ class TriggerServer:
                 raise FileNotFoundError(f"no such file in source {source.name!r}: {path}")
             files.append(real)
         return files
-
-    def _sync(self, slot: _Slot, name: str, counts: Counts, attach: Callable[[int], None]) -> None:
-        """An incremental sync of a remote source, holding its Prefect source slot like a scheduled run, so
-        the two never overlap."""
-        from flows import limits
-
-        settings = self.services.settings.source(name)
-        policy = getattr(settings, "http", None)
-        limits.ensure_limits(name, policy)
-        conn = slot.conn
-        source_id = slot.pipeline.source_id(name, settings.kind)
-        with limits.source_slot(name, stale_leases=runs.abandon_dead(conn, source_id)) as lease:
-            connector = remote_source(settings)
-            client = getattr(connector, "client", None)
-            if client is not None and policy is not None:
-                client.gate = limits.quota_gate(policy)
-            run_id = runs.start_run(conn, source_id, None, lease)
-            attach(run_id)
-            try:
-                sync_remote(slot.pipeline, name, connector, counts)
-            except BaseException as err:
-                _finish_store_run(conn, run_id, "failed", counts, f"{type(err).__name__}: {first_line(err)}")
-                raise
-            finally:
-                if client is not None:
-                    client.close()
-            _finish_store_run(conn, run_id, "completed_with_quarantine" if counts.quarantined else "completed", counts)
 
 
 # -- HTTP ---------------------------------------------------------------------------------------------------

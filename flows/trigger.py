@@ -20,13 +20,33 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from vectorstore.runs import RunStatus
+
 RunKind = Literal["pdf", "url", "records"]
-RunState = Literal["queued", "running", "completed", "completed_with_quarantine", "failed", "expired", "cancelled"]
-FINAL_STATES: frozenset[str] = frozenset({"completed", "completed_with_quarantine", "failed", "expired", "cancelled"})
-_NOT_REUSED: frozenset[str] = frozenset({"failed", "expired", "cancelled"})
+
+
+class RunState(StrEnum):
+    """A request's state: its run's outcome (``RunStatus``, as recorded in the store) once it ran."""
+
+    QUEUED = "queued"
+    RUNNING = RunStatus.RUNNING.value
+    COMPLETED = RunStatus.COMPLETED.value
+    COMPLETED_WITH_QUARANTINE = RunStatus.COMPLETED_WITH_QUARANTINE.value
+    FAILED = RunStatus.FAILED.value
+    EXPIRED = "expired"
+    """Not started within the queue timeout."""
+    CANCELLED = "cancelled"
+    """Still queued when the server shut down."""
+
+
+FINAL_STATES: frozenset[RunState] = frozenset(
+    {RunState.COMPLETED, RunState.COMPLETED_WITH_QUARANTINE, RunState.FAILED, RunState.EXPIRED, RunState.CANCELLED}
+)
+_NOT_REUSED: frozenset[RunState] = frozenset({RunState.FAILED, RunState.EXPIRED, RunState.CANCELLED})
 MAX_IDS = 1000
 
 
@@ -132,7 +152,7 @@ class RunRecord:
     id: str
     request: TriggerRequest
     submitted_at: float
-    state: RunState = "queued"
+    state: RunState = RunState.QUEUED
     started_at: float | None = None
     finished_at: float | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -292,7 +312,7 @@ class RunBook:
         now = self._clock()
         while self._queue and now - self._queue[0].submitted_at > self.queue_timeout:
             record = self._queue.popleft()
-            self._close_record(record, "expired", f"not started within {self.queue_timeout:g} s (queue timeout)")
+            self._close_record(record, RunState.EXPIRED, f"not started within {self.queue_timeout:g} s (queue timeout)")
 
     # -- workers -----------------------------------------------------------------------------------------
 
@@ -306,7 +326,7 @@ class RunBook:
                 self._expire()
                 if self._queue:
                     record = self._queue.popleft()
-                    record.state = "running"
+                    record.state = RunState.RUNNING
                     record.started_at = self._clock()
                     self._running += 1
                     return record
@@ -324,12 +344,14 @@ class RunBook:
             if note is not None:
                 record.note = note
 
-    def finish(self, run_id: str, state: RunState, counts: dict[str, int], error: str | None = None) -> None:
+    def finish(self, run_id: str, state: RunState | str, counts: dict[str, int], error: str | None = None) -> None:
+        """Record how a run ended: ``state`` a final state (a ``RunStatus`` outcome from the worker)."""
+        state = RunState(state)
         if state not in FINAL_STATES:
             raise ValueError(f"{state!r} is not a final state")
         with self._cond:
             record = self._records[run_id]
-            if record.state != "running":
+            if record.state is not RunState.RUNNING:
                 raise ValueError(f"run {run_id} is {record.state}, not running")
             self._running -= 1
             record.counts = dict(counts)
@@ -364,7 +386,7 @@ class RunBook:
             cancelled = []
             while self._queue:
                 record = self._queue.popleft()
-                self._close_record(record, "cancelled", "the server shut down before this run started")
+                self._close_record(record, RunState.CANCELLED, "the server shut down before this run started")
                 cancelled.append(record.id)
             self._cond.notify_all()
             return cancelled

@@ -15,7 +15,7 @@ from typing import Any, cast
 import click
 
 from flows import progress
-from flows.pipeline import Counts
+from flows.counts import Counts
 from ragline.context import Context, fail
 
 
@@ -80,29 +80,33 @@ def _summary(counts: dict[str, int], seconds: float) -> str:
 
 
 def run_pdf_ingest(obj: Context, paths: list[str], source: str) -> dict[str, int]:
-    """Plan without Prefect; run the flow only when there is something to do."""
-    from connectors.pdf import PdfConnector
-    from vectorstore import runs
+    """Plan without Prefect (no file is read whose stat matches the ledger); run the flow, handing it this
+    plan, only when there is something to do. A run with nothing to do is still recorded."""
+    from flows.pdfs import plan_pdfs, write_plan
+    from flows.planning import resolve_source
+    from flows.runs import recorded_run
 
     svc = obj.services
-    connector = PdfConnector([Path(p) for p in paths], svc.settings.pdf)
-    source_id = svc.pipeline.source_id(source, "pdf")
-    plan = svc.pipeline.plan(source_id, connector.iter_documents(), connector.covers)
+    ref = resolve_source(svc.conn, svc.settings, source, "pdf")
+    plan = plan_pdfs(svc.pipeline, ref, paths)
     if plan.empty:
-        run_id = runs.start_run(svc.conn, source_id)
-        runs.finish_run(svc.conn, run_id, "completed", plan.counts.as_dict())
-        return plan.counts.as_dict()
+        with recorded_run(svc.conn, ref) as run:
+            run.counts.merge(plan.counts)
+        return run.counts.as_dict()
 
     from flows.prefect_server import configure
 
     configure(svc.settings.home, svc.settings.prefect)
     from flows.ingest import ingest_pdf
 
+    plan_file = write_plan(svc.settings.home, plan)
     progress.listen(_ProgressBar())
     try:
-        result = cast(dict[str, int], ingest_pdf([str(Path(p).absolute()) for p in paths], source))
+        absolute = [str(Path(p).absolute()) for p in paths]
+        result = cast(dict[str, int], ingest_pdf(absolute, source, plan_file=str(plan_file)))
     finally:
         progress.listen(None)
+        plan_file.unlink(missing_ok=True)
     return result
 
 

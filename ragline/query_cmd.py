@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from flows.pipeline import Counts
+from flows.counts import Counts
 from ragline.context import Context, fail
 from ragline.ingest_cmd import run_pdf_ingest
 

@@ -38,6 +38,8 @@ class LedgerEntry:
     fingerprint: str | None
     status: str
     retry_after: datetime | None
+    stat_key: str | None = None
+    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class DocumentVersion:
     source_modified_at: datetime | None = None
     page_count: int | None = None
     metadata: dict[str, Any] | None = None
+    stat_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def entries(conn: Connection, source_id: int, external_ids: list[str] | None = N
     """Ledger rows of a source, or only of ``external_ids`` (a batch of a remote source)."""
     rows = conn.execute(
         """
-        SELECT id, external_id, content_hash, fingerprint, status, retry_after
+        SELECT id, external_id, content_hash, fingerprint, status, retry_after, stat_key, updated_at
         FROM documents WHERE source_id = %s AND (%s::text[] IS NULL OR external_id = ANY(%s))
         """,
         (source_id, external_ids, external_ids),
@@ -126,14 +129,16 @@ RETURNING id
 
 _COMMIT_VERSION = """
 INSERT INTO documents (source_id, external_id, uri, title, content_hash, committed_hash, fingerprint, status,
-                       chunk_count, page_count, metadata, source_modified_at, tenant, committed_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, 'committed', %s, %s, %s, %s, (SELECT tenant FROM sources WHERE id = %s), now())
+                       chunk_count, page_count, metadata, source_modified_at, stat_key, tenant, committed_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, 'committed', %s, %s, %s, %s, %s, (SELECT tenant FROM sources WHERE id = %s),
+        now())
 ON CONFLICT (source_id, external_id) DO UPDATE SET
     uri = EXCLUDED.uri, title = EXCLUDED.title, content_hash = EXCLUDED.content_hash,
     committed_hash = EXCLUDED.committed_hash, fingerprint = EXCLUDED.fingerprint, status = 'committed',
     attempts = 0, error_reason = NULL, last_error = NULL, retry_after = NULL, chunk_count = EXCLUDED.chunk_count,
     page_count = EXCLUDED.page_count, metadata = EXCLUDED.metadata,
-    source_modified_at = EXCLUDED.source_modified_at, updated_at = now(), committed_at = now()
+    source_modified_at = EXCLUDED.source_modified_at, stat_key = EXCLUDED.stat_key, updated_at = now(),
+    committed_at = now()
 RETURNING id, tenant
 """
 
@@ -188,6 +193,7 @@ def commit_versions(
             doc.page_count,
             Jsonb(doc.metadata or {}),
             doc.source_modified_at,
+            doc.stat_key,
             source_id,
         )
         for doc, chunk_count in versions
@@ -218,7 +224,8 @@ def quarantine(
                                 THEN attempts + 1 ELSE 1 END,
                 uri = %(uri)s, title = COALESCE(%(title)s, title), content_hash = %(hash)s,
                 fingerprint = %(fp)s, status = 'quarantined', error_reason = %(reason)s,
-                last_error = %(message)s, source_modified_at = %(modified)s, updated_at = now()
+                last_error = %(message)s, source_modified_at = %(modified)s, stat_key = %(stat_key)s,
+                updated_at = now()
             WHERE id = %(id)s
             """,
             {
@@ -229,6 +236,7 @@ def quarantine(
                 "reason": reason,
                 "message": message,
                 "modified": doc.source_modified_at,
+                "stat_key": doc.stat_key,
                 "id": document_id,
             },
         )
@@ -242,6 +250,18 @@ def quarantine(
             (retryable, document_id),
         )
     return document_id
+
+
+def record_stat_key(
+    conn: Connection, source_id: int, external_id: str, content_hash: str, stat_key: str | None
+) -> None:
+    """A document read again and found identical (a file touched, copied over, restored): its new stat key is
+    recorded, so the next run trusts it without reading. Only while the hash is still the one read."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE documents SET stat_key = %s WHERE source_id = %s AND external_id = %s AND content_hash = %s",
+            (stat_key, source_id, external_id, content_hash),
+        )
 
 
 def now(conn: Connection) -> datetime:

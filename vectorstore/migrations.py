@@ -206,6 +206,13 @@ def _v5_rows_inline(conn: Connection, dim: int, m: int, ef_construction: int) ->
     conn.execute("ALTER TABLE chunks SET (toast_tuple_target = 8160)")
 
 
+def _v6_stat_keys(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
+    """A source's cheap change signal per document (PDF files: size, mtime, ctime, inode): when it matches,
+    the recorded content hash is trusted and the file is not read (re-hashing 100k unchanged files on network
+    storage costs minutes). NULL: unknown, read and hash."""
+    conn.execute("ALTER TABLE documents ADD COLUMN stat_key text")
+
+
 def full_text_present(conn: Connection) -> bool:
     """Whether chunks carry the full-text column (``database.full_text``): hybrid search needs it."""
     row = conn.execute(
@@ -271,6 +278,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (3, "host and concurrency lease of each run", _v3_run_holders),
     (4, "model generations with per-model HNSW indexes, tenants, deferred-index loads", _v4_generations_tenants),
     (5, "chunk rows kept whole in their page up to 8 KB (no TOAST work per write)", _v5_rows_inline),
+    (6, "a cheap change signal per document (stat key) to skip reading unchanged files", _v6_stat_keys),
 ]
 
 

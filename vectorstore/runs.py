@@ -5,11 +5,24 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from enum import StrEnum
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from vectorstore.db import Connection
+
+
+class RunStatus(StrEnum):
+    """The ``runs.status`` values (the table's CHECK constraint, migration 1, lists the same)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_QUARANTINE = "completed_with_quarantine"
+    """Every document was handled, some by quarantining it: not a clean success."""
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+    """Left running by a process that died (seen by the next run of its source on the same host)."""
 
 
 def pid_alive(pid: int) -> bool:
@@ -30,13 +43,15 @@ def abandon_dead(conn: Connection, source_id: int) -> list[uuid.UUID]:
     here = socket.gethostname()
     with conn.transaction():
         stale = conn.execute(
-            "SELECT id, pid, host, lease_id FROM runs WHERE source_id = %s AND status = 'running' FOR UPDATE",
-            (source_id,),
+            "SELECT id, pid, host, lease_id FROM runs WHERE source_id = %s AND status = %s FOR UPDATE",
+            (source_id, RunStatus.RUNNING),
         ).fetchall()
         dead = [r for r in stale if r["host"] in (None, here) and (r["pid"] is None or not pid_alive(int(r["pid"])))]
         if dead:
             ids = [r["id"] for r in dead]
-            conn.execute("UPDATE runs SET status = 'abandoned', finished_at = now() WHERE id = ANY(%s)", (ids,))
+            conn.execute(
+                "UPDATE runs SET status = %s, finished_at = now() WHERE id = ANY(%s)", (RunStatus.ABANDONED, ids)
+            )
     return [r["lease_id"] for r in dead if r["lease_id"] is not None]
 
 
@@ -48,14 +63,16 @@ def start_run(
     with conn.transaction():
         row = conn.execute(
             "INSERT INTO runs (source_id, flow_run_id, pid, host, lease_id, status)"
-            " VALUES (%s, %s, %s, %s, %s, 'running') RETURNING id",
-            (source_id, flow_run_id, os.getpid(), socket.gethostname(), lease_id),
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+            (source_id, flow_run_id, os.getpid(), socket.gethostname(), lease_id, RunStatus.RUNNING),
         ).fetchone()
     assert row is not None
     return int(row["id"])
 
 
-def finish_run(conn: Connection, run_id: int, status: str, counts: dict[str, Any], error: str | None = None) -> None:
+def finish_run(
+    conn: Connection, run_id: int, status: RunStatus, counts: dict[str, Any], error: str | None = None
+) -> None:
     with conn.transaction():
         conn.execute(
             "UPDATE runs SET status = %s, counts = %s, error = %s, finished_at = now() WHERE id = %s",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from prefect.types.names import raise_on_name_alphanumeric_dashes_only
 
-from flows import artifacts
+from flows import artifacts, runs
 from flows.artifacts import ProgressGate, counts_key, progress_key
-from flows.pipeline import Counts
+from flows.counts import Counts
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_run_tags_name_the_source_and_kind() -> None:
     ],
 )
 def test_outcome_and_headline(counts: Counts, error: str | None, outcome: str, headline: str) -> None:
-    assert artifacts.outcome(counts, error) == outcome
+    assert runs.outcome(counts, error) == outcome
     assert artifacts.headline(counts, error) == headline
 
 

@@ -20,8 +20,8 @@ import pytest
 from connectors.errors import MalformedPayloadError
 from connectors.http import HttpPolicy
 from connectors.mediawiki import MediaWikiSettings, MediaWikiSource
-from flows.pipeline import sync_remote
 from flows.runtime import Services
+from flows.sources import sync_remote
 from tests.support import realwiki
 from tests.support.realwiki import RealWiki, WikiInstall
 from vectorstore import cursors, ledger, store

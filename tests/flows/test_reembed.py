@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from embedding.model import Embedder, EmbeddingSettings, resolve_model_dir
-from flows.pipeline import ingest_pdf_paths
+from flows.pdfs import ingest_pdf_paths
 from flows.reembed import ReembedResult, migrate_generation
 from flows.runtime import Services, use_services
 from flows.settings import RaglineSettings

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.pipeline import ingest_pdf_paths
+from flows.pdfs import ingest_pdf_paths
 from flows.runtime import Services, use_services
 from tests.support.pdfgen import text_pdf
 from vectorstore.snapshot import MANIFEST, parse_snapshot_name, verify_snapshot

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows.pipeline import ingest_pdf_paths
+from flows.pdfs import ingest_pdf_paths
 from flows.runtime import Services
 from flows.settings import load_settings
 

@@ -6,29 +6,27 @@ import threading
 import time
 
 import pytest
+from psycopg_pool import ConnectionPool
 
 from embedding.model import Embedder
 from tests.vectorstore.test_store import _texts_by_document, _version
 from vectorstore import generations, ledger, store
-from vectorstore.db import Connection, connect, register_pgvector
+from vectorstore.db import Connection, open_pool
 from vectorstore.writers import Writers
 
 
-def _writers(database_url: str, count: int) -> tuple[Writers, list[int]]:
-    """Writers on real connections, remembering each connection's backend pid."""
+def _writers(database_url: str, count: int) -> tuple[Writers, ConnectionPool[Connection], list[int]]:
+    """Writers on a real pool, remembering each pooled connection's backend pid."""
     pids: list[int] = []
     lock = threading.Lock()
 
-    def open_writer() -> Connection:
-        c = connect(database_url)
-        register_pgvector(c)
+    def remember(c: Connection) -> None:
         row = c.execute("SELECT pg_backend_pid() AS pid").fetchone()
-        c.commit()
         with lock:
             pids.append(int(row["pid"]) if row else -1)
-        return c
 
-    return Writers(open_writer, count), pids
+    pool = open_pool(database_url, size=count, on_connect=remember)
+    return Writers(pool, count), pool, pids
 
 
 def test_batches_commit_on_writer_connections_and_a_failed_batch_leaves_nothing(
@@ -37,7 +35,7 @@ def test_batches_commit_on_writer_connections_and_a_failed_batch_leaves_nothing(
     source_id = ledger.ensure_source(conn, "s", "pdf")
     model_id = generations.register(conn, embedder.identity).id
     conn.commit()
-    writers, pids = _writers(database_url, 2)
+    writers, pool, pids = _writers(database_url, 2)
     try:
         batches = [
             [_version(f"d{b}-{i}", [f"batch {b} doc {i} one", f"batch {b} doc {i} two"]) for i in range(3)]
@@ -54,7 +52,7 @@ def test_batches_commit_on_writer_connections_and_a_failed_batch_leaves_nothing(
         assert len(_texts_by_document(conn)) == 12
         main_pid = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
         conn.commit()
-        assert 1 <= writers.opened == len(pids) <= 2 and main_pid and main_pid["pid"] not in pids
+        assert 1 <= len(pids) <= 2 and main_pid and main_pid["pid"] not in pids
 
         # A batch that cannot commit (a chunk claimed stored is not) raises through its future and rolls
         # back whole; the writer's connection serves the next batch.
@@ -67,6 +65,7 @@ def test_batches_commit_on_writer_connections_and_a_failed_batch_leaves_nothing(
         assert _texts_by_document(conn)["fresh"] == ["fresh one"]
     finally:
         writers.close()
+        pool.close()
     deadline = time.monotonic() + 10  # a backend leaves pg_stat_activity as its process exits, just after
     while True:
         alive = conn.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()

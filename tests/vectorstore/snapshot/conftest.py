@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from embedding.model import Embedder
-from flows.pipeline import ingest_pdf_paths
+from flows.pdfs import ingest_pdf_paths
 from flows.runtime import Services
 from flows.settings import load_settings
 from tests.support.db import fresh_database

@@ -19,7 +19,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from embedding.model import Embedder, ModelIdentity
-from flows.pipeline import ingest_pdf_paths
+from flows.pdfs import ingest_pdf_paths
 from flows.runtime import Services
 from flows.settings import load_settings
 from tests.support.db import fresh_database

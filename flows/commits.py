@@ -1,0 +1,159 @@
+"""Group commits in flight and their settlement.
+
+A flush of prepared documents is committed in one transaction, on a background writer's connection
+(``Writers``) or on the pipeline's own. Either way its outcome is a future, settled oldest first: a batch whose
+group commit failed is committed again one document at a time on the pipeline's connection, so a document
+that cannot be written fails alone. A flush's documents stay claimed until it is settled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+
+from flows.claims import Claims
+from flows.counts import Counts, Progress
+from vectorstore import store
+from vectorstore.db import Connection
+from vectorstore.ledger import DocumentVersion
+from vectorstore.store import ChunkRow
+from vectorstore.writers import Writers, Written
+
+log = logging.getLogger(__name__)
+
+Embed = Callable[[Sequence[ChunkRow], Counts], dict[uuid.UUID, np.ndarray]]
+Observe = Callable[[int, float], None]
+"""Told (rows written, seconds) of every settled batch: the index-load cost model learns from it."""
+
+
+@dataclass
+class Prepared:
+    """A document parsed and chunked: its version, all its chunk rows, and those not stored yet."""
+
+    doc: DocumentVersion
+    rows: list[ChunkRow]
+    missing: list[ChunkRow]
+
+
+@dataclass
+class _InFlight:
+    source_id: int
+    pending: list[Prepared]
+    vectors: dict[uuid.UUID, np.ndarray]
+    model_id: int
+    counts: Counts
+    progress: Progress | None
+    future: Future[Written]
+
+
+class Commits:
+    """The batches of one pipeline between their submission and their settlement."""
+
+    def __init__(self, conn: Connection, claims: Claims, embed: Embed) -> None:
+        self.conn = conn
+        self.claims = claims
+        self.embed = embed
+        self._inflight: deque[_InFlight] = deque()
+
+    def submit(
+        self,
+        source_id: int,
+        pending: list[Prepared],
+        vectors: dict[uuid.UUID, np.ndarray],
+        model_id: int,
+        counts: Counts,
+        progress: Progress | None,
+        writers: Writers | None,
+    ) -> None:
+        """Start the group commit of ``pending`` (on ``writers`` when given, else here, at once)."""
+        items = [store.DocumentCommit(p.doc, p.rows) for p in pending]
+        if writers is not None:
+            future = writers.submit(source_id, items, vectors, model_id)
+        else:
+            future = self._commit_here(source_id, items, vectors, model_id)
+        self._inflight.append(_InFlight(source_id, pending, vectors, model_id, counts, progress, future))
+
+    def settle_beyond(self, limit: int, observe: Observe | None) -> None:
+        """Settle the oldest batches until at most ``limit`` are in flight."""
+        while len(self._inflight) > limit:
+            self._settle(self._inflight.popleft(), observe)
+
+    def holds(self, source_id: int, external_id: str) -> bool:
+        """Whether a batch in flight carries this document."""
+        return any(
+            f.source_id == source_id and any(p.doc.external_id == external_id for p in f.pending)
+            for f in self._inflight
+        )
+
+    def abandon(self) -> None:
+        """On the way out of an error: wait for the batches in flight (committed or not, as their futures
+        say), so nothing is still being written once the caller has returned."""
+        while self._inflight:
+            flight = self._inflight.popleft()
+            try:
+                flight.future.result()
+            except Exception:  # the error already on its way out is the one raised
+                log.warning("a background commit of %d documents failed", len(flight.pending), exc_info=True)
+
+    def _settle(self, flight: _InFlight, observe: Observe | None) -> None:
+        try:
+            try:
+                done = flight.future.result()
+                written, seconds = [c.written for c in done.committed], done.seconds
+            except (store.StaleChunksError, psycopg.Error) as err:
+                log.info("group commit of %d documents failed (%s): one at a time", len(flight.pending), err)
+                started = time.perf_counter()
+                written = self._commit_each(flight)
+                seconds = time.perf_counter() - started
+            for p, n in zip(flight.pending, written, strict=True):
+                self.claims.release(flight.source_id, [p.doc.external_id])
+                flight.counts.committed += 1
+                flight.counts.chunks_written += n
+                flight.counts.chunks_reused += len(p.rows) - n
+                if flight.progress:
+                    flight.progress("committed", p.doc.external_id)
+            if observe is not None:
+                observe(sum(written), seconds)
+        finally:
+            self.claims.release(flight.source_id, [p.doc.external_id for p in flight.pending])
+
+    def _commit_here(
+        self,
+        source_id: int,
+        items: list[store.DocumentCommit],
+        vectors: dict[uuid.UUID, np.ndarray],
+        model_id: int,
+    ) -> Future[Written]:
+        """The group commit on the pipeline's connection, its outcome in a settled future, so it is settled
+        like a writer's."""
+        future: Future[Written] = Future()
+        started = time.perf_counter()
+        try:
+            committed = store.commit_documents(self.conn, source_id, items, vectors, model_id)
+        except (store.StaleChunksError, psycopg.Error) as err:
+            future.set_exception(err)
+        else:
+            future.set_result(Written(committed, time.perf_counter() - started))
+        return future
+
+    def _commit_each(self, flight: _InFlight) -> list[int]:
+        """One transaction per document on the pipeline's connection: a document whose chunks a concurrent
+        writer removed is embedded whole and committed again."""
+        written: list[int] = []
+        for p in flight.pending:
+            one = [store.DocumentCommit(p.doc, p.rows)]
+            try:
+                [done] = store.commit_documents(self.conn, flight.source_id, one, flight.vectors, flight.model_id)
+            except store.StaleChunksError:
+                flight.vectors.update(self.embed(p.rows, flight.counts))
+                [done] = store.commit_documents(self.conn, flight.source_id, one, flight.vectors, flight.model_id)
+            written.append(done.written)
+        return written

@@ -1,0 +1,37 @@
+"""What a run did, counted: documents by decision and outcome, chunks, tokens and HTTP calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+Progress = Callable[[str, str], None]
+"""Called with (event, external id): event is one of committed, quarantined, unchanged."""
+
+
+@dataclass
+class Counts:
+    seen: int = 0
+    unchanged: int = 0
+    new: int = 0
+    changed: int = 0
+    retried: int = 0
+    still_quarantined: int = 0
+    committed: int = 0
+    quarantined: int = 0
+    deleted: int = 0
+    chunks_written: int = 0
+    chunks_reused: int = 0
+    embedded_tokens: int = 0
+    http_requests: int = 0
+    http_retries: int = 0
+    throttled: int = 0
+    done_elsewhere: int = 0
+    """Planned here but committed by a concurrent run (another worker claimed it first)."""
+
+    def merge(self, other: Counts) -> None:
+        for key, value in asdict(other).items():
+            setattr(self, key, getattr(self, key) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)

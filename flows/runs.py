@@ -1,0 +1,93 @@
+"""Recording a run: the one place where a run of a source starts, counts and ends in the ``runs`` table.
+
+Every entry point (the CLI's no-op ingest, the Prefect flows, the on-demand endpoint, library use) records its
+runs through ``recorded_run``, so the outcome rules (quarantined documents make a run
+``completed_with_quarantine``, an error makes it ``failed`` whatever it did) live here alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import psycopg
+
+from flows.counts import Counts
+from flows.planning import SourceRef
+from vectorstore import runs
+from vectorstore.db import Connection, first_line
+from vectorstore.runs import RunStatus
+
+log = logging.getLogger(__name__)
+
+
+def outcome(counts: Counts, error: str | None = None) -> RunStatus:
+    """A run that quarantined documents is not a clean success; one that raised failed (whatever it did)."""
+    if error is not None:
+        return RunStatus.FAILED
+    return RunStatus.COMPLETED_WITH_QUARANTINE if counts.quarantined else RunStatus.COMPLETED
+
+
+@dataclass
+class Run:
+    """A run in progress: its row in ``runs``, its source, and what it has done so far."""
+
+    id: int
+    source: SourceRef
+    counts: Counts = field(default_factory=Counts)
+    started: float = field(default_factory=time.monotonic)
+    status: RunStatus = RunStatus.RUNNING
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+Report = Callable[[Run], None]
+"""Told of a run once it is recorded as finished, failed ones included (the flows publish an artifact)."""
+
+
+@contextmanager
+def recorded_run(
+    conn: Connection,
+    source: SourceRef,
+    *,
+    flow_run_id: str | None = None,
+    lease_id: uuid.UUID | None = None,
+    report: Report | None = None,
+    counts: Counts | None = None,
+) -> Iterator[Run]:
+    """Open a run of ``source`` (dead runs of the source are abandoned first), yield it for its counts (filled
+    into ``counts`` when given, so a caller keeps them after a failure), and record how it ended. On an error
+    the run is recorded as failed with what it did, then the error goes on; a failing ``report`` never hides
+    it."""
+    run = Run(
+        runs.start_run(conn, source.id, flow_run_id, lease_id), source, counts if counts is not None else Counts()
+    )
+    try:
+        yield run
+    except BaseException as err:
+        run.error = f"{type(err).__name__}: {first_line(err)}"
+        run.status = outcome(run.counts, run.error)
+        try:
+            _finish(conn, run)
+            if report is not None:
+                report(run)
+        except Exception:  # the run's own error is the one to raise
+            log.warning("could not record the end of failed run %d of %s", run.id, source.name, exc_info=True)
+        raise
+    run.status = outcome(run.counts)
+    _finish(conn, run)
+    if report is not None:
+        report(run)
+
+
+def _finish(conn: Connection, run: Run) -> None:
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        conn.rollback()  # an error left the transaction failed: the run's row is written in a fresh one
+    runs.finish_run(conn, run.id, run.status, run.counts.as_dict(), run.error)

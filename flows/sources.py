@@ -1,0 +1,103 @@
+"""Remote sources: opened in one place (connector, HTTP limits, the source's Prefect slot, the shared-quota
+gate, close) and synced batch by batch from their saved cursor. The Prefect flow and the on-demand endpoint
+both call ``sync_source``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from connectors.base import RemoteSource
+from connectors.registry import PdfSourceSettings, remote_source
+from flows import limits
+from flows.counts import Counts, Progress
+from flows.pipeline import Pipeline
+from flows.planning import SourceRef, resolve_source
+from flows.prefetch import prefetch
+from flows.runs import Report, Run, recorded_run
+from flows.settings import ConfigError
+from vectorstore import cursors, ledger, runs
+
+
+@dataclass(frozen=True)
+class OpenedSource:
+    connector: RemoteSource
+    source: SourceRef
+    lease_id: uuid.UUID
+    """The source slot's lease, recorded with the run so a killed run's slot can be released by the next."""
+
+
+@contextmanager
+def open_remote(pipeline: Pipeline, name: str) -> Iterator[OpenedSource]:
+    """Open remote source ``name`` for one sync: its limits created, its single Prefect slot held (a second
+    run of the source waits; slots of runs known dead on this host are freed first), its connector built
+    with the shared-quota gate, and closed at the end."""
+    settings = pipeline.settings.source(name)
+    if isinstance(settings, PdfSourceSettings):
+        raise ConfigError(f"source {name!r} is a pdf source, not a remote one")
+    limits.ensure_limits(name, settings.http)
+    source = resolve_source(pipeline.conn, pipeline.settings, name, settings.kind)
+    with (
+        limits.source_slot(name, stale_leases=runs.abandon_dead(pipeline.conn, source.id)) as lease_id,
+        remote_source(settings, gate=limits.quota_gate(settings.http)) as connector,
+    ):
+        yield OpenedSource(connector, source, lease_id)
+
+
+def sync_source(
+    pipeline: Pipeline,
+    name: str,
+    *,
+    flow_run_id: str | None = None,
+    report: Report | None = None,
+    progress: Progress | None = None,
+    started: Callable[[Run], None] | None = None,
+) -> Run:
+    """One recorded incremental sync of remote source ``name``; ``started`` is told the run once it exists."""
+    with (
+        open_remote(pipeline, name) as opened,
+        recorded_run(
+            pipeline.conn, opened.source, flow_run_id=flow_run_id, lease_id=opened.lease_id, report=report
+        ) as run,
+    ):
+        if started is not None:
+            started(run)
+        sync_remote(pipeline, opened.source, opened.connector, run.counts, progress=progress)
+    return run
+
+
+def sync_remote(
+    pipeline: Pipeline,
+    source: SourceRef | str,
+    connector: RemoteSource,
+    counts: Counts | None = None,
+    *,
+    prefetch_depth: int = 2,
+    progress: Progress | None = None,
+) -> Counts:
+    """Pull a remote source batch by batch from its saved cursor: each batch is planned against the ledger
+    (unchanged records cost nothing), ingested, its deletions applied, and only then is its cursor saved.
+    A crash resumes after the last saved batch; replaying a batch writes the same rows. The next pages are
+    fetched while this one is embedded (``prefetch_depth``). ``counts`` is filled as the sync goes, so a
+    failed sync still reports what it did. ``source`` by name is resolved here, once (library use)."""
+    if isinstance(source, str):
+        source = resolve_source(pipeline.conn, pipeline.settings, source, connector.kind)
+    counts = Counts() if counts is None else counts
+    pipeline.begin_load()  # a sync of unknown size: the index is dropped only once it proves large
+    try:
+        for batch in prefetch(connector.batches(cursors.load_cursor(pipeline.conn, source.id)), depth=prefetch_depth):
+            ids = [d.external_id for d in batch.documents]
+            planned = pipeline.plan(source, batch.documents, lambda _: False, only=ids)
+            counts.merge(planned.counts)
+            counts.merge(pipeline.ingest(source, planned.work, progress, planned_at=planned.planned_at))
+            if batch.deleted:
+                known = ledger.entries(pipeline.conn, source.id, batch.deleted)
+                counts.deleted += pipeline.delete([e.id for e in known.values()], planned.planned_at)
+            cursors.save_cursor(pipeline.conn, source.id, batch.cursor)
+    finally:
+        stats = connector.stats
+        counts.http_requests, counts.http_retries, counts.throttled = stats.requests, stats.retries, stats.throttled
+        pipeline.finish_load()
+    return counts
