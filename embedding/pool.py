@@ -20,91 +20,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import IntEnum
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from embedding.budget import BudgetController, MemoryModel, take_batch
 from embedding.calibrate import DeviceCalibrator
-from embedding.devices import Device, MemoryProbe, batch_token_cap, default_probe, discover_devices
+from embedding.devices import Device, MemoryProbe, default_probe, discover_devices
 from embedding.devices import is_oom as is_oom
 from embedding.model import Embedder, EmbeddingSettings, ModelIdentity, ModelTokenizer
+from embedding.pool_queue import EmbeddingError, EmbedRequest, Item, Lane, Lanes
 from embedding.pool_settings import PoolSettings
-from embedding.pool_stats import Counters, PoolStats, device_stats
-from embedding.pool_stats import DeviceStats as DeviceStats  # its import from here predates pool_stats
+from embedding.pool_stats import DeviceStats, PoolStats
+from embedding.pool_worker import Worker
 from embedding.precision import CalibrationCache, PrecisionChoice
-from embedding.runner import Runner, RunnerFactory, TorchRunner
+from embedding.runner import RunnerFactory, TorchRunner
+
+__all__ = ["DeviceStats", "EmbedRequest", "EmbeddingError", "EmbeddingPool", "Lane", "PoolStats"]
 
 log = logging.getLogger(__name__)
-
-
-class Lane(IntEnum):
-    """Served in this order."""
-
-    INTERACTIVE = 0
-    BULK = 1
-
-
-class EmbeddingError(RuntimeError):
-    """A request that could not be embedded; the message names the device, the chunk and the cause."""
-
-
-class EmbedRequest:
-    """A submitted request: ``result()`` waits for its vectors (in the order of its texts)."""
-
-    def __init__(self, count: int, dim: int, lane: Lane, tokens: int) -> None:
-        self.lane = lane
-        self.tokens = tokens
-        self.vectors = np.zeros((count, dim), dtype=np.float32)
-        self._written = np.zeros(count, dtype=bool)
-        self._remaining = count
-        self._event = threading.Event()
-        self.error: EmbeddingError | None = None
-        if count == 0:
-            self._event.set()
-
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    def result(self, timeout: float | None = None) -> np.ndarray:
-        if not self._event.wait(timeout):
-            raise TimeoutError(f"embedding request of {len(self.vectors)} chunks not done after {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return self.vectors
-
-
-@dataclass(eq=False)
-class _Item:
-    request: EmbedRequest
-    index: int
-    text: str
-    tokens: int
-    attempts: int = 0
-
-
-@dataclass(eq=False)
-class _Worker:
-    device: Device
-    state: Literal["starting", "ready", "retired", "stopped"] = "starting"
-    runner: Runner | None = None
-    precision: PrecisionChoice | None = None
-    memory: MemoryModel | None = None
-    usable_bytes: float = 0.0
-    controller: BudgetController | None = None
-    thread: threading.Thread | None = None
-    in_flight: list[_Item] | None = None
-    counters: Counters = field(default_factory=Counters)
-    error: str | None = None
-
-    def budget(self, length: int) -> int:
-        assert self.controller is not None and self.memory is not None
-        return max(1, min(self.controller.limit, self.memory.max_padded_tokens(self.usable_bytes, length)))
 
 
 class EmbeddingPool:
@@ -150,9 +84,8 @@ class EmbeddingPool:
         )
         self._cond = threading.Condition()
         self._start_lock = threading.Lock()
-        # Each lane: units (a request's chunks, or a re-queued batch), each sorted longest first.
-        self._lanes: dict[Lane, deque[deque[_Item]]] = {lane: deque() for lane in Lane}
-        self._workers: list[_Worker] = []
+        self._lanes = Lanes()
+        self._workers: list[Worker] = []
         self._requests: set[EmbedRequest] = set()
         self._duplicates = 0
         self._started = False
@@ -207,15 +140,14 @@ class EmbeddingPool:
         if not texts:
             return request
         self.start()
-        items = [_Item(request, i, t, n) for i, (t, n) in enumerate(zip(texts, clipped, strict=True))]
-        items.sort(key=lambda item: -item.tokens)
+        items = [Item(request, i, t, n) for i, (t, n) in enumerate(zip(texts, clipped, strict=True))]
         with self._cond:
             if self._closing:
                 raise EmbeddingError("the embedding pool is closed")
             if not any(w.state in ("starting", "ready") for w in self._workers):
                 raise EmbeddingError(f"no embedding device is usable: {self._device_errors()}")
             self._requests.add(request)
-            self._lanes[lane].append(deque(items))
+            self._lanes.add(lane, items)
             self._cond.notify_all()
         return request
 
@@ -232,7 +164,7 @@ class EmbeddingPool:
                 devices = discover_devices(pool.devices, explicit_device=explicit, cpu_threads=pool.cpu_threads)
             with self._cond:
                 for device in devices:
-                    worker = _Worker(device)
+                    worker = Worker(device)
                     self._workers.append(worker)
                     self._spawn(worker)
                 self._started = True
@@ -271,25 +203,14 @@ class EmbeddingPool:
 
     def stats(self) -> PoolStats:
         with self._cond:
-            queued = [item for lane in Lane for unit in self._lanes[lane] for item in unit]
-            per_lane = {lane: sum(len(u) for u in self._lanes[lane]) for lane in Lane}
+            queued = self._lanes.queued()
             in_flight = [w.in_flight for w in self._workers if w.in_flight is not None]
-            devices = [
-                device_stats(
-                    w.device.key,
-                    w.state,
-                    w.precision.precision if w.precision else None,
-                    w.counters,
-                    w.controller,
-                    w.error,
-                )
-                for w in self._workers
-            ]
+            devices = [w.stats() for w in self._workers]
             return PoolStats(
                 queued_chunks=len(queued),
                 queued_tokens=sum(item.tokens for item in queued),
-                queued_interactive=per_lane[Lane.INTERACTIVE],
-                queued_bulk=per_lane[Lane.BULK],
+                queued_interactive=len(self._lanes.queued(Lane.INTERACTIVE)),
+                queued_bulk=len(self._lanes.queued(Lane.BULK)),
                 in_flight_batches=len(in_flight),
                 in_flight_chunks=sum(len(b) for b in in_flight),
                 pending_requests=len(self._requests),
@@ -298,13 +219,13 @@ class EmbeddingPool:
             )
 
     # Workers.
-    def _spawn(self, worker: _Worker) -> None:
+    def _spawn(self, worker: Worker) -> None:
         worker.thread = threading.Thread(
             target=self._run, args=(worker,), name=f"embed-{worker.device.key}", daemon=True
         )
         worker.thread.start()
 
-    def _run(self, worker: _Worker) -> None:
+    def _run(self, worker: Worker) -> None:
         error: BaseException | None = None
         try:
             if worker.state == "starting":
@@ -316,7 +237,7 @@ class EmbeddingPool:
         finally:
             self._exited(worker, error)
 
-    def _prepare(self, worker: _Worker) -> None:
+    def _prepare(self, worker: Worker) -> None:
         """Load, choose the precision, calibrate memory and size the budget, in the worker's thread."""
         device, pool = worker.device, self.pool_settings
         if device.kind == "cpu" and device.threads:
@@ -328,55 +249,32 @@ class EmbeddingPool:
 
             torch.cuda.set_device(device.torch_device)  # kernels that use the current device land on ours
         calibrated = self._calibrator.prepare(device)
-        choice, runner, memory = calibrated.choice, calibrated.runner, calibrated.memory
         usable = self._probe(device) * pool.memory_fraction
-        ceiling = max(1, min(batch_token_cap(pool.max_batch_tokens, device), memory.max_padded_tokens(usable, 1)))
-        controller = BudgetController(ceiling, pool.regrow_after, pool.regrow_factor)
         with self._cond:
-            worker.runner, worker.precision, worker.memory = runner, choice, memory
-            worker.usable_bytes, worker.controller = usable, controller
-            worker.state = "ready"
+            worker.ready(calibrated, usable, pool)
             self._cond.notify_all()
         log.info(
             "embedding worker %s ready: %s; memory %s; %.0f MiB usable, budget %d padded tokens at %d tokens",
             device.key,
-            choice.summary(),
-            memory.source,
+            calibrated.choice.summary(),
+            calibrated.memory.source,
             usable / 2**20,
             worker.budget(self.max_seq_length),
             self.max_seq_length,
         )
 
-    def _next_batch(self, worker: _Worker) -> list[_Item] | None:
+    def _next_batch(self, worker: Worker) -> list[Item] | None:
         with self._cond:
             while True:
                 if self._closing:
                     return None
-                batch = self._take(worker)
+                batch = self._lanes.take(worker.budget, self.pool_settings.max_batch_items)
                 if batch:
                     worker.in_flight = batch
                     return batch
                 self._cond.wait()
 
-    def _take(self, worker: _Worker) -> list[_Item]:
-        """The next batch for ``worker``: from the interactive lane if it has work, else the bulk lane."""
-        for lane in Lane:
-            units = self._lanes[lane]
-            if not units:
-                continue
-            count = take_batch(
-                (item.tokens for unit in units for item in unit), worker.budget, self.pool_settings.max_batch_items
-            )
-            batch: list[_Item] = []
-            while len(batch) < count:
-                unit = units[0]
-                batch.append(unit.popleft())
-                if not unit:
-                    units.popleft()
-            return batch
-        return []
-
-    def _process(self, worker: _Worker, batch: list[_Item]) -> None:
+    def _process(self, worker: Worker, batch: list[Item]) -> None:
         assert worker.runner is not None
         padded = len(batch) * max(item.tokens for item in batch)
         start = self._clock()
@@ -400,7 +298,7 @@ class EmbeddingPool:
         if self._complete(worker, batch, vectors, padded, elapsed):
             self._refresh_memory(worker)
 
-    def _complete(self, worker: _Worker, batch: list[_Item], vectors: np.ndarray, padded: int, elapsed: float) -> bool:
+    def _complete(self, worker: Worker, batch: list[Item], vectors: np.ndarray, padded: int, elapsed: float) -> bool:
         """Record a finished batch; True when the budget grew (memory is then probed again)."""
         assert worker.controller is not None
         with self._cond:
@@ -408,21 +306,16 @@ class EmbeddingPool:
                 request = item.request
                 if request.error is not None:
                     continue
-                if request._written[item.index]:
-                    self._duplicates += 1  # never expected: an item is in one place at a time
+                if not request.put(item.index, vector):
+                    self._duplicates += 1
                     log.error("chunk %d embedded twice on %s", item.index, worker.device.key)
-                    continue
-                request.vectors[item.index] = vector
-                request._written[item.index] = True
-                request._remaining -= 1
-                if request._remaining == 0:
+                elif request.done():
                     self._requests.discard(request)
-                    request._event.set()
             worker.counters.record_batch(len(batch), sum(item.tokens for item in batch), padded, elapsed)
             worker.in_flight = None
             return worker.controller.on_success()
 
-    def _out_of_memory(self, worker: _Worker, batch: list[_Item], padded: int, err: str) -> None:
+    def _out_of_memory(self, worker: Worker, batch: list[Item], padded: int, err: str) -> None:
         assert worker.controller is not None and worker.runner is not None
         worker.runner.after_oom()
         with self._cond:
@@ -447,37 +340,27 @@ class EmbeddingPool:
             self._cond.notify_all()
         self._refresh_memory(worker)
 
-    def _refresh_memory(self, worker: _Worker) -> None:
+    def _refresh_memory(self, worker: Worker) -> None:
         """Probe free memory again (others may have taken or freed some) and move the ceiling with it."""
-        assert worker.memory is not None and worker.controller is not None
         usable = self._probe(worker.device) * self.pool_settings.memory_fraction
-        cap = batch_token_cap(self.pool_settings.max_batch_tokens, worker.device)
         with self._cond:
-            worker.usable_bytes = usable
-            worker.controller.set_ceiling(max(1, min(cap, worker.memory.max_padded_tokens(usable, 1))))
+            worker.set_usable(usable, self.pool_settings)
 
-    def _requeue(self, batch: list[_Item], cause: str) -> None:
+    def _requeue(self, batch: list[Item], cause: str) -> None:
         """Put ``batch`` back at the head of its lanes (callers hold the lock); chunks out of attempts fail
         their request instead."""
-        retry: dict[Lane, list[_Item]] = {}
+        retry: list[Item] = []
         for item in batch:
             if item.request.error is not None:
                 continue
             if item.attempts >= self.pool_settings.max_attempts:
-                self._fail(
-                    item.request,
-                    EmbeddingError(
-                        f"chunk {item.index} ({item.tokens} tokens) failed {item.attempts} times; last: {cause}"
-                    ),
-                )
+                tried = f"chunk {item.index} ({item.tokens} tokens) failed {item.attempts} times; last: {cause}"
+                self._fail(item.request, EmbeddingError(tried))
                 continue
-            retry.setdefault(item.request.lane, []).append(item)
-        for lane, items in retry.items():
-            alive = sorted((item for item in items if item.request.error is None), key=lambda item: -item.tokens)
-            if alive:
-                self._lanes[lane].appendleft(deque(alive))
+            retry.append(item)
+        self._lanes.push_front(retry)  # less those of requests just failed
 
-    def _exited(self, worker: _Worker, error: BaseException | None) -> None:
+    def _exited(self, worker: Worker, error: BaseException | None) -> None:
         with self._cond:
             if worker.in_flight:
                 for item in worker.in_flight:
@@ -488,11 +371,8 @@ class EmbeddingPool:
                 worker.state = "stopped" if worker.state != "retired" else worker.state
                 self._cond.notify_all()
                 return
-            worker.counters.crashes += 1
-            worker.counters.crash_streak += 1
-            worker.error = f"{type(error).__name__}: {error}"
             loading = worker.state == "starting"
-            if loading or worker.counters.crash_streak > self.pool_settings.max_restarts:
+            if worker.crashed(error, self.pool_settings.max_restarts):
                 log.error(
                     "embedding device %s retired after %s: %s",
                     worker.device.key,
@@ -516,20 +396,14 @@ class EmbeddingPool:
 
     def _fail(self, request: EmbedRequest, error: EmbeddingError) -> None:
         """Fail ``request`` and drop its queued chunks (callers hold the lock)."""
-        if request.error is not None or request.done():
-            return
-        request.error = error
-        self._requests.discard(request)
-        request._event.set()
-        for lane in Lane:
-            units = [deque(item for item in unit if item.request is not request) for unit in self._lanes[lane]]
-            self._lanes[lane] = deque(unit for unit in units if unit)
+        if request.fail(error):
+            self._requests.discard(request)
+            self._lanes.drop(request)
 
     def _fail_all(self, error: EmbeddingError) -> None:
         for request in list(self._requests):
             self._fail(request, error)
-        for lane in Lane:
-            self._lanes[lane].clear()
+        self._lanes.clear()
 
     def _device_errors(self) -> str:
         return "; ".join(f"{w.device.key}: {w.error or w.state}" for w in self._workers) or "no devices"
