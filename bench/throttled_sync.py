@@ -19,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.hubspot import HubSpotSettings, HubSpotSource
-from flows.pipeline import sync_remote
 from flows.runtime import Services
 from flows.settings import load_settings
 from tests.support.fake_hubspot import FakeHubSpot
 from tests.support.hostile import Hostile, max_in_window
 from tests.support.httpserver import serve
+from tests.support.remote import sync
 from vectorstore.embedded import stop_embedded
 
 
@@ -44,7 +44,7 @@ def one_sync(home: Path, args: argparse.Namespace, depth: int, db: int, svc_mode
         cfg = HubSpotSettings(name="crm", base_url=srv.url, objects=["companies"], page_size=args.page_size)
         client = ResilientClient("crm", policy, base_url=srv.url, headers={"Authorization": "Bearer t"})
         t0 = time.perf_counter()
-        counts = sync_remote(svc.pipeline, "crm", HubSpotSource(cfg, client), prefetch_depth=depth)
+        counts = sync(svc, "crm", HubSpotSource(cfg, client), prefetch_depth=depth)
         elapsed = time.perf_counter() - t0
         arrivals = [c.at for c in srv.calls()]
     row = svc.conn.execute("SELECT count(*) AS n FROM documents WHERE status = 'committed'").fetchone()

@@ -212,7 +212,11 @@ class HubSpotSource(HttpSource):
             docs = [d for d in (self._document(obj, r, wanted) for r in results) if d is not None]
             latest = max(
                 [position.since]
-                + [_millis((r.get("properties") or {}).get(modified_prop)) or 0 for r in results if isinstance(r, dict)]
+                + [
+                    _millis(r["properties"].get(modified_prop)) or 0
+                    for r in results
+                    if isinstance(r, dict) and isinstance(r.get("properties"), dict)
+                ]
             )
             after = ((answer.get("paging") or {}).get("next") or {}).get("after")
             if after and int(after) + self.settings.page_size <= self.settings.search_cap:

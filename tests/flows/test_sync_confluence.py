@@ -11,12 +11,12 @@ from connectors.confluence import ConfluenceSettings, ConfluenceSource
 from connectors.confluence_site import cql_date
 from connectors.errors import MalformedPayloadError, RequestRejectedError, SourceError
 from connectors.http import HttpPolicy
-from flows.pipeline import sync_remote
 from flows.runtime import Services
 from tests.support.db import committed_documents
 from tests.support.fake_confluence import EMAIL, TOKEN, FakeConfluence, serve_confluence
 from tests.support.fake_mediawiki import flaky
 from tests.support.httpserver import Logged, Reply, ScriptedServer
+from tests.support.remote import sync
 from vectorstore import cursors, ledger, store
 
 FAST = HttpPolicy(backoff_base=0.01, backoff_max=0.05, max_attempts=10, breaker_threshold=50, read_timeout=2.0)
@@ -57,7 +57,7 @@ def make(site: Site) -> Iterator[Make]:
 
     yield build
     for source in made:
-        source.client.close()
+        source.close()
 
 
 def fill(fake: FakeConfluence, space: str, n: int) -> list[str]:
@@ -92,7 +92,7 @@ def test_full_then_incremental_sync_shows_edits_trashes_archives_and_deletions(
     eng = fill(fake, "ENG", 23)
     ops = fill(fake, "OPS", 12)
     fake.fault = flaky(0.15, seed=5)
-    counts = sync_remote(services.pipeline, "kb", make())
+    counts = sync(services, "kb", make())
     assert (counts.committed, counts.quarantined) == (35, 0) and committed_documents(services) == 35
     source_id = ledger.ensure_source(services.conn, "kb", "confluence")
     assert (cursors.load_cursor(services.conn, source_id) or {})["mode"] == "incremental"
@@ -108,7 +108,7 @@ def test_full_then_incremental_sync_shows_edits_trashes_archives_and_deletions(
     fake.edit(ops[1], title="Renamed badger burrow")
     new = fake.create("OPS", "Hot springs", "<p>A capybara bathes in the hot spring.</p>")
     before = len(srv.calls(SEARCH))
-    again = sync_remote(services.pipeline, "kb", make())
+    again = sync(services, "kb", make())
     assert (again.committed, again.deleted, again.quarantined) == (3, 3, 0)  # edited, renamed, new
     assert committed_documents(services) == 33
     assert status_of(services, eng[4], eng[5], ops[0], eng[3]) == ["deleted", "deleted", "deleted", "committed"]
@@ -121,7 +121,7 @@ def test_full_then_incremental_sync_shows_edits_trashes_archives_and_deletions(
     assert all("order by lastmodified asc" in c.query["cql"][0] for c in searches if "cql" in c.query)
     assert any("cursor" in c.query for c in searches)  # v1 _links.next (relative to the site) followed
 
-    quiet = sync_remote(services.pipeline, "kb", make())
+    quiet = sync(services, "kb", make())
     assert (quiet.committed, quiet.deleted) == (0, 0)
     assert quiet.unchanged > 0  # the overlap serves recent pages again; their hashes make them free
 
@@ -129,11 +129,11 @@ def test_full_then_incremental_sync_shows_edits_trashes_archives_and_deletions(
 def test_a_base_url_without_wiki_works_the_same(site: Site, make: Make, services: Services) -> None:
     fake, srv = site
     fill(fake, "OPS", 14)
-    counts = sync_remote(services.pipeline, "kb", make(base_url=srv.url, spaces=["OPS"]))
+    counts = sync(services, "kb", make(base_url=srv.url, spaces=["OPS"]))
     assert counts.committed == 14
     assert best(services, "the tapir of OPS").uri.startswith(f"{srv.url}/wiki/spaces/OPS/pages/")
     fake.edit(fake.create("OPS", "Fresh", "<p>First words.</p>").id, body="<p>A narwhal surfaces.</p>")
-    again = sync_remote(services.pipeline, "kb", make(base_url=f"{srv.url}/", spaces=["OPS"]))
+    again = sync(services, "kb", make(base_url=f"{srv.url}/", spaces=["OPS"]))
     assert again.committed == 1 and best(services, "narwhal surfaces").title == "Fresh"
 
 
@@ -154,12 +154,12 @@ def test_a_failed_sync_resumes_without_refetching_committed_pages(site: Site, ma
 
     fake.fault = dies_after_two_listings
     with pytest.raises(SourceError):
-        sync_remote(services.pipeline, "kb", make(http={**FAST.model_dump(), "max_attempts": 2}))
+        sync(services, "kb", make(http={**FAST.model_dump(), "max_attempts": 2}))
     assert committed_documents(services) == 15
     before = len(srv.calls())
 
     fake.fault = lambda _: None
-    counts = sync_remote(services.pipeline, "kb", make())
+    counts = sync(services, "kb", make())
     assert counts.committed == 15 and committed_documents(services) == 30
     resumed = srv.calls()[before:]
     listings = [c for c in resumed if c.path in (eng_path, ops_path)]
@@ -184,12 +184,12 @@ def test_a_saved_cursor_the_site_no_longer_takes_restarts_the_listing(
 
     fake.fault = dies_after_one_listing
     with pytest.raises(SourceError):
-        sync_remote(services.pipeline, "kb", make(spaces=["ENG"], http={**FAST.model_dump(), "max_attempts": 1}))
+        sync(services, "kb", make(spaces=["ENG"], http={**FAST.model_dump(), "max_attempts": 1}))
     assert committed_documents(services) == 10
     fake.fault = lambda _: None
     fake.expire_cursors()
     before = len(srv.calls())
-    counts = sync_remote(services.pipeline, "kb", make(spaces=["ENG"]))
+    counts = sync(services, "kb", make(spaces=["ENG"]))
     assert (counts.committed, counts.unchanged) == (15, 10) and committed_documents(services) == 25
     refused, *rest = [c for c in srv.calls()[before:] if c.path.endswith("/pages")]
     assert "cursor" in refused.query and "cursor" not in rest[0].query and len(rest) == 3
@@ -213,7 +213,7 @@ def test_malformed_and_empty_pages_are_quarantined_and_the_cursor_moves_on(
         return reply
 
     srv.route(f"/wiki/api/v2/spaces/{fake.spaces['ENG']}/pages", damaged)
-    counts = sync_remote(services.pipeline, "kb", make(spaces=["ENG"]))
+    counts = sync(services, "kb", make(spaces=["ENG"]))
     assert (counts.seen, counts.committed, counts.quarantined) == (5, 3, 2)
     reasons = {row["external_id"]: row["reason"] for row in ledger.quarantined(services.conn)}
     assert reasons == {f"page/{ids[1]}": "malformed", f"page/{empty}": "no_text"}
@@ -228,7 +228,7 @@ def test_rejected_credentials_surface_the_provider_message_at_once(
     fill(fake, "ENG", 3)
     monkeypatch.setenv("CONFLUENCE_TOKEN", "revoked-token")
     with pytest.raises(RequestRejectedError, match="Client must be authenticated") as err:
-        sync_remote(services.pipeline, "kb", make())
+        sync(services, "kb", make())
     assert err.value.status == 401 and "revoked-token" not in str(err.value)
     assert len(srv.calls()) == 1  # a rejection is not retried
 
@@ -236,30 +236,30 @@ def test_rejected_credentials_surface_the_provider_message_at_once(
 def test_a_reconcile_catches_purged_and_restored_pages(site: Site, make: Make, services: Services) -> None:
     fake, _ = site
     ids = fill(fake, "ENG", 8)
-    assert sync_remote(services.pipeline, "kb", make()).committed == 8
+    assert sync(services, "kb", make()).committed == 8
     fake.clock += timedelta(hours=2)  # later changes leave the first pages out of the incremental window
     fake.edit(ids[7], body="<p>The quokka moved to a new island.</p>")
     fake.trash(ids[0])
-    later = sync_remote(services.pipeline, "kb", make())
+    later = sync(services, "kb", make())
     assert (later.committed, later.deleted) == (1, 1)
 
     fake.restore(ids[0])  # back from the trash without an edit: no search shows it
     fake.purge(ids[1])  # gone without passing a listing we read
-    quiet = sync_remote(services.pipeline, "kb", make())
+    quiet = sync(services, "kb", make())
     assert (quiet.committed, quiet.deleted) == (0, 0)
-    reconciled = sync_remote(services.pipeline, "kb", make(reconcile_hours=0))
+    reconciled = sync(services, "kb", make(reconcile_hours=0))
     assert (reconciled.committed, reconciled.deleted) == (1, 1)
     assert status_of(services, ids[0], ids[1]) == ["committed", "deleted"]
     assert committed_documents(services) == 7
 
-    again = sync_remote(services.pipeline, "kb", make(reconcile_hours=0))
+    again = sync(services, "kb", make(reconcile_hours=0))
     assert (again.committed, again.deleted, again.unchanged) == (0, 0, 7)
 
 
 def test_the_overlap_catches_an_edit_the_search_index_served_late(site: Site, make: Make, services: Services) -> None:
     fake, srv = site
     ids = fill(fake, "ENG", 4)
-    sync_remote(services.pipeline, "kb", make(spaces=["ENG"]))
+    sync(services, "kb", make(spaces=["ENG"]))
     fake.edit(ids[0], body="<p>A pangolin curls into a ball.</p>")
     fake.edit(ids[1], body="<p>A wombat digs a burrow.</p>")
     good = fake.handler()
@@ -271,9 +271,9 @@ def test_the_overlap_catches_an_edit_the_search_index_served_late(site: Site, ma
         return reply
 
     srv.route(SEARCH, index_lags)
-    assert sync_remote(services.pipeline, "kb", make(spaces=["ENG"])).committed == 1  # the wombat only
+    assert sync(services, "kb", make(spaces=["ENG"])).committed == 1  # the wombat only
     srv.route(SEARCH, good)
-    late = sync_remote(services.pipeline, "kb", make(spaces=["ENG"]))
+    late = sync(services, "kb", make(spaces=["ENG"]))
     assert late.committed == 1 and "pangolin" in best(services, "pangolin curls into a ball").text
     window = cql_date(fake.pages[ids[1]].when - timedelta(minutes=10), UTC)  # from the newest change seen
     assert f'lastmodified >= "{window}"' in srv.calls(SEARCH)[-1].query["cql"][0]

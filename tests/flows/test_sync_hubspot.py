@@ -9,12 +9,12 @@ import pytest
 from connectors.errors import RequestRejectedError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.hubspot import HubSpotSettings, HubSpotSource, record_text
-from flows.pipeline import sync_remote
 from flows.runtime import Services
 from tests.support.db import committed_documents
 from tests.support.fake_hubspot import FakeHubSpot
 from tests.support.fake_mediawiki import flaky
 from tests.support.httpserver import ScriptedServer, serve
+from tests.support.remote import sync
 from vectorstore import ledger, store
 
 FAST = HttpPolicy(backoff_base=0.01, backoff_max=0.05, max_attempts=10, breaker_threshold=50)
@@ -65,7 +65,7 @@ def test_sync_pages_past_the_search_cap_and_propagates_edits_and_archives(
         )
     fake.upsert("contacts", "9001", firstname="Grace", lastname="Hopper", email="grace@navy.mil", jobtitle="Admiral")
     fake.fault = flaky(0.15, seed=3)
-    counts = sync_remote(services.pipeline, "crm", hubspot(srv, objects=["companies", "contacts"]))
+    counts = sync(services, "crm", hubspot(srv, objects=["companies", "contacts"]))
     assert counts.committed == 76 and committed_documents(services) == 76
     searches = [c for c in srv.calls() if c.path.endswith("/search")]
     assert any(b'"after"' not in c.body for c in searches[1:])  # a restarted query after the cap
@@ -73,7 +73,7 @@ def test_sync_pages_past_the_search_cap_and_propagates_edits_and_archives(
     fake.fault = lambda _: None
     fake.upsert("companies", "5", description="Now builds icebreakers with double hulls.")
     fake.archive("companies", "6")
-    again = sync_remote(services.pipeline, "crm", hubspot(srv, objects=["companies", "contacts"]))
+    again = sync(services, "crm", hubspot(srv, objects=["companies", "contacts"]))
     assert again.committed == 1 and again.deleted == 1
     source_id = ledger.ensure_source(services.conn, "crm", "hubspot")
     assert ledger.entries(services.conn, source_id, ["companies/6"])["companies/6"].status == "deleted"

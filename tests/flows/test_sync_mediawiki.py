@@ -9,11 +9,11 @@ import pytest
 from connectors.errors import CircuitOpenError, SourceError
 from connectors.http import HttpPolicy
 from connectors.mediawiki import MediaWikiSettings, MediaWikiSource, wikitext_to_text
-from flows.pipeline import sync_remote
 from flows.runtime import Services
 from tests.support.db import committed_documents
 from tests.support.fake_mediawiki import FakeWiki, flaky
 from tests.support.httpserver import Logged, Reply, ScriptedServer, serve
+from tests.support.remote import sync
 from vectorstore import cursors, ledger, store
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "read_timeout": 2.0}
@@ -57,7 +57,7 @@ def test_full_then_incremental_sync_with_edits_moves_and_deletions(
 ) -> None:
     wiki, srv = wiki_server
     fill(wiki, 25)
-    counts = sync_remote(services.pipeline, "wiki", source(srv))
+    counts = sync(services, "wiki", source(srv))
     assert (counts.committed, counts.quarantined) == (25, 0)
     source_id = ledger.ensure_source(services.conn, "wiki", "mediawiki")
     assert (cursors.load_cursor(services.conn, source_id) or {})["mode"] == "incremental"
@@ -66,7 +66,7 @@ def test_full_then_incremental_sync_with_edits_moves_and_deletions(
     wiki.delete(4)
     wiki.move(5, "Renamed badger burrow")
     wiki.add("Brand new page", "A capybara bathes in the hot spring.")
-    again = sync_remote(services.pipeline, "wiki", source(srv))
+    again = sync(services, "wiki", source(srv))
     assert again.deleted == 1 and again.committed == 3  # edited, moved (title changed), new
     assert committed_documents(services) == 25
 
@@ -78,7 +78,7 @@ def test_full_then_incremental_sync_with_edits_moves_and_deletions(
     assert best("Renamed badger burrow").title == "Renamed badger burrow"
     assert ledger.entries(services.conn, source_id, ["4"])["4"].status == "deleted"
 
-    quiet = sync_remote(services.pipeline, "wiki", source(srv))
+    quiet = sync(services, "wiki", source(srv))
     assert quiet.committed == 0 and quiet.deleted == 0
 
 
@@ -89,7 +89,7 @@ def test_throttled_flaky_source_ingests_every_record_once_within_the_rate(
     fill(wiki, 200)
     wiki.fault = flaky(0.2)
     rate = 25.0
-    counts = sync_remote(services.pipeline, "wiki", source(srv, rate_per_second=rate, burst=1, max_attempts=10))
+    counts = sync(services, "wiki", source(srv, rate_per_second=rate, burst=1, max_attempts=10))
     assert counts.committed == 200 and committed_documents(services) == 200
     rows = services.conn.execute("SELECT count(*) AS n, count(DISTINCT external_id) AS d FROM documents").fetchone()
     assert rows == {"n": 200, "d": 200}
@@ -116,40 +116,16 @@ def test_a_crashed_sync_resumes_after_the_last_committed_batch(
 
     wiki.fault = dies_after_three
     with pytest.raises(SourceError):
-        sync_remote(services.pipeline, "wiki", source(srv, max_attempts=2, breaker_threshold=2))
+        sync(services, "wiki", source(srv, max_attempts=2, breaker_threshold=2))
     assert committed_documents(services) == 30
     listed_before = len([c for c in srv.calls() if c.query.get("generator") == ["allpages"]])
 
     wiki.fault = lambda _: None
-    counts = sync_remote(services.pipeline, "wiki", source(srv))
+    counts = sync(services, "wiki", source(srv))
     assert counts.committed == 30 and committed_documents(services) == 60
     listings = [c for c in srv.calls() if c.query.get("generator") == ["allpages"]][listed_before:]
     assert "gapcontinue" in listings[0].query  # resumed, not started over
     assert len(listings) == 3
-
-
-def test_a_malformed_record_is_quarantined_and_the_cursor_moves_on(
-    wiki_server: tuple[FakeWiki, ScriptedServer], services: Services
-) -> None:
-    wiki, srv = wiki_server
-    fill(wiki, 5)
-    good = wiki.handler(srv.url)
-
-    def one_bad_page(req: Logged) -> Reply:
-        reply = good(req)
-        pages = reply.body.get("query", {}).get("pages", []) if isinstance(reply.body, dict) else []
-        for page in pages:
-            if page.get("pageid") == 3:
-                page["revisions"] = [{"revid": 9}]  # no content slot
-        return reply
-
-    srv.route("/w/api.php", one_bad_page)
-    counts = sync_remote(services.pipeline, "wiki", source(srv))
-    assert (counts.committed, counts.quarantined) == (4, 1)
-    [row] = ledger.quarantined(services.conn)
-    assert row["reason"] == "malformed" and row["external_id"] == "3"
-    source_id = ledger.ensure_source(services.conn, "wiki", "mediawiki")
-    assert (cursors.load_cursor(services.conn, source_id) or {})["mode"] == "incremental"
 
 
 def test_a_source_that_is_down_opens_the_breaker_within_a_bounded_number_of_calls(
@@ -159,5 +135,5 @@ def test_a_source_that_is_down_opens_the_breaker_within_a_bounded_number_of_call
     fill(wiki, 5)
     wiki.fault = lambda _: Reply(503, b"down")
     with pytest.raises((CircuitOpenError, SourceError)):
-        sync_remote(services.pipeline, "wiki", source(srv, max_attempts=10, breaker_threshold=4))
+        sync(services, "wiki", source(srv, max_attempts=10, breaker_threshold=4))
     assert len(srv.calls()) == 4

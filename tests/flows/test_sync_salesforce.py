@@ -10,12 +10,12 @@ import pytest
 from connectors.errors import RequestRejectedError, SourceError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.salesforce import SalesforceSettings, SalesforceSource
-from flows.pipeline import sync_remote
 from flows.runtime import Services
 from tests.support.db import committed_documents
 from tests.support.fake_mediawiki import flaky
 from tests.support.fake_salesforce import TOKEN, VERSION, FakeSalesforce, sf_error
 from tests.support.httpserver import Logged, Reply, ScriptedServer, serve
+from tests.support.remote import sync
 from vectorstore import cursors, ledger, store
 
 FAST = HttpPolicy(backoff_base=0.01, backoff_max=0.05, max_attempts=10, breaker_threshold=50)
@@ -67,9 +67,9 @@ def test_sync_pages_through_locators_and_propagates_edits_and_deletions(
     fake.upsert("Case", CaseNumber="00001001", Subject="Hull breach", Description="Water in the engine room.")
     fake.fault = flaky(0.15, seed=3)
     first = salesforce(srv)
-    counts = sync_remote(services.pipeline, "sf", first)
+    counts = sync(services, "sf", first)
     assert counts.committed == 40 and committed_documents(services) == 40
-    assert first.client.stats.retries > 0  # the faults really happened
+    assert first.stats.retries > 0  # the faults really happened
     assert len(locator_calls(srv)) >= 3  # 35 accounts in pages of 10
     name = "Margaret Hamilton"
     contact = store.search(services.conn, services.embedder.embed([name])[0], 1, text=name)[0]
@@ -80,7 +80,7 @@ def test_sync_pages_through_locators_and_propagates_edits_and_deletions(
     fake.delete("Account", ids[6])
     fake.upsert("Opportunity", Name="Fleet renewal", StageName="Prospecting", Amount=1_200_000)
     before = len(srv.log)
-    again = sync_remote(services.pipeline, "sf", salesforce(srv))
+    again = sync(services, "sf", salesforce(srv))
     assert (again.committed, again.deleted) == (2, 1)
     account_query = next(c.query["q"][0] for c in query_calls(srv, before) if "FROM Account" in c.query["q"][0])
     assert " WHERE SystemModstamp >= " in account_query
@@ -91,7 +91,7 @@ def test_sync_pages_through_locators_and_propagates_edits_and_deletions(
     assert hit.uri == f"{srv.url}/lightning/r/Account/{ids[5]}/view"
     assert committed_documents(services) == 40
 
-    quiet = sync_remote(services.pipeline, "sf", salesforce(srv))
+    quiet = sync(services, "sf", salesforce(srv))
     assert (quiet.committed, quiet.deleted) == (0, 0)  # the boundary records came again, unchanged
 
 
@@ -109,7 +109,7 @@ def test_an_expired_locator_restarts_the_query_from_the_committed_stamp(
         return None
 
     fake.fault = idle_too_long
-    counts = sync_remote(services.pipeline, "sf", salesforce(srv, objects=["Account"]))
+    counts = sync(services, "sf", salesforce(srv, objects=["Account"]))
     assert counts.committed == 30 and committed_documents(services) == 30
     assert counts.unchanged == 1  # the 10th account, stamped at the boundary, came again
     first, restarted = query_calls(srv)
@@ -145,7 +145,7 @@ def test_a_failed_sync_resumes_from_the_saved_cursor_without_refetching_committe
     fake.fault = dies_after_two_more
     policy = FAST.model_copy(update={"max_attempts": 2})
     with pytest.raises(SourceError, match="down for maintenance"):
-        sync_remote(services.pipeline, "sf", salesforce(srv, policy, objects=["Account"]))
+        sync(services, "sf", salesforce(srv, policy, objects=["Account"]))
     assert committed_documents(services) == 30
     saved = cursor(services)["Account"]
     assert saved == {"since": "2026-01-01T00:00:30Z", "next": saved["next"]} and saved["next"]
@@ -156,7 +156,7 @@ def test_a_failed_sync_resumes_from_the_saved_cursor_without_refetching_committe
     elif meanwhile == "new_session":
         fake.fault = other_session(str(saved["next"]))
     before = len(srv.log)
-    counts = sync_remote(services.pipeline, "sf", salesforce(srv, objects=["Account"]))
+    counts = sync(services, "sf", salesforce(srv, objects=["Account"]))
     assert counts.committed == 20 and committed_documents(services) == 50
     resumed = srv.log[before:]
     assert resumed[0].path == saved["next"]
@@ -187,13 +187,13 @@ def test_malformed_records_are_quarantined_and_the_cursor_moves_on(
         return reply
 
     srv.route(QUERY_ALL, broken_rows)
-    counts = sync_remote(services.pipeline, "sf", salesforce(srv, objects=["Account"]))
+    counts = sync(services, "sf", salesforce(srv, objects=["Account"]))
     assert (counts.committed, counts.quarantined) == (3, 2)
     reasons = {row["external_id"]: row["reason"] for row in ledger.quarantined(services.conn)}
     assert reasons == {f"Account/{ids[2]}": "malformed", f"Account/{empty}": "no_text"}
     assert cursor(services) == {"Account": {"since": "2026-01-01T00:00:05Z", "next": None}}
 
-    again = sync_remote(services.pipeline, "sf", salesforce(srv, objects=["Account"]))
+    again = sync(services, "sf", salesforce(srv, objects=["Account"]))
     assert (again.committed, again.quarantined, again.still_quarantined) == (0, 0, 1)
 
 
@@ -216,6 +216,6 @@ def test_a_rejected_request_surfaces_the_provider_message(
         fake.schema = {"Account": {"Name", "Industry"}}
     token = "00Dstale!token" if setup == "token" else TOKEN
     with pytest.raises(RequestRejectedError, match=message):
-        sync_remote(services.pipeline, "sf", salesforce(srv, token=token, objects={"Account": ["Name", "Revenue__c"]}))
+        sync(services, "sf", salesforce(srv, token=token, objects={"Account": ["Name", "Revenue__c"]}))
     assert len(srv.log) == 1  # rejected at once, not retried
     assert committed_documents(services) == 0

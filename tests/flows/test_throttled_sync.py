@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.hubspot import HubSpotSettings, HubSpotSource
-from flows.pipeline import sync_remote
 from flows.runtime import Services
 from tests.support.db import committed_documents
 from tests.support.embedders import CountingEmbedder
 from tests.support.fake_hubspot import FakeHubSpot
 from tests.support.hostile import Hostile, max_in_window
 from tests.support.httpserver import serve
+from tests.support.remote import sync
 
 RATE = 8.0
 BURST = 2
@@ -34,7 +34,7 @@ def test_two_thousand_records_through_a_throttling_flaky_server_exactly_once(
         srv.route("/crm/v3/objects/companies/search", hostile)
         cfg = HubSpotSettings(name="crm", base_url=srv.url, objects=["companies"], page_size=100)
         client = ResilientClient("crm", policy, base_url=srv.url, headers={"Authorization": "Bearer t"})
-        counts = sync_remote(services.pipeline, "crm", HubSpotSource(cfg, client))
+        counts = sync(services, "crm", HubSpotSource(cfg, client))
         arrivals = [c.at for c in srv.calls()]
 
     assert hostile.failed > 0  # the faults really happened
