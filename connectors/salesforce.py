@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -31,8 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from connectors.base import (
     Batch,
     DocumentError,
-    Page,
-    ParsedDocument,
     SourceDocument,
     SourceSettingsBase,
     failing_document,
@@ -40,7 +38,7 @@ from connectors.base import (
 from connectors.cursors import CursorReader, ObjectCursor
 from connectors.errors import MalformedPayloadError, RequestRejectedError
 from connectors.http import HttpPolicy, HttpSource, ResilientClient
-from connectors.text import clean_text
+from connectors.salesforce_records import parse_record, record_text
 from connectors.values import parse_timestamp, secret_from_env
 
 log = logging.getLogger(__name__)
@@ -207,53 +205,6 @@ def soql_datetime(value: datetime) -> str:
 parse_modstamp = parse_timestamp  # Salesforce writes 2024-01-01T12:34:56.000+0000
 
 
-def field_value(record: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path; keys are matched without regard to case, as SOQL matches names. A null
-    parent (a contact without account) gives None; a parent that is not an object is unusable."""
-    value: Any = record
-    for segment in path.split("."):
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{path}: {segment!r} is read from a {type(value).__name__}, not an object")
-        if segment in value:
-            value = value[segment]
-        else:
-            lower = segment.lower()
-            value = next((v for k, v in value.items() if k.lower() == lower), None)
-    return value
-
-
-def _lines(label: str, value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, bool):
-        return [f"{label}: {'true' if value else 'false'}"]
-    if isinstance(value, str | int | float):
-        text = clean_text(str(value))
-        return [f"{label}: {text}"] if text else []
-    if isinstance(value, Mapping):
-        # A parent record or a compound field (an address): its parts, without the API's `attributes`.
-        return [line for k, v in value.items() if k != "attributes" for line in _lines(f"{label}.{k}", v)]
-    raise ValueError(f"{label}: a {type(value).__name__} is not a field value")
-
-
-def record_text(record: Mapping[str, Any], fields: Sequence[str], title_field: str) -> tuple[str, str]:
-    """(title, text) of a record: its configured fields as ``field: value`` lines. System timestamps are left
-    out, so a record touched without a change is not embedded again. Raises ValueError for unusable values."""
-    lines = [line for name in fields for line in _lines(name, field_value(record, name))]
-    title = field_value(record, title_field)
-    title_text = clean_text(str(title))[:200] if isinstance(title, str | int | float) else ""
-    return title_text, "\n".join(lines)
-
-
-def _parse(title: str, text: str) -> ParsedDocument:
-    body = f"{title}\n{text}" if title and text else title or text
-    if not any(ch.isalnum() for ch in body):
-        raise DocumentError("no_text", "the record has no text in its configured fields")
-    return ParsedDocument(title=title, pages=[Page(None, body)])
-
-
 def _locator_lost(err: RequestRejectedError, carried: bool) -> bool:
     """Whether a rejected ``nextRecordsUrl`` means the locator is gone (expired, or purged as one of too many
     open ones) rather than a request the source will never take. A locator belongs to the session that
@@ -339,7 +290,7 @@ class SalesforceSource(HttpSource):
             external_id=external_id,
             uri=uri,
             content_hash=hashlib.sha256(f"{title}\x1f{text}".encode()).hexdigest(),
-            load=partial(_parse, title, text),
+            load=partial(parse_record, title, text),
             title=title or external_id,
             modified=modified,
             metadata={"object": obj.name, "salesforce_id": rid},

@@ -21,9 +21,9 @@ from connectors.salesforce import (
     SalesforceSource,
     build_soql,
     parse_modstamp,
-    record_text,
     soql_datetime,
 )
+from connectors.salesforce_records import record_text
 
 BASE = "https://example.my.salesforce.com"
 ACC = "001000000000001AAA"
