@@ -71,9 +71,9 @@ class SourceDocument:
     ``content_hash`` identifies the version; ``load`` parses it (raising ``DocumentError`` for poison input).
 
     A source whose content must be read to be hashed (a file) can defer both: ``read`` reads it once and
-    returns its content hash and a ``load`` over what was read, so a file is read once per run, and only when
-    its ``stat_key`` (a cheap change signal, e.g. size, mtime and inode) differs from the ledger's. Until then
-    ``content_hash`` is a placeholder that never reaches the ledger.
+    returns its ``Content`` (the hash and a ``load`` over what was read), so a file is read once per run, and
+    only when its ``stat_key`` (a cheap change signal: size, mtime, inode) differs from the ledger's. Until
+    then ``content_hash`` is a placeholder that never reaches the ledger.
     """
 
     external_id: str
@@ -84,7 +84,16 @@ class SourceDocument:
     modified: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     stat_key: str | None = None
-    read: Callable[[], tuple[str, Callable[[], ParsedDocument]]] | None = field(default=None, repr=False, compare=False)
+    read: Callable[[], Content] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Content:
+    """A document read once: its content hash, a parse of what was read, and how many bytes that took."""
+
+    content_hash: str
+    load: Callable[[], ParsedDocument] = field(repr=False)
+    size: int = 0
 
 
 class DocumentGone(Exception):

@@ -11,7 +11,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connectors.base import DocumentError, DocumentGone, Page, ParsedDocument, SourceDocument, failing_document
+from connectors.base import Content, DocumentError, DocumentGone, Page, ParsedDocument, SourceDocument, failing_document
 from connectors.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -309,20 +309,21 @@ class PdfConnector:
             read=partial(self.read, path),
         )
 
-    def read(self, path: Path) -> tuple[str, Callable[[], ParsedDocument]]:
+    def read(self, path: Path) -> Content:
         """Read the file once: its content hash and a parse of the bytes read. A file over the size limit is
         not read (its identity is its size and mtime); one that cannot be read gets a load that fails."""
         try:
             st = path.stat()
             if st.st_size > self.settings.max_file_bytes:
-                return file_hash(path, self.settings.max_file_bytes), partial(parse_pdf, path, self.settings)
+                return Content(file_hash(path, self.settings.max_file_bytes), partial(parse_pdf, path, self.settings))
             data = path.read_bytes()
         except FileNotFoundError as err:
             raise DocumentGone(str(path)) from err
         except OSError as err:
             error = DocumentError("unreadable", f"cannot read the file: {err.strerror}", retryable=True)
-            return f"unreadable:{err.errno}", partial(_raise, error)
-        return hashlib.sha256(data).hexdigest(), partial(parse_pdf_bytes, data, path.stem, self.settings)
+            return Content(f"unreadable:{err.errno}", partial(_raise, error))
+        load = partial(parse_pdf_bytes, data, path.stem, self.settings)
+        return Content(hashlib.sha256(data).hexdigest(), load, len(data))
 
     def iter_documents(self) -> Iterator[SourceDocument]:
         for path in self.discovery.files:

@@ -65,6 +65,7 @@ def count_rows(counts: Counts) -> list[tuple[str, int]]:
         ("embedded chunks", counts.chunks_written),
         ("reused chunks", counts.chunks_reused),
         ("embedded tokens", counts.embedded_tokens),
+        ("bytes read", counts.bytes_read),
         ("deleted", counts.deleted),
         ("quarantined", counts.quarantined),
         ("still quarantined (retry not due)", counts.still_quarantined),

@@ -23,6 +23,8 @@ class Counts:
     chunks_written: int = 0
     chunks_reused: int = 0
     embedded_tokens: int = 0
+    bytes_read: int = 0
+    """Bytes of source content read (files whose stat matched the ledger are not read at all)."""
     http_requests: int = 0
     http_retries: int = 0
     throttled: int = 0

@@ -199,11 +199,12 @@ class Pipeline:
         doc = listed
         if listed.read is not None:
             try:
-                content_hash, load = listed.read()
+                content = listed.read()
             except DocumentGone:
                 log.warning("%s disappeared before it could be ingested", listed.uri)
                 return None
-            doc = dataclasses.replace(listed, content_hash=content_hash, load=load, read=None)
+            counts.bytes_read += content.size
+            doc = dataclasses.replace(listed, content_hash=content.content_hash, load=content.load, read=None)
         entry = ledger.entries(self.conn, source.id, [doc.external_id]).get(doc.external_id)
         decision = ledger.decide(entry, doc.content_hash, self.fingerprints, ledger.now(self.conn))
         if decision not in (Decision.UNCHANGED, Decision.QUARANTINED):

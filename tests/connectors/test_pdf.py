@@ -4,14 +4,16 @@ limits, discovery over real directory trees with symlinks, hashing and settings 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from connectors.base import DocumentError
-from connectors.pdf import Discovery, PdfConnector, PdfSettings, discover, file_hash, parse_pdf
+from connectors.pdf import RACY_SECONDS, Discovery, PdfConnector, PdfSettings, discover, file_hash, parse_pdf, stat_key
 from tests.support import pdfgen
 
 PAGES = [
@@ -304,17 +306,44 @@ def test_covers_files_under_walked_directories_only(tmp_path: Path) -> None:
     assert not direct.covers(str(other))
 
 
-def test_iter_documents_hashes_and_loads(tmp_path: Path) -> None:
+def test_iter_documents_stats_and_reads_once_on_demand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = make_tree(tmp_path / "docs")
+    reads: list[Path] = []
+    read_bytes = Path.read_bytes
 
+    def counting(path: Path) -> bytes:
+        reads.append(path)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
     docs = {d.external_id: d for d in PdfConnector([tmp_path / "docs"]).iter_documents()}
 
     assert set(docs) == {str(p) for p in files.values()}
+    assert reads == []  # listing reads nothing: a document is judged by its stat until it must be read
     doc = docs[str(files["b"])]
-    assert doc.content_hash == hashlib.sha256(files["b"].read_bytes()).hexdigest()
     assert doc.title == "B"
     assert doc.metadata == {"size": files["b"].stat().st_size}
-    assert [p.text for p in doc.load().pages] == ["b"]
+    assert doc.read is not None
+    content = doc.read()
+    assert content.content_hash == hashlib.sha256(read_bytes(files["b"])).hexdigest()
+    assert content.size == files["b"].stat().st_size
+    assert [p.text for p in content.load().pages] == ["b"]
+    assert reads == [files["b"]]  # hashed and parsed from one read
+
+
+def test_stat_key_changes_with_a_write_and_is_withheld_while_racy(tmp_path: Path) -> None:
+    path = tmp_path / "a.pdf"
+    pdfgen.text_pdf(path, ["one"])
+    st = path.stat()
+    key = stat_key(st)
+    assert key is not None and key == stat_key(path.stat())
+    changed = max(st.st_mtime, st.st_ctime)
+    assert stat_key(st, racy_before=changed + 1) == key  # changed before the cut-off: trusted
+    assert stat_key(st, racy_before=changed) is None  # a write in the same tick could repeat this stat
+    assert stat_key(st, racy_before=time.time() - RACY_SECONDS) is None  # just written
+    pdfgen.text_pdf(path, ["two, longer"])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old mtime back: size and ctime still tell
+    assert stat_key(path.stat()) != key
 
 
 def test_file_hash_is_stable_and_follows_content(tmp_path: Path) -> None:
