@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install sysdeps clean
+.PHONY: demo test test-fast lint install sysdeps clean
 
 install: $(STAMP)  ## create .venv with ragline and its pinned dependencies
 
@@ -34,6 +34,9 @@ sysdeps:  ## system packages the tests use: a real MediaWiki (PHP + SQLite) and 
 
 test: lint sysdeps  ## lint, then the whole test suite against the real Postgres, model, PDFs and MediaWiki
 	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## the inner loop: the suite without lint, CLI subprocesses, the browser and the real wiki
+	$(BIN)/pytest -m "not slow and not browser and not integration"
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)

@@ -10,10 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from flows.pipeline import ingest_pdf_paths
+import pytest
+
+from flows.pdfs import ingest_pdf_paths
 from flows.runtime import Services
 from flows.settings import RaglineSettings
 from tests.support.pdfgen import text_pdf
+
+pytestmark = pytest.mark.slow
 
 DOCS = 24
 

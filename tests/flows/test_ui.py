@@ -24,6 +24,8 @@ from tests.support.httpserver import Reply, serve
 from tests.support.pdfgen import text_pdf, truncated_pdf
 from tests.support.prefect import PrefectServer
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "prefect-ui"
 WINDOW = (1400, 1000)
 # Headless flags that work offline here; the UI needs a generous virtual time budget to load its data.

@@ -58,13 +58,18 @@ def pointed_at(server: PrefectServer) -> Iterator[None]:
     """Point this process's Prefect client at the server. Prefect reads its environment once, when first
     imported (another test may have imported it already): the URL goes into its settings context, and into
     the environment too for code that asks ``flows.prefect_server.configure``."""
+    from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     saved = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
+            try:
+                yield
+            finally:
+                # the runs' logs go now, while the server is up (not at exit, after the session stopped it)
+                APILogHandler().flush()
     finally:
         if saved is None:
             os.environ.pop("PREFECT_API_URL", None)
