@@ -89,11 +89,13 @@ class SourceDocument:
 
 @dataclass(frozen=True)
 class Content:
-    """A document read once: its content hash, a parse of what was read, and how many bytes that took."""
+    """A document read once: its content hash, a parse of what was read, how many bytes that took, and the
+    stat key taken just before reading (the one that matches these bytes)."""
 
     content_hash: str
     load: Callable[[], ParsedDocument] = field(repr=False)
     size: int = 0
+    stat_key: str | None = None
 
 
 class DocumentGone(Exception):

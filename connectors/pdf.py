@@ -323,7 +323,8 @@ class PdfConnector:
             error = DocumentError("unreadable", f"cannot read the file: {err.strerror}", retryable=True)
             return Content(f"unreadable:{err.errno}", partial(_raise, error))
         load = partial(parse_pdf_bytes, data, path.stem, self.settings)
-        return Content(hashlib.sha256(data).hexdigest(), load, len(data))
+        key = stat_key(st, racy_before=time.time() - RACY_SECONDS)
+        return Content(hashlib.sha256(data).hexdigest(), load, len(data), key)
 
     def iter_documents(self) -> Iterator[SourceDocument]:
         for path in self.discovery.files:

@@ -204,7 +204,9 @@ class Pipeline:
                 log.warning("%s disappeared before it could be ingested", listed.uri)
                 return None
             counts.bytes_read += content.size
-            doc = dataclasses.replace(listed, content_hash=content.content_hash, load=content.load, read=None)
+            doc = dataclasses.replace(
+                listed, content_hash=content.content_hash, load=content.load, stat_key=content.stat_key, read=None
+            )
         entry = ledger.entries(self.conn, source.id, [doc.external_id]).get(doc.external_id)
         decision = ledger.decide(entry, doc.content_hash, self.fingerprints, ledger.now(self.conn))
         if decision not in (Decision.UNCHANGED, Decision.QUARANTINED):
@@ -216,7 +218,7 @@ class Pipeline:
         # Judged only now that it was read (its stat key had changed, or was never trusted): it is what the
         # ledger has, e.g. a file touched or copied over. Its new stat key spares the next run the read.
         if listed.read is not None:
-            ledger.record_stat_key(self.conn, source.id, doc.external_id, doc.content_hash, listed.stat_key)
+            ledger.record_stat_key(self.conn, source.id, doc.external_id, doc.content_hash, doc.stat_key)
         count_decision(counts, decision)
         if progress and decision is Decision.UNCHANGED:
             progress("unchanged", doc.external_id)
