@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from flows.trigger import RunState
 from ragline.context import Context, fail
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from flows.deployments import DeploymentSpec
     from flows.settings import ServeSettings
 
-_FINAL_FAILED = ("failed", "expired", "cancelled")
+_FINAL_FAILED = (RunState.FAILED, RunState.EXPIRED, RunState.CANCELLED)
 
 
 # -- serve --------------------------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def _wait(client: httpx.Client, base: str, record: dict[str, Any], timeout: floa
 
     deadline = time.monotonic() + timeout
     delay = 0.05
-    while record["state"] in ("queued", "running"):
+    while record["state"] in (RunState.QUEUED, RunState.RUNNING):
         if time.monotonic() > deadline:
             fail(f"run {record['run_id']} is still {record['state']} after {timeout:g} s")
         time.sleep(delay)
@@ -245,7 +246,7 @@ def _report(record: dict[str, Any], as_json: bool, waited: bool, seconds: float)
         click.echo(f"ragline: note: {record['note']}", err=True)
     if record["state"] in _FINAL_FAILED:
         fail(f"run {record['run_id']} {record['state']}: {record.get('error') or 'no reason given'}")
-    if record["state"] == "completed_with_quarantine":
+    if record["state"] == RunState.COMPLETED_WITH_QUARANTINE:
         click.echo("ragline: some documents were quarantined: see `ragline quarantine list`", err=True)
 
 
