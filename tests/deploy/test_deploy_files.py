@@ -1165,20 +1165,14 @@ def _prefect_schema(url: str) -> None:
         engine.dispose()
 
 
-def test_keda_queries_run_against_the_pinned_schemas(pg_server: str) -> None:
+def test_keda_queries_run_against_the_pinned_schemas(empty_database_url: str, database_url: str) -> None:
     """The scalers count rows in Prefect's tables and in ragline's: run each query on the schema of the pinned
-    Prefect (its ORM) or of ragline (its migrations), so a rename fails here, not silently in production."""
-    from tests.support.db import fresh_database
-    from vectorstore.db import connect
-    from vectorstore.migrations import migrate
-
+    Prefect (its ORM) or of ragline (its migrations: the test's database is migrated), so a rename fails here,
+    not silently in production."""
     queries = _keda_queries()
     assert {db for _, db, _ in queries} == {"prefect", "ragline"}
-    urls = {"prefect": fresh_database(pg_server), "ragline": fresh_database(pg_server)}
+    urls = {"prefect": empty_database_url, "ragline": database_url}
     _prefect_schema(urls["prefect"])
-    with connect(urls["ragline"]) as conn:
-        migrate(conn, 384)
-        conn.commit()
     for fname, database, query in queries:
         with psycopg.connect(urls[database]) as conn:
             row = conn.execute(query).fetchone()
