@@ -19,7 +19,7 @@ from embedding.chunking import ChunkingSettings
 from flows.pdfs import ingest_pdf_paths
 from flows.runtime import Services
 from flows.settings import load_settings
-from vectorstore import store
+from vectorstore import search
 from vectorstore.settings import SearchSettings
 
 
@@ -74,7 +74,7 @@ def main() -> None:
                 misses: list[str] = []
                 t0 = time.perf_counter()
                 for (text, f, p), vec in zip(passages, vectors, strict=True):
-                    res = store.search(svc.conn, vec, args.k, text=text, settings=search_settings)
+                    res = search.search(svc.conn, vec, args.k, text=text, settings=search_settings)
                     if any(Path(h.uri) == f.resolve() and h.page == p for h in res):
                         hits += 1
                     elif len(misses) < 3:

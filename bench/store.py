@@ -41,7 +41,7 @@ from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vectorstore import bulk, generations, indexing, ledger, migrations, store
+from vectorstore import bulk, generations, indexing, ledger, migrations, search, store
 from vectorstore.db import Connection, connect, open_pool
 from vectorstore.embedded import embedded_url, stop_embedded
 from vectorstore.generations import Generation
@@ -49,8 +49,9 @@ from vectorstore.indexing import IndexLoad, IndexOptions
 from vectorstore.ledger import DocumentVersion
 from vectorstore.migrations import index_name, migrate
 from vectorstore.runs import pid_alive
+from vectorstore.search import SearchFilter
 from vectorstore.settings import SearchSettings
-from vectorstore.store import ChunkRow, SearchFilter
+from vectorstore.store import ChunkRow
 from vectorstore.writers import Writers, Written
 
 Vectors = npt.NDArray[np.float32]
@@ -366,7 +367,7 @@ class Bench:
 
     def search_keys(self, q: Vectors, settings: SearchSettings) -> tuple[list[tuple[int, int]], float]:
         started = time.perf_counter()
-        hits = store.search(self.conn, q, 10, settings=settings, where=SearchFilter(), generation=self.gen)
+        hits = search.search(self.conn, q, 10, settings=settings, where=SearchFilter(), generation=self.gen)
         elapsed = time.perf_counter() - started
         return [(h.document_id, h.chunk_index) for h in hits], elapsed
 
@@ -621,7 +622,7 @@ def search_phase(
     label: str,
     exact_keys: list[list[tuple[int, int]]] | None,
 ) -> list[list[tuple[int, int]]]:
-    """Top-10 through ``store.search`` (vector mode): HNSW at ef_search 40 and 100, against the exact scan."""
+    """Top-10 through ``search.search`` (vector mode): HNSW at ef_search 40 and 100, against the exact scan."""
     k = 10
     phase = f"6 search {label}"
     if exact_keys is None:

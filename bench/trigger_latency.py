@@ -113,7 +113,7 @@ def main() -> None:
 def measure(url: str, pdfs: list[tuple[Path, str]]) -> dict[str, Any]:
     from flows.runtime import Services
     from flows.settings import load_settings
-    from vectorstore.store import SearchFilter
+    from vectorstore.search import SearchFilter
 
     svc = Services(load_settings())
     scope = SearchFilter(source="inbox")

@@ -48,7 +48,7 @@ def search(
     as_json: bool,
 ) -> None:
     """Semantic search over the ingested chunks (of the model generation that serves search)."""
-    from vectorstore.store import SearchFilter
+    from vectorstore.search import SearchFilter
 
     if not query.strip():
         fail("the query is empty")
@@ -90,9 +90,9 @@ def search(
 def status(obj: Context, as_json: bool) -> None:
     """What the store holds, per source."""
     from flows.prefect_server import running_server
-    from vectorstore import store
+    from vectorstore.status import status as store_status
 
-    data = store.status(obj.services.conn)
+    data = store_status(obj.services.conn)
     server = running_server(obj.settings.home)
     data["prefect_ui"] = server[1].removesuffix("/api") if server else os.environ.get("PREFECT_API_URL")
     if as_json:

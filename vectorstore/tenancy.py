@@ -12,7 +12,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from vectorstore.db import Connection
-from vectorstore.store import TENANT_ROLE
+from vectorstore.search import TENANT_ROLE
 
 _TABLES = ("sources", "documents", "chunks")
 _READ_ONLY = ("models",)

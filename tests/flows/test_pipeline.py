@@ -22,7 +22,7 @@ from flows.settings import RaglineSettings, database_url, load_settings
 from tests.support.db import committed_documents, fresh_database
 from tests.support.embedders import CountingEmbedder
 from tests.support.pdfgen import encrypted_pdf, image_only_pdf, not_a_pdf, text_pdf, truncated_pdf
-from vectorstore import ledger, store
+from vectorstore import ledger, search, status
 from vectorstore.db import Connection, DatabaseError
 from vectorstore.writers import Writers
 
@@ -60,8 +60,8 @@ def chunk_ids(svc: Services) -> set[str]:
     return {str(r["id"]) for r in svc.conn.execute("SELECT id FROM chunks").fetchall()}
 
 
-def top(svc: Services, query: str, k: int = 3) -> list[store.SearchHit]:
-    return store.search(svc.conn, svc.embedder.embed([query])[0], k)
+def top(svc: Services, query: str, k: int = 3) -> list[search.SearchHit]:
+    return search.search(svc.conn, svc.embedder.embed([query])[0], k)
 
 
 def test_ingest_then_search_finds_file_and_page(tmp_path: Path, services: Services) -> None:
@@ -89,13 +89,15 @@ def test_ingest_then_search_finds_file_and_page(tmp_path: Path, services: Servic
 def test_unchanged_corpus_costs_no_model_work(
     tmp_path: Path, services: Services, counting_embedder: CountingEmbedder
 ) -> None:
-    make_corpus(tmp_path / "docs")
+    files = make_corpus(tmp_path / "docs")
     ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
     before = chunk_ids(services)
     counting_embedder.calls.clear()
 
     again = ingest_pdf_paths(services.pipeline, [str(tmp_path / "docs")])
-    assert again.as_dict() == {**Counts().as_dict(), "seen": 3, "unchanged": 3}
+    # Files written in the last two seconds are read again (their stat is not trusted yet), found unchanged.
+    read = sum(f.stat().st_size for f in files.values())
+    assert again.as_dict() == {**Counts().as_dict(), "seen": 3, "unchanged": 3, "bytes_read": read}
     assert counting_embedder.calls == []
     assert chunk_ids(services) == before
 
@@ -136,8 +138,7 @@ def test_file_gone_from_directory_loses_its_chunks(tmp_path: Path, services: Ser
     assert counts.deleted == 1
     uris = {h.uri for h in top(services, "sourdough starter wild yeast", k=20)}
     assert str(files["baking"].resolve()) not in uris
-    status = store.status(services.conn)
-    assert status["documents"] == 2
+    assert status.status(services.conn)["documents"] == 2
 
 
 def test_file_given_directly_is_not_deleted_by_a_run_over_other_files(tmp_path: Path, services: Services) -> None:
@@ -145,7 +146,7 @@ def test_file_given_directly_is_not_deleted_by_a_run_over_other_files(tmp_path: 
     ingest_pdf_paths(services.pipeline, [str(files["baking"])])
     counts = ingest_pdf_paths(services.pipeline, [str(files["volcano"])])
     assert counts.deleted == 0
-    assert store.status(services.conn)["documents"] == 2
+    assert status.status(services.conn)["documents"] == 2
 
 
 def test_poison_pdfs_are_quarantined_and_the_rest_ingested(tmp_path: Path, services: Services) -> None:
@@ -197,7 +198,7 @@ def test_configured_password_opens_a_quarantined_pdf(
     try:
         second = ingest_pdf_paths(with_password.pipeline, [str(tmp_path)])
         assert (second.retried, second.committed) == (1, 1)
-        assert store.status(with_password.conn)["quarantined"] == 0
+        assert status.status(with_password.conn)["quarantined"] == 0
     finally:
         with_password.close()
 
@@ -244,7 +245,7 @@ def test_crash_mid_run_then_rerun_equals_a_clean_run(
     crashing = Services(crash_settings, shared_embedder=ExplodingEmbedder(counting_embedder, survive=2))
     with pytest.raises(RuntimeError, match="simulated crash"):
         ingest_pdf_paths(crashing.pipeline, [str(docs)])
-    partial = store.status(crashing.conn)
+    partial = status.status(crashing.conn)
     crashing.close()
     assert 0 < partial["documents"] < 9
 
@@ -254,7 +255,7 @@ def test_crash_mid_run_then_rerun_equals_a_clean_run(
         counts = ingest_pdf_paths(resumed.pipeline, [str(docs)])
         assert (counts.unchanged, counts.committed) == (partial["documents"], 9 - partial["documents"])
         assert chunk_ids(resumed) == chunk_ids(services)  # same ids: nothing duplicated, nothing lost
-        assert store.status(resumed.conn)["chunks"] == store.status(services.conn)["chunks"]
+        assert status.status(resumed.conn)["chunks"] == status.status(services.conn)["chunks"]
     finally:
         resumed.close()
 
@@ -470,7 +471,7 @@ def test_a_document_listed_twice_is_committed_once(
         svc.pipeline.finish_load()
         assert (counts.committed, counts.done_elsewhere) == (2, 1)
         assert len(counting_embedder.calls) == (1 if batch_chunks == 256 else 2)
-        assert store.status(svc.conn)["documents"] == 2
+        assert status.status(svc.conn)["documents"] == 2
     finally:
         svc.close()
 

@@ -24,7 +24,7 @@ from flows.runtime import Services
 from flows.sources import sync_remote
 from tests.support import realwiki
 from tests.support.realwiki import RealWiki, WikiInstall
-from vectorstore import cursors, ledger, store
+from vectorstore import cursors, ledger, search
 
 pytestmark = pytest.mark.integration
 
@@ -147,8 +147,8 @@ def mirrors(services: Services, wiki: RealWiki) -> dict[str, str]:
     return expected
 
 
-def best(services: Services, query: str) -> store.SearchHit:
-    return store.search(services.conn, services.embedder.embed([query])[0], 1, text=query)[0]
+def best(services: Services, query: str) -> search.SearchHit:
+    return search.search(services.conn, services.embedder.embed([query])[0], 1, text=query)[0]
 
 
 def test_full_sync_then_edits_creations_deletions_and_moves_reach_the_index(wiki: RealWiki, services: Services) -> None:

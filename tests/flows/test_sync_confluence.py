@@ -17,7 +17,7 @@ from tests.support.fake_confluence import EMAIL, TOKEN, FakeConfluence, serve_co
 from tests.support.fake_mediawiki import flaky
 from tests.support.httpserver import Logged, Reply, ScriptedServer
 from tests.support.remote import sync
-from vectorstore import cursors, ledger, store
+from vectorstore import cursors, ledger, search
 
 FAST = HttpPolicy(backoff_base=0.01, backoff_max=0.05, max_attempts=10, breaker_threshold=50, read_timeout=2.0)
 ANIMALS = ["otter", "heron", "badger", "lynx", "walrus", "ibis", "marmot", "tapir", "okapi", "quokka"]
@@ -75,8 +75,8 @@ def fill(fake: FakeConfluence, space: str, n: int) -> list[str]:
     return ids
 
 
-def best(services: Services, query: str) -> store.SearchHit:
-    return store.search(services.conn, services.embedder.embed([query])[0], 1, text=query)[0]
+def best(services: Services, query: str) -> search.SearchHit:
+    return search.search(services.conn, services.embedder.embed([query])[0], 1, text=query)[0]
 
 
 def status_of(services: Services, *page_ids: str) -> list[str]:

@@ -15,7 +15,7 @@ from tests.support.fake_hubspot import FakeHubSpot
 from tests.support.fake_mediawiki import flaky
 from tests.support.httpserver import ScriptedServer, serve
 from tests.support.remote import sync
-from vectorstore import ledger, store
+from vectorstore import ledger, search
 
 FAST = HttpPolicy(backoff_base=0.01, backoff_max=0.05, max_attempts=10, breaker_threshold=50)
 
@@ -77,7 +77,7 @@ def test_sync_pages_past_the_search_cap_and_propagates_edits_and_archives(
     assert again.committed == 1 and again.deleted == 1
     source_id = ledger.ensure_source(services.conn, "crm", "hubspot")
     assert ledger.entries(services.conn, source_id, ["companies/6"])["companies/6"].status == "deleted"
-    hit = store.search(
+    hit = search.search(
         services.conn,
         services.embedder.embed(["icebreakers with double hulls"])[0],
         1,

@@ -14,7 +14,7 @@ from tests.support.db import committed_documents
 from tests.support.fake_mediawiki import FakeWiki, flaky
 from tests.support.httpserver import Logged, Reply, ScriptedServer, serve
 from tests.support.remote import sync
-from vectorstore import cursors, ledger, store
+from vectorstore import cursors, ledger, search
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "read_timeout": 2.0}
 
@@ -70,8 +70,8 @@ def test_full_then_incremental_sync_with_edits_moves_and_deletions(
     assert again.deleted == 1 and again.committed == 3  # edited, moved (title changed), new
     assert committed_documents(services) == 25
 
-    def best(query: str) -> store.SearchHit:
-        return store.search(services.conn, services.embedder.embed([query])[0], 1, text=query)[0]
+    def best(query: str) -> search.SearchHit:
+        return search.search(services.conn, services.embedder.embed([query])[0], 1, text=query)[0]
 
     assert "shiny pebbles" in best("otter collects shiny pebbles").text
     assert best("capybara hot spring").title == "Brand new page"

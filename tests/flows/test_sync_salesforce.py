@@ -16,7 +16,7 @@ from tests.support.fake_mediawiki import flaky
 from tests.support.fake_salesforce import TOKEN, VERSION, FakeSalesforce, sf_error
 from tests.support.httpserver import Logged, Reply, ScriptedServer, serve
 from tests.support.remote import sync
-from vectorstore import cursors, ledger, store
+from vectorstore import cursors, ledger, search
 
 FAST = HttpPolicy(backoff_base=0.01, backoff_max=0.05, max_attempts=10, breaker_threshold=50)
 QUERY_ALL = f"/services/data/{VERSION}/queryAll"
@@ -72,7 +72,7 @@ def test_sync_pages_through_locators_and_propagates_edits_and_deletions(
     assert first.stats.retries > 0  # the faults really happened
     assert len(locator_calls(srv)) >= 3  # 35 accounts in pages of 10
     name = "Margaret Hamilton"
-    contact = store.search(services.conn, services.embedder.embed([name])[0], 1, text=name)[0]
+    contact = search.search(services.conn, services.embedder.embed([name])[0], 1, text=name)[0]
     assert contact.title == name and "Account.Name: Company 3" in contact.text
 
     fake.fault = lambda _: None
@@ -87,7 +87,7 @@ def test_sync_pages_through_locators_and_propagates_edits_and_deletions(
     source_id = ledger.ensure_source(services.conn, "sf", "salesforce")
     assert ledger.entries(services.conn, source_id, [f"Account/{ids[6]}"])[f"Account/{ids[6]}"].status == "deleted"
     query = "icebreakers with double hulls"
-    hit = store.search(services.conn, services.embedder.embed([query])[0], 1, text=query)[0]
+    hit = search.search(services.conn, services.embedder.embed([query])[0], 1, text=query)[0]
     assert hit.uri == f"{srv.url}/lightning/r/Account/{ids[5]}/view"
     assert committed_documents(services) == 40
 

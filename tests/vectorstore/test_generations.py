@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from vectorstore import bulk, generations, indexing, ledger, store
+from vectorstore import bulk, generations, indexing, ledger, search, store
 from vectorstore.db import Connection, connect
 from vectorstore.generations import SwitchRefusedError
 from vectorstore.indexing import IndexLoad, IndexOptions
 from vectorstore.ledger import DocumentVersion
+from vectorstore.search import QueryDimensionError, SearchFilter
 from vectorstore.settings import SearchSettings
-from vectorstore.store import ChunkRow, QueryDimensionError, SearchFilter
+from vectorstore.store import ChunkRow
 from vectorstore.tenancy import ensure_row_level_security
 
 
@@ -61,7 +62,7 @@ def commit(
     )
 
 
-def texts(hits: list[store.SearchHit]) -> list[str]:
+def texts(hits: list[search.SearchHit]) -> list[str]:
     return [h.text for h in hits]
 
 
@@ -79,10 +80,10 @@ def test_first_model_serves_and_a_new_one_is_built_beside_it(conn: Connection) -
 
     # a document re-committed by a run with the new model: its old vectors keep serving until the switch
     commit(conn, "s", "a", [[1, 0, 0, 0]], new.id, fp="fp-new")
-    assert texts(store.search(conn, unit([1, 0, 0]), 5))[0] == "a 0"
+    assert texts(search.search(conn, unit([1, 0, 0]), 5))[0] == "a 0"
     assert conn.execute("SELECT count(*) AS n FROM chunks WHERE model_id = %s", (old.id,)).fetchone() == {"n": 3}
     with pytest.raises(QueryDimensionError, match="serving model old-model"):
-        store.search(conn, unit([1, 0, 0, 0]), 5)
+        search.search(conn, unit([1, 0, 0, 0]), 5)
 
     with pytest.raises(SwitchRefusedError, match="1 document"):
         generations.switch(conn, new)
@@ -101,7 +102,7 @@ def test_first_model_serves_and_a_new_one_is_built_beside_it(conn: Connection) -
     generations.switch(conn, new)
 
     assert generations.active(conn) == generations.by_id(conn, new.id)
-    assert texts(store.search(conn, unit([0, 0, 1, 0]), 1, settings=SearchSettings(exact="never"))) == ["b 0"]
+    assert texts(search.search(conn, unit([0, 0, 1, 0]), 1, settings=SearchSettings(exact="never"))) == ["b 0"]
     overview = {g["name"]: g for g in generations.overview(conn)}
     assert overview["old-model"]["state"] == "retired" and overview["new-model"]["state"] == "active"
     assert generations.purge_retired(conn, batch=1) == 3
@@ -174,10 +175,10 @@ def test_a_large_load_drops_the_index_searches_stay_exact_and_the_index_comes_ba
     for i in range(20):
         commit(conn, "s", f"d{i}", rng.normal(size=(10, 3)).tolist(), gen.id)
     load.observe(200, 0.5)
-    hits = store.search(conn, unit([1, 0, 0]), 3)  # no index: an exact scan, still correct
+    hits = search.search(conn, unit([1, 0, 0]), 3)  # no index: an exact scan, still correct
     assert len(hits) == 3 and hits[0].similarity >= hits[-1].similarity
     # Hybrid search ranks words without the GIN index too (a scan): the document named in the query is found.
-    hybrid = store.search(conn, unit([0, 0, 1]), 3, text="d17", settings=SearchSettings(mode="hybrid"))
+    hybrid = search.search(conn, unit([0, 0, 1]), 3, text="d17", settings=SearchSettings(mode="hybrid"))
     assert "d17 0" in texts(hybrid)
     assert load.finish() > 0
     assert generations.index_present(conn, gen.id) and not indexing.full_text_index_missing(conn)
@@ -226,14 +227,14 @@ def test_filters_by_source_tenant_and_metadata(conn: Connection) -> None:
     commit(conn, "acme-wiki", "a", [[1, 0, 0]], gen.id, meta={"lang": "en", "team": "ops"})
     commit(conn, "globex-wiki", "g", [[1, 0.1, 0]], gen.id, meta={"lang": "de"})
     q = unit([1, 0, 0])
-    assert texts(store.search(conn, q, 5)) == ["a 0", "g 0"]
-    assert texts(store.search(conn, q, 5, where=SearchFilter(tenant="globex"))) == ["g 0"]
-    assert texts(store.search(conn, q, 5, where=SearchFilter(source="acme-wiki"))) == ["a 0"]
-    assert texts(store.search(conn, q, 5, where=SearchFilter(metadata={"team": "ops"}))) == ["a 0"]
-    assert texts(store.search(conn, q, 5, where=SearchFilter(metadata={"lang": "fr"}))) == []
+    assert texts(search.search(conn, q, 5)) == ["a 0", "g 0"]
+    assert texts(search.search(conn, q, 5, where=SearchFilter(tenant="globex"))) == ["g 0"]
+    assert texts(search.search(conn, q, 5, where=SearchFilter(source="acme-wiki"))) == ["a 0"]
+    assert texts(search.search(conn, q, 5, where=SearchFilter(metadata={"team": "ops"}))) == ["a 0"]
+    assert texts(search.search(conn, q, 5, where=SearchFilter(metadata={"lang": "fr"}))) == []
     # moving a source to another tenant moves its rows
     ledger.ensure_source(conn, "acme-wiki", "pdf", "globex")
-    assert texts(store.search(conn, q, 5, where=SearchFilter(tenant="globex"))) == ["a 0", "g 0"]
+    assert texts(search.search(conn, q, 5, where=SearchFilter(tenant="globex"))) == ["a 0", "g 0"]
 
 
 def test_row_level_security_confines_a_tenant_whatever_the_sql(conn: Connection) -> None:
@@ -244,7 +245,7 @@ def test_row_level_security_confines_a_tenant_whatever_the_sql(conn: Connection)
     commit(conn, "globex-wiki", "g", [[1, 0.1, 0]], gen.id)
     ensure_row_level_security(conn)
     ensure_row_level_security(conn)  # idempotent
-    hits = store.search(conn, unit([1, 0, 0]), 5, where=SearchFilter(tenant="acme"), row_level_security=True)
+    hits = search.search(conn, unit([1, 0, 0]), 5, where=SearchFilter(tenant="acme"), row_level_security=True)
     assert texts(hits) == ["a 0"]
     with conn.transaction():  # the policy, not the filter: a raw query as the tenant role sees one tenant
         conn.execute("SET LOCAL ROLE ragline_tenant")
@@ -265,6 +266,6 @@ def test_halfvec_index_answers_like_the_full_precision_scan(conn: Connection) ->
     indexing.build_index(conn, gen, IndexOptions(index_type="halfvec", maintenance_work_mem="64MB"))
     assert generations.index_type(conn, gen.id) == "halfvec"
     q = unit([0.3, -1, 0.2])
-    exact = texts(store.search(conn, q, 10, settings=SearchSettings(exact="always")))
-    indexed = texts(store.search(conn, q, 10, settings=SearchSettings(exact="never", ef_search=200)))
+    exact = texts(search.search(conn, q, 10, settings=SearchSettings(exact="always")))
+    indexed = texts(search.search(conn, q, 10, settings=SearchSettings(exact="never", ef_search=200)))
     assert len(set(exact) & set(indexed)) >= 9
