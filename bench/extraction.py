@@ -70,7 +70,7 @@ def parser(extractor: str) -> Callable[[bytes], dict[int, str]]:
     if extractor == "today":
         return today
     settings = PdfSettings.model_validate({"extractor": extractor})
-    return lambda data: {p.number: p.text for p in parse_pdf_bytes(data, "bench", settings).pages}
+    return lambda data: {p.number or 0: p.text for p in parse_pdf_bytes(data, "bench", settings).pages}
 
 
 @dataclass

@@ -35,10 +35,12 @@ def resolve_source(conn: Connection, settings: RaglineSettings, name: str, kind:
 
 @dataclass
 class Plan:
-    """What a run has to do: documents to (re)process, ledger ids to delete, and what it can skip."""
+    """What a run has to do: documents to (re)process, ledger ids to delete, held deletions of documents seen
+    again (``reappeared``: no longer to delete), and what it can skip."""
 
     work: list[SourceDocument] = field(default_factory=list)
     deleted: list[int] = field(default_factory=list)
+    reappeared: list[int] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     planned_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -48,15 +50,20 @@ class Plan:
 
 
 def pipeline_fingerprints(settings: RaglineSettings, embedder: TextEmbedder) -> Fingerprints:
-    """A change of chunking or model re-processes committed documents (chunks whose text is unchanged keep
-    their vectors: their ids do not change); a change of parse settings (passwords, limits) only retries
-    quarantined ones."""
+    """A change of chunking, model or PDF text extractor re-processes committed documents (chunks whose text is
+    unchanged keep their vectors: their ids do not change); a change of parse settings (passwords, limits)
+    only retries quarantined ones. The fingerprint is one for all sources, so a change of extractor re-reads
+    non-PDF documents too (their chunks and vectors are all kept)."""
 
     def digest(parts: object) -> str:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     committed = digest(
-        {"chunking": settings.embedding.chunking.model_dump(), "model": [embedder.settings.model, embedder.revision]}
+        {
+            "chunking": settings.embedding.chunking.model_dump(),
+            "model": [embedder.settings.model, embedder.revision],
+            "pdf_extractor": settings.pdf.extractor,
+        }
     )
     return Fingerprints(committed=committed, quarantined=digest([committed, settings.pdf.fingerprint()]))
 
@@ -108,6 +115,8 @@ def plan(
         seen.add(doc.external_id)
         result.counts.seen += 1
         entry = known.get(doc.external_id)
+        if entry is not None and entry.delete_held_at is not None:
+            result.reappeared.append(entry.id)
         content_hash = known_hash(doc, entry, trust_stat_keys=trust_stat_keys)
         if content_hash is None:
             result.work.append(doc)

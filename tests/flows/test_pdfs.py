@@ -105,3 +105,31 @@ def test_a_plan_survives_its_file_and_lists_deletions(tmp_path: Path, services: 
     assert back == plan and isinstance(back, PdfPlan)
     assert back.work == [str(tmp_path / "docs" / "moss.pdf")] and len(back.deleted) == 1
     assert (back.counts.seen, back.counts.unchanged) == (3, 2) and reads == []  # planning reads no file
+
+
+def test_changing_the_pdf_extractor_reprocesses_committed_files_and_reuses_their_chunks(
+    tmp_path: Path, settings: RaglineSettings, counting_embedder: CountingEmbedder
+) -> None:
+    """The extractor is part of the pipeline fingerprint: another extractor may read other text, so committed
+    files are parsed again; chunks whose text came out the same keep their vectors (ids derive from text)."""
+    corpus(tmp_path / "docs")
+    svc = Services(settings, shared_embedder=counting_embedder)
+    try:
+        first = ingest_pdf_paths(svc.pipeline, [tmp_path / "docs"])
+        assert first.committed == 3 and first.chunks_written > 0
+        assert ingest_pdf_paths(svc.pipeline, [tmp_path / "docs"]).unchanged == 3
+    finally:
+        svc.close()
+
+    settings.pdf.extractor = "pypdf"
+    counting_embedder.calls.clear()
+    svc = Services(settings, shared_embedder=counting_embedder)
+    try:
+        switched = ingest_pdf_paths(svc.pipeline, [tmp_path / "docs"])
+        again = ingest_pdf_paths(svc.pipeline, [tmp_path / "docs"])
+    finally:
+        svc.close()
+    assert (switched.committed, switched.unchanged) == (3, 0)
+    assert switched.chunks_reused == first.chunks_written
+    assert sum(counting_embedder.calls) == 0 and switched.embedded_tokens == 0
+    assert (again.unchanged, again.committed) == (3, 0)
