@@ -38,6 +38,9 @@ RACY_SECONDS = 2.0
 could leave its stat unchanged (git's "racy" entries), so it is read again next time."""
 
 
+Extractor = Literal["auto", "pdfium", "pypdf"]
+
+
 class PdfSettings(BaseModel):
     """How PDFs are found and parsed. Limits exist so one absurd file cannot exhaust the machine."""
 
@@ -56,7 +59,7 @@ class PdfSettings(BaseModel):
     extensions: list[str] = Field(
         default_factory=lambda: [".pdf"], description="File suffixes picked up when walking directories."
     )
-    extractor: Literal["auto", "pdfium", "pypdf"] = Field(
+    extractor: Extractor = Field(
         default="auto",
         description="Who reads the text. auto: pdfium, and pypdf too on a page whose text looks damaged "
         "(the better-scoring reading is kept) or on a file pdfium cannot open; pdfium or pypdf: that one only. "
@@ -255,8 +258,7 @@ def _repair(data: bytes, settings: PdfSettings, texts: list[str], known: set[str
             except Exception as err:  # noqa: BLE001 - untrusted input; pdfium's reading of the page stands
                 log.debug("pypdf cannot read page %d: %s: %s", index + 1, type(err).__name__, err)
                 continue
-            if pdf_text.score(other, vocabulary).damage < pdf_text.score(texts[index], vocabulary).damage:
-                repaired[index] = other
+            repaired[index] = pdf_text.better(texts[index], other, vocabulary)
     return repaired
 
 

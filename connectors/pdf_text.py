@@ -148,3 +148,8 @@ def _is_two_words(word: str, vocab: Counter[str]) -> bool:
     """True when ``word`` is two words of the document, each of 3+ letters and seen at least twice (shorter
     parts would take "killed" for "kill" + "ed")."""
     return any(vocab.get(word[:i], 0) >= 2 and vocab.get(word[i:], 0) >= 2 for i in range(3, len(word) - 2))
+
+
+def better(primary: str, fallback: str, vocabulary: Vocabulary) -> str:
+    """The reading of a page that scores less damaged; the primary one on a tie."""
+    return fallback if score(fallback, vocabulary).damage < score(primary, vocabulary).damage else primary

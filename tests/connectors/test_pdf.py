@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +15,17 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.base import DocumentError
-from connectors.pdf import RACY_SECONDS, Discovery, PdfConnector, PdfSettings, discover, file_hash, parse_pdf, stat_key
+from connectors.pdf import (
+    RACY_SECONDS,
+    Discovery,
+    Extractor,
+    PdfConnector,
+    PdfSettings,
+    discover,
+    file_hash,
+    parse_pdf,
+    stat_key,
+)
 from tests.support import pdfgen
 
 PAGES = [
@@ -21,6 +33,13 @@ PAGES = [
     "Beta page two lists the delivery addresses of the warehouses.",
     "Gamma page three closes with the signatures of both parties.",
 ]
+
+
+@pytest.fixture(params=["auto", "pdfium", "pypdf"])
+def extractor(request: pytest.FixtureRequest) -> Extractor:
+    """Tests that take it run with each extractor: auto (the default), pdfium and pypdf alone."""
+    value: Extractor = request.param
+    return value
 
 
 def words(text: str) -> list[str]:
@@ -36,10 +55,10 @@ def reason_of(path: Path, settings: PdfSettings | None = None) -> DocumentError:
 # --- parsing -----------------------------------------------------------------------------------------------
 
 
-def test_pages_are_numbered_from_one_and_hold_their_text(tmp_path: Path) -> None:
+def test_pages_are_numbered_from_one_and_hold_their_text(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.text_pdf(tmp_path / "contract.pdf", PAGES)
 
-    doc = parse_pdf(path, PdfSettings())
+    doc = parse_pdf(path, PdfSettings(extractor=extractor))
 
     assert [p.number for p in doc.pages] == [1, 2, 3]
     for page, source in zip(doc.pages, PAGES, strict=True):
@@ -47,31 +66,31 @@ def test_pages_are_numbered_from_one_and_hold_their_text(tmp_path: Path) -> None
     assert doc.metadata == {"page_count": 3}
 
 
-def test_blank_page_is_skipped_but_keeps_numbering(tmp_path: Path) -> None:
+def test_blank_page_is_skipped_but_keeps_numbering(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.text_pdf(tmp_path / "gap.pdf", [PAGES[0], "", PAGES[2]])
 
-    doc = parse_pdf(path, PdfSettings())
+    doc = parse_pdf(path, PdfSettings(extractor=extractor))
 
     assert [p.number for p in doc.pages] == [1, 3]
     assert words(doc.pages[1].text) == words(PAGES[2])
     assert doc.metadata["page_count"] == 3
 
 
-def test_long_page_keeps_every_word(tmp_path: Path) -> None:
+def test_long_page_keeps_every_word(tmp_path: Path, extractor: Extractor) -> None:
     text = " ".join(f"token{i:05d}" for i in range(4000))
     path = pdfgen.text_pdf(tmp_path / "long.pdf", [text])
 
-    doc = parse_pdf(path, PdfSettings())
+    doc = parse_pdf(path, PdfSettings(extractor=extractor))
 
     assert doc.pages[0].text.split() == text.split()
 
 
-def test_two_columns_are_extracted_column_by_column(tmp_path: Path) -> None:
+def test_two_columns_are_extracted_column_by_column(tmp_path: Path, extractor: Extractor) -> None:
     left = "Left column explains the cooling system of the reactor hall in several sentences of text."
     right = "Right column describes the emergency exits and the assembly points outside the building."
     path = pdfgen.two_column_pdf(tmp_path / "columns.pdf", [(left, right), (right, left)])
 
-    doc = parse_pdf(path, PdfSettings())
+    doc = parse_pdf(path, PdfSettings(extractor=extractor))
 
     first = " ".join(doc.pages[0].text.split())
     assert left in first
@@ -81,23 +100,23 @@ def test_two_columns_are_extracted_column_by_column(tmp_path: Path) -> None:
     assert second.index(right) < second.index(left)
 
 
-def test_title_comes_from_metadata(tmp_path: Path) -> None:
+def test_title_comes_from_metadata(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.text_pdf(tmp_path / "file-name.pdf", PAGES, title="Supply Agreement 2024")
 
-    assert parse_pdf(path, PdfSettings()).title == "Supply Agreement 2024"
+    assert parse_pdf(path, PdfSettings(extractor=extractor)).title == "Supply Agreement 2024"
 
 
 @pytest.mark.parametrize("title", [None, "", "   ", "--- * ---"])
-def test_title_falls_back_to_file_stem(tmp_path: Path, title: str | None) -> None:
+def test_title_falls_back_to_file_stem(tmp_path: Path, title: str | None, extractor: Extractor) -> None:
     path = pdfgen.text_pdf(tmp_path / "annual-report.v2.pdf", PAGES, title=title)
 
-    assert parse_pdf(path, PdfSettings()).title == "annual-report.v2"
+    assert parse_pdf(path, PdfSettings(extractor=extractor)).title == "annual-report.v2"
 
 
-def test_very_long_title_is_capped(tmp_path: Path) -> None:
+def test_very_long_title_is_capped(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.text_pdf(tmp_path / "t.pdf", PAGES, title="Title " * 200)
 
-    title = parse_pdf(path, PdfSettings()).title
+    title = parse_pdf(path, PdfSettings(extractor=extractor)).title
     assert len(title) == 500
     assert title.startswith("Title Title")
 
@@ -105,38 +124,40 @@ def test_very_long_title_is_capped(tmp_path: Path) -> None:
 # --- poison files ------------------------------------------------------------------------------------------
 
 
-def test_encrypted_without_password_is_quarantined_as_encrypted(tmp_path: Path) -> None:
+def test_encrypted_without_password_is_quarantined_as_encrypted(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.encrypted_pdf(tmp_path / "locked.pdf", "open-sesame", PAGES)
 
-    error = reason_of(path)
+    error = reason_of(path, PdfSettings(extractor=extractor))
 
     assert error.reason == "encrypted"
     assert not error.retryable
 
 
-def test_encrypted_with_wrong_passwords_is_quarantined_as_encrypted(tmp_path: Path) -> None:
+def test_encrypted_with_wrong_passwords_is_quarantined_as_encrypted(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.encrypted_pdf(tmp_path / "locked.pdf", "open-sesame", PAGES)
 
-    error = reason_of(path, PdfSettings(passwords=[SecretStr("nope"), SecretStr("wrong")]))
+    error = reason_of(path, PdfSettings(passwords=[SecretStr("nope"), SecretStr("wrong")], extractor=extractor))
 
     assert error.reason == "encrypted"
     assert "open-sesame" not in str(error)
 
 
-def test_encrypted_opens_with_a_configured_password(tmp_path: Path) -> None:
+def test_encrypted_opens_with_a_configured_password(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.encrypted_pdf(tmp_path / "locked.pdf", "open-sesame", PAGES, title="Locked")
 
-    doc = parse_pdf(path, PdfSettings(passwords=[SecretStr("first-guess"), SecretStr("open-sesame")]))
+    doc = parse_pdf(
+        path, PdfSettings(passwords=[SecretStr("first-guess"), SecretStr("open-sesame")], extractor=extractor)
+    )
 
     assert [p.number for p in doc.pages] == [1, 2, 3]
     assert words(doc.pages[2].text) == words(PAGES[2])
     assert doc.title == "Locked"
 
 
-def test_owner_only_encrypted_opens_without_a_password(tmp_path: Path) -> None:
+def test_owner_only_encrypted_opens_without_a_password(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.owner_only_encrypted_pdf(tmp_path / "restricted.pdf", "owner-secret", PAGES)
 
-    doc = parse_pdf(path, PdfSettings())
+    doc = parse_pdf(path, PdfSettings(extractor=extractor))
 
     assert [words(p.text) for p in doc.pages] == [words(t) for t in PAGES]
 
@@ -163,10 +184,10 @@ def test_truncated_file(tmp_path: Path) -> None:
     assert reason_of(path).reason == "truncated"
 
 
-def test_image_only_file_has_no_text(tmp_path: Path) -> None:
+def test_image_only_file_has_no_text(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.image_only_pdf(tmp_path / "scan.pdf", pages=3)
 
-    error = reason_of(path)
+    error = reason_of(path, PdfSettings(extractor=extractor))
 
     assert error.reason == "no_text"
     assert "3 page(s)" in error.message
@@ -176,8 +197,8 @@ def test_text_file_named_pdf(tmp_path: Path) -> None:
     assert reason_of(pdfgen.not_a_pdf(tmp_path / "notes.pdf")).reason == "not_a_pdf"
 
 
-def test_garbage_body_is_corrupt(tmp_path: Path) -> None:
-    error = reason_of(pdfgen.garbage_pdf(tmp_path / "garbage.pdf"))
+def test_garbage_body_is_corrupt(tmp_path: Path, extractor: Extractor) -> None:
+    error = reason_of(pdfgen.garbage_pdf(tmp_path / "garbage.pdf"), PdfSettings(extractor=extractor))
 
     assert error.reason == "corrupt"
     assert not error.retryable
@@ -204,19 +225,19 @@ def test_max_file_bytes(tmp_path: Path) -> None:
     assert reason_of(path, PdfSettings(max_file_bytes=size - 1)).reason == "too_large"
 
 
-def test_max_pages(tmp_path: Path) -> None:
+def test_max_pages(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.text_pdf(tmp_path / "doc.pdf", PAGES)
 
-    assert len(parse_pdf(path, PdfSettings(max_pages=3)).pages) == 3
-    assert reason_of(path, PdfSettings(max_pages=2)).reason == "too_large"
+    assert len(parse_pdf(path, PdfSettings(max_pages=3, extractor=extractor)).pages) == 3
+    assert reason_of(path, PdfSettings(max_pages=2, extractor=extractor)).reason == "too_large"
 
 
-def test_max_chars(tmp_path: Path) -> None:
+def test_max_chars(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.text_pdf(tmp_path / "doc.pdf", PAGES)
-    total = sum(len(p.text) for p in parse_pdf(path, PdfSettings()).pages)
+    total = sum(len(p.text) for p in parse_pdf(path, PdfSettings(extractor=extractor)).pages)
 
-    assert len(parse_pdf(path, PdfSettings(max_chars=total)).pages) == 3
-    error = reason_of(path, PdfSettings(max_chars=total - 1))
+    assert len(parse_pdf(path, PdfSettings(max_chars=total, extractor=extractor)).pages) == 3
+    error = reason_of(path, PdfSettings(max_chars=total - 1, extractor=extractor))
     assert error.reason == "too_large"
     assert "page 3" in error.message
 
@@ -389,9 +410,40 @@ def test_fingerprint_ignores_extensions() -> None:
     assert PdfSettings(extensions=[".pdf", ".ai"]).fingerprint() == PdfSettings().fingerprint()
 
 
-def test_padding_after_the_final_eof_is_not_truncation(tmp_path: Path) -> None:
+def test_padding_after_the_final_eof_is_not_truncation(tmp_path: Path, extractor: Extractor) -> None:
     path = pdfgen.text_pdf(tmp_path / "padded.pdf", ["Some writers pad the file after the end marker."])
     with path.open("ab") as fh:
         fh.write(b"\x00" * 5000 + b"\r\n")
-    parsed = parse_pdf(path, PdfSettings())
+    parsed = parse_pdf(path, PdfSettings(extractor=extractor))
     assert "pad the file" in parsed.pages[0].text
+
+
+# --- extractors --------------------------------------------------------------------------------------------
+
+
+def test_a_file_pdfium_rejects_is_read_by_pypdf_unless_pdfium_is_forced(tmp_path: Path) -> None:
+    """A trailer without /Root: pdfium refuses the file ("data format error"), pypdf finds the catalog."""
+    whole = pdfgen.text_pdf(tmp_path / "whole.pdf", PAGES)
+    path = tmp_path / "rootless.pdf"
+    path.write_bytes(whole.read_bytes().replace(b"/Root", b"/Rooq"))
+
+    assert [words(p.text) for p in parse_pdf(path, PdfSettings()).pages] == [words(t) for t in PAGES]
+    assert len(parse_pdf(path, PdfSettings(extractor="pypdf")).pages) == 3
+    error = reason_of(path, PdfSettings(extractor="pdfium"))
+    assert error.reason == "corrupt"
+    assert "pdfium" in error.message
+
+
+def test_an_unknown_extractor_is_rejected_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="'auto', 'pdfium' or 'pypdf'"):
+        PdfSettings.model_validate({"extractor": "poppler"})
+
+
+def test_a_missing_pypdfium2_fails_on_import_instead_of_falling_back() -> None:
+    code = "import sys; sys.modules['pypdfium2'] = None; import connectors.pdf"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError") and "pypdfium2" in last
