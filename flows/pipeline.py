@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -24,6 +27,7 @@ from flows.claims import Claims
 from flows.commits import Commits, Prepared
 from flows.counts import Counts, Progress
 from flows.planning import Plan, SourceRef, count_decision, pipeline_fingerprints, plan
+from flows.sandbox import ParseSandbox, ParseSettings
 from flows.settings import RaglineSettings
 from vectorstore import generations, indexing, ledger, store
 from vectorstore.db import Connection
@@ -35,6 +39,25 @@ from vectorstore.store import ChunkRow
 from vectorstore.writers import Writers
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Ingest:
+    """One ``Pipeline.ingest`` call: what it counts, the documents in parse (oldest first), and the prepared
+    documents waiting for their batch to fill."""
+
+    source: SourceRef
+    since: datetime
+    counts: Counts
+    progress: Progress | None
+    parsing: deque[tuple[SourceDocument, Future[ParsedDocument]]] = field(default_factory=deque)
+    pending: list[Prepared] = field(default_factory=list)
+    pending_chunks: int = 0
+
+    def holds(self, external_id: str) -> bool:
+        return any(d.external_id == external_id for d, _ in self.parsing) or any(
+            p.doc.external_id == external_id for p in self.pending
+        )
 
 
 class Pipeline:
@@ -49,12 +72,19 @@ class Pipeline:
     """
 
     def __init__(
-        self, conn: Connection, settings: RaglineSettings, embedder: TextEmbedder, writers: Writers | None = None
+        self,
+        conn: Connection,
+        settings: RaglineSettings,
+        embedder: TextEmbedder,
+        writers: Writers | None = None,
+        parser: ParseSandbox | None = None,
     ) -> None:
         self.conn = conn
         self.settings = settings
         self.embedder = embedder
         self.writers = writers
+        self.parser = parser or ParseSandbox(ParseSettings(isolate=False))
+        """Where documents are parsed: the process's sandbox (``Services.parser``); without one, in this process."""
         self.fingerprints = pipeline_fingerprints(settings, embedder)
         self.index_options = IndexOptions.from_settings(settings.database)
         self._generation: Generation | None = None
@@ -142,53 +172,63 @@ class Pipeline:
         ``planned_at`` (default: now) was done by another run, or by an earlier batch of this one.
         """
         since = planned_at or ledger.now(self.conn)
-        counts = Counts()
-        pending: list[Prepared] = []
-        pending_chunks = 0
+        run = _Ingest(source, since, Counts(), progress)
         contended: list[SourceDocument] = []
         try:
             for listed in documents:
-                # Listed twice (paging over records that change meanwhile): its earlier batch is committed
-                # first, and the second sight finds it done.
-                if any(p.doc.external_id == listed.external_id for p in pending):
-                    self._flush(source, pending, counts, progress)
-                    pending, pending_chunks = [], 0
+                # Listed twice (paging over records that change meanwhile): its earlier sight is committed
+                # first, and the second finds it done.
+                if run.holds(listed.external_id):
+                    self._parse_all(run)
+                    self._flush(run)
                 if self.commits.holds(source.id, listed.external_id):
                     self._drain()
                 if not self.claims.claim(source.id, listed.external_id, wait=False):
                     contended.append(listed)
                     continue
-                prepared = self._claimed(source, listed, since, counts, progress)
-                if prepared is None:
-                    continue
-                pending.append(prepared)
-                pending_chunks += len(prepared.missing)
-                if pending_chunks >= self.settings.batch_chunks:
-                    self._flush(source, pending, counts, progress)
-                    pending, pending_chunks = [], 0
-            self._flush(source, pending, counts, progress)
+                self._start_parse(run, listed)
+                while len(run.parsing) > self.parser.lookahead:
+                    self._take_parsed(run)
+            self._parse_all(run)
+            self._flush(run)
             self._drain()
             for listed in contended:  # one at a time: never wait while holding another claim
                 self.claims.claim(source.id, listed.external_id, wait=True)
-                prepared = self._claimed(source, listed, since, counts, progress)
-                if prepared is not None:
-                    self._flush(source, [prepared], counts, progress)
-                    self._drain()
+                self._start_parse(run, listed)
+                self._parse_all(run)
+                self._flush(run)
+                self._drain()
                 self.claims.release(source.id, [listed.external_id])
         finally:
+            for _, parse in run.parsing:
+                parse.cancel()  # an error on its way out: parses not yet taken are dropped
             self.commits.abandon()  # batches an error left in flight: waited for, never half-settled
             self.claims.release_all()  # whatever an error left claimed
-        return counts
+        return run.counts
 
-    def _claimed(
-        self, source: SourceRef, listed: SourceDocument, since: datetime, counts: Counts, progress: Progress | None
-    ) -> Prepared | None:
-        """A claimed document, prepared if it still needs work; its claim is released when it does not."""
-        doc = self._due(source, listed, since, counts, progress)
-        prepared = self._prepare(source, doc, counts, progress) if doc is not None else None
+    def _start_parse(self, run: _Ingest, listed: SourceDocument) -> None:
+        """A claimed document: parsed in the sandbox if it still needs work, else its claim released."""
+        doc = self._due(run.source, listed, run.since, run.counts, run.progress)
+        if doc is None:
+            self.claims.release(run.source.id, [listed.external_id])
+            return
+        run.parsing.append((doc, self.parser.submit(doc.load)))
+
+    def _take_parsed(self, run: _Ingest) -> None:
+        """The oldest parse, chunked into the pending batch (flushed once it holds enough chunks)."""
+        doc, parse = run.parsing.popleft()
+        prepared = self._prepare(run, doc, parse)
         if prepared is None:
-            self.claims.release(source.id, [listed.external_id])
-        return prepared
+            self.claims.release(run.source.id, [doc.external_id])
+            return
+        run.pending.append(prepared)
+        run.pending_chunks += len(prepared.missing)
+        if run.pending_chunks >= self.settings.batch_chunks:
+            self._flush(run)
+
+    def _parse_all(self, run: _Ingest) -> None:
+        while run.parsing:
+            self._take_parsed(run)
 
     def _due(
         self, source: SourceRef, listed: SourceDocument, since: datetime, counts: Counts, progress: Progress | None
@@ -242,11 +282,12 @@ class Pipeline:
             stat_key=doc.stat_key,
         )
 
-    def _prepare(
-        self, source: SourceRef, doc: SourceDocument, counts: Counts, progress: Progress | None
-    ) -> Prepared | None:
+    def _prepare(self, run: _Ingest, doc: SourceDocument, parse: Future[ParsedDocument]) -> Prepared | None:
+        """Chunk a parsed document and find which of its chunks are not stored yet; a document that failed to
+        parse (or went over a parse limit) is quarantined."""
+        source, counts, progress = run.source, run.counts, run.progress
         try:
-            parsed = doc.load()
+            parsed = parse.result()
             chunks = chunk_pages(
                 [(p.number, p.text) for p in parsed.pages],
                 self.embedder.tokenizer,
@@ -306,7 +347,10 @@ class Pipeline:
         counts.embedded_tokens += sum(r.token_count for r in rows)
         return {r.id: vectors[i] for i, r in enumerate(rows)}
 
-    def _flush(self, source: SourceRef, pending: list[Prepared], counts: Counts, progress: Progress | None) -> None:
+    def _flush(self, run: _Ingest) -> None:
+        """Embed the pending batch and hand it to its group commit."""
+        pending, source, counts = run.pending, run.source, run.counts
+        run.pending, run.pending_chunks = [], 0
         if not pending:
             return
         # Without a load begun for the whole run, this batch is a load of its own: a long-lived process (the
@@ -319,7 +363,7 @@ class Pipeline:
             load = self.begin_load()
             load.before_write(sum(len(p.missing) for p in pending))
             writers = None if scoped else self.writers  # a load of its own is settled before it finishes
-            self.commits.submit(source.id, pending, vectors, model_id, counts, progress, writers)
+            self.commits.submit(source.id, pending, vectors, model_id, counts, run.progress, writers)
             submitted = True
             self.commits.settle_beyond(writers.count if writers is not None else 0, self._observe)
         finally:

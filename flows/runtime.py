@@ -13,6 +13,7 @@ from psycopg_pool import ConnectionPool
 from embedding.model import Embedder, TextEmbedder
 from embedding.pool import EmbeddingPool
 from flows.pipeline import Pipeline
+from flows.sandbox import ParseSandbox
 from flows.settings import RaglineSettings, database_url, load_settings
 from vectorstore import generations, search
 from vectorstore.db import Connection, DatabaseError, connect, open_pool
@@ -60,7 +61,12 @@ class Services:
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        return Pipeline(self.conn, self.settings, self.embedder, self.writers)
+        return Pipeline(self.conn, self.settings, self.embedder, self.writers, self.parser)
+
+    @cached_property
+    def parser(self) -> ParseSandbox:
+        """Parser processes (``parsing``), started on the first document to parse."""
+        return ParseSandbox(self.settings.parsing)
 
     @cached_property
     def writers(self) -> Writers | None:
@@ -126,6 +132,9 @@ class Services:
         writers = self.__dict__.pop("writers", None)
         if writers is not None:
             writers.close()
+        parser = self.__dict__.pop("parser", None)
+        if parser is not None:
+            parser.close()
         pool = self.__dict__.pop("pool", None)
         if pool is not None:
             pool.close()

@@ -30,9 +30,11 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
+from connectors.base import DeleteGuard
 from connectors.pdf import PdfSettings
 from connectors.registry import SourceSettings
 from embedding.model import EmbeddingSettings
+from flows.sandbox import ParseSettings
 from vectorstore.settings import DatabaseSettings, SearchSettings
 
 ENV_PREFIX = "RAGLINE_"
@@ -159,10 +161,18 @@ class RaglineSettings(BaseSettings):
     pdf: PdfSettings = Field(default_factory=PdfSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    parsing: ParseSettings = Field(
+        default_factory=ParseSettings, description="Where documents are parsed, and the limits on one document."
+    )
     batch_chunks: int = Field(
         default=256, gt=0, description="Chunks embedded together across documents before they are committed."
     )
     sources: list[SourceSettings] = Field(default_factory=list, description="Named sources for `ingest source`.")
+    deletes: DeleteGuard = Field(
+        default_factory=DeleteGuard,
+        description="Mass-delete guard of sources that set none, and of `ragline ingest pdf` runs of unconfigured "
+        "source names.",
+    )
     serve: ServeSettings = Field(default_factory=ServeSettings)
     snapshots: SnapshotScheduleSettings | None = Field(default=None, description="Scheduled snapshots, if any.")
     reembed: ReembedScheduleSettings | None = Field(

@@ -56,6 +56,7 @@ class Context:
 
 def known_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can act on from their message alone: one line, exit 1, no traceback."""
+    from connectors.pdf import NotAFileError
     from embedding.chunking import ChunkTooLongError
     from embedding.model import ModelNotFoundError
     from flows.prefect_server import PrefectServerError
@@ -66,6 +67,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
         ConfigError,
         DatabaseError,
         FileNotFoundError,
+        NotAFileError,
         ModelNotFoundError,
         PrefectServerError,
         SourceKindMismatchError,
