@@ -17,6 +17,31 @@ from pydantic import BaseModel, ConfigDict, Field
 from connectors.http import HttpStats
 
 
+class DeleteGuard(BaseModel):
+    """When a run's deletions wait for an operator: a share of a source's documents gone at once is more
+    likely an unmounted share or an API answering empty than a real clean-up, and deleting would empty the
+    index. Held deletions keep their chunks searchable until confirmed or seen again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="A run may delete at most this share of the source's documents; more are held until confirmed.",
+    )
+    min_count: int = Field(
+        default=3,
+        ge=0,
+        description="Deletions of at most this many documents always go, whatever their share (a small source "
+        "may lose a file or two).",
+    )
+    allow_mass: bool = Field(
+        default=False,
+        description="Apply deletions over max_share without confirmation (what --allow-mass-delete does for one run).",
+    )
+
+
 class SourceSettingsBase(BaseModel):
     """What every configured source has, whatever its kind: a name, a schedule for deployments, a tenant."""
 
@@ -28,6 +53,9 @@ class SourceSettingsBase(BaseModel):
         default="default",
         pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
         description="Tenant of every document and chunk of this source (searches can be scoped to one).",
+    )
+    deletes: DeleteGuard | None = Field(
+        default=None, description="This source's mass-delete guard; unset: the top-level `deletes` settings."
     )
 
 
@@ -47,6 +75,10 @@ class DocumentError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable (a document's load may carry one to a parser process): the default passes only args.
+        return (type(self), (self.reason, self.message), {"retryable": self.retryable})
 
 
 @dataclass(frozen=True)
