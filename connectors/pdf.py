@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -113,6 +114,8 @@ def discover(paths: Iterable[Path], extensions: Iterable[str] = (".pdf",)) -> Di
         if path.is_file():
             add(path)
             continue
+        if not path.is_dir():
+            raise NotAFileError(f"{raw} is {_special(path)}: PDFs are read from regular files and directories only")
         root = path.resolve()
         found.roots.append(root)
         visited: set[tuple[int, int]] = set()
@@ -139,7 +142,30 @@ def discover(paths: Iterable[Path], extensions: Iterable[str] = (".pdf",)) -> Di
                     candidate = Path(dirpath, name)
                     if candidate.is_file():
                         add(candidate)
+                    elif not candidate.is_dir():  # never opened: reading a FIFO blocks, a device never ends
+                        log.warning("skipped %s: it is %s, not a file", candidate, _special(candidate))
     return found
+
+
+class NotAFileError(ValueError):
+    """A path given to ingest that is neither a regular file nor a directory (a FIFO, device or socket)."""
+
+
+def _special(path: Path) -> str:
+    """What a path that is not a regular file or directory is, in words (it is never opened to find out)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "a broken link"
+    for test, what in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return what + (" (through a link)" if path.is_symlink() else "")
+    return "not a regular file"
 
 
 def file_hash(path: Path, max_bytes: int) -> str:

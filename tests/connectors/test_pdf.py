@@ -4,6 +4,7 @@ limits, discovery over real directory trees with symlinks, hashing and settings 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from connectors.pdf import (
     RACY_SECONDS,
     Discovery,
     Extractor,
+    NotAFileError,
     PdfConnector,
     PdfSettings,
     discover,
@@ -447,3 +449,24 @@ def test_a_missing_pypdfium2_fails_on_import_instead_of_falling_back() -> None:
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ModuleNotFoundError") and "pypdfium2" in last
+
+
+def test_special_files_named_pdf_are_never_opened(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    good = pdfgen.text_pdf(docs / "good.pdf", ["fine"])
+    os.mkfifo(docs / "pipe.pdf")
+    (docs / "zero.pdf").symlink_to("/dev/zero")
+    (docs / "folder.pdf").mkdir()
+    pdfgen.text_pdf(docs / "folder.pdf" / "inner.pdf", ["inside"])
+    (docs / "gone.pdf").symlink_to(docs / "missing.pdf")
+
+    with caplog.at_level(logging.WARNING, logger="connectors.pdf"):
+        found = discover([docs])  # a read of the FIFO would block this test forever
+
+    assert sorted(found.files) == sorted([good, docs / "folder.pdf" / "inner.pdf"])
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "pipe.pdf: it is a FIFO" in warned and "zero.pdf: it is a character device (through a link)" in warned
+    assert "gone.pdf: it is a broken link" in warned
+    with pytest.raises(NotAFileError, match=r"pipe\.pdf is a FIFO: PDFs are read from regular files"):
+        discover([docs / "pipe.pdf"])
