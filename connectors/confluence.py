@@ -13,8 +13,10 @@ and reports them deleted. Archived pages leave the index too: archiving takes a 
 live content and out of default search, so answering from it would cite outdated material. A page purged
 from the trash between two runs, or restored without an edit, shows in none of these listings; a periodic
 reconcile (a full listing every ``reconcile_hours``) catches both: pages known from earlier runs but absent
-from the listing are reported deleted, restored pages come back. The known page ids live in the cursor,
-compressed, since the pipeline gives a remote source no view of the ledger.
+from the listing are reported deleted, restored pages come back. Only a whole listing counts: a failed
+request raises, and so does a listed page without an id (it would count as gone); the mass-delete guard
+(``flows/delete_guard.py``) holds a reconcile that would delete most of the source. The known page ids
+live in the cursor, compressed, since the pipeline gives a remote source no view of the ledger.
 
 Cursor while listing: ``{"mode": "full", "since": T, "space": KEY, "next": LINK, "seen": IDS, "known": IDS,
 "reconciled_at": R}``; T is the newest change when the listing started, so edits made meanwhile are caught
@@ -296,6 +298,13 @@ class ConfluenceSource(HttpSource):
             results, link = self._first_page(url, params, link, what)
             while True:
                 docs = self._documents(results)
+                if state.known and len(docs) < len(results):
+                    # A page we cannot name would count as gone: a partial listing must not delete.
+                    raise MalformedPayloadError(
+                        self.settings.name,
+                        f"{what}: {len(results) - len(docs)} listed page(s) without an id; no page is reconciled "
+                        "as deleted from a partial listing",
+                    )
                 seen.update(d.external_id.removeprefix("page/") for d in docs)
                 if not link:
                     break

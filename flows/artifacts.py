@@ -67,6 +67,7 @@ def count_rows(counts: Counts) -> list[tuple[str, int]]:
         ("embedded tokens", counts.embedded_tokens),
         ("bytes read", counts.bytes_read),
         ("deleted", counts.deleted),
+        ("deletions held", counts.deletions_held),
         ("quarantined", counts.quarantined),
         ("still quarantined (retry not due)", counts.still_quarantined),
         ("quarantined retried", counts.retried),
@@ -131,6 +132,9 @@ def counts_markdown(source: str, kind: str, counts: Counts, seconds: float, erro
         lines += [f"**Error:** {escape_markdown(short_error(error))}", ""]
         lines += ["Counts below are what the run committed before it stopped.", ""]
     lines += ["| count | value |", "|:--|--:|", *(f"| {name} | {value} |" for name, value in count_rows(counts))]
+    if counts.deletions_held:
+        lines += ["", f"{_plural(counts.deletions_held, 'deletion')} held by the mass-delete guard: their chunks stay"]
+        lines += ["searchable until a run with `--allow-mass-delete` (or `deletes.allow_mass: true`) applies them."]
     if counts.quarantined or counts.still_quarantined:
         lines += ["", "`ragline quarantine list` shows why documents were quarantined; `ragline quarantine retry`"]
         lines += ["tries them again once fixed."]

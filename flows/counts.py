@@ -20,6 +20,8 @@ class Counts:
     committed: int = 0
     quarantined: int = 0
     deleted: int = 0
+    deletions_held: int = 0
+    """Documents gone from the source whose deletion the mass-delete guard holds (their chunks stay)."""
     chunks_written: int = 0
     chunks_reused: int = 0
     embedded_tokens: int = 0

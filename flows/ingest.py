@@ -5,7 +5,8 @@ Each run is tagged with its source and kind, publishes its counts and throughput
 ``artifacts.counts_key(source)`` (also when it fails, with what it did), and, while documents are processed,
 a progress artifact. A run that quarantined documents ends in a Completed state named
 ``CompletedWithQuarantine``, tagged ``quarantined`` and with a warning in its logs; a source that fails
-fails its run.
+fails its run, and so does one whose deletions the mass-delete guard held (``DeletionsHeld``, after its
+counts and artifact are recorded; ``allow_mass_delete`` confirms them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from prefect.states import Completed
 from connectors.registry import PdfSourceSettings
 from flows import artifacts, pdfs, progress, sources
 from flows.counts import Counts
+from flows.delete_guard import Settled
 from flows.pdfs import PdfPlan
 from flows.planning import SourceRef, resolve_source
 from flows.runs import Run, recorded_run
@@ -91,12 +93,15 @@ def ingest_pdf_documents(files: list[str], source: SourceRef, planned_at: dateti
 
 
 @task(name="remove-deleted-documents", cache_policy=NO_CACHE)
-def remove_deleted_documents(document_ids: list[int], planned_at: datetime) -> int:
-    """Documents gone from the source lose their chunks (unless committed again since the plan)."""
-    return services().pipeline.delete(document_ids, planned_at)
+def remove_deleted_documents(
+    document_ids: list[int], planned_at: datetime, source: SourceRef, allow_mass_delete: bool
+) -> Settled:
+    """Documents gone from the source lose their chunks (unless committed again since the plan), if the
+    mass-delete guard lets them; else they are held, chunks kept, until confirmed."""
+    return pdfs.settle_deletions(services().pipeline, source, document_ids, planned_at, confirmed=allow_mass_delete)
 
 
-def _ingest_pdf(paths: list[str], source: str, plan_file: str | None) -> Any:
+def _ingest_pdf(paths: list[str], source: str, plan_file: str | None, allow_mass_delete: bool) -> Any:
     svc = services()
     ref = resolve_source(svc.conn, svc.settings, source, "pdf")
     with recorded_run(svc.conn, ref, flow_run_id=_flow_run_id(), report=_publish) as run:
@@ -111,48 +116,61 @@ def _ingest_pdf(paths: list[str], source: str, plan_file: str | None) -> Any:
                 return task_run(files, ref, plan.planned_at)
 
             remove = remove_deleted_documents.with_options(task_run_name=f"remove-deleted-documents-{source}")
-            pdfs.run_pdf_plan(svc.pipeline, plan, run.counts, ingest_batch=ingest_batch, remove_deleted=remove)
+
+            def settle(deleted: list[int], planned_at: datetime) -> Settled:
+                return remove(deleted, planned_at, ref, allow_mass_delete)
+
+            pdfs.run_pdf_plan(svc.pipeline, plan, run.counts, ingest_batch=ingest_batch, settle=settle)
         finally:
             _finish_progress()
     return _final_state(run.counts.as_dict())
 
 
 @flow(name="ingest-pdf", flow_run_name="ingest-pdf-{source}", log_prints=True)
-def ingest_pdf(paths: list[str], source: str = "pdf", plan_file: str | None = None) -> Any:
+def ingest_pdf(
+    paths: list[str], source: str = "pdf", plan_file: str | None = None, allow_mass_delete: bool = False
+) -> Any:
     """Ingest PDF files and directories (recursive) into the vector store. ``plan_file``: a plan the caller
-    made already (``flows.pdfs.write_plan``), consumed by this run; without one the run plans itself."""
+    made already (``flows.pdfs.write_plan``), consumed by this run; without one the run plans itself.
+    ``allow_mass_delete``: apply deletions the mass-delete guard would hold."""
     run_tags = artifacts.run_tags(source, "pdf")
     _tag_run(run_tags)
     try:
         with tags(*run_tags):
-            return _ingest_pdf(paths, source, plan_file)
+            return _ingest_pdf(paths, source, plan_file, allow_mass_delete)
     finally:
         if plan_file:
             Path(plan_file).unlink(missing_ok=True)
 
 
 @task(name="sync-source", task_run_name="sync-source-{source}", cache_policy=NO_CACHE)
-def sync_source(source: str) -> dict[str, int]:
+def sync_source(source: str, allow_mass_delete: bool = False) -> dict[str, int]:
     """Pull a remote source from its checkpoint through the resilient HTTP layer and ingest it. The source's
     global concurrency slot is held throughout: a second run of the same source waits for this one."""
     run = sources.sync_source(
-        services().pipeline, source, flow_run_id=_flow_run_id(), report=_publish, progress=_report
+        services().pipeline,
+        source,
+        flow_run_id=_flow_run_id(),
+        report=_publish,
+        progress=_report,
+        allow_mass_delete=allow_mass_delete,
     )
     return run.counts.as_dict()
 
 
 @flow(name="ingest-source", flow_run_name="ingest-{source}", log_prints=True)
-def ingest_source(source: str) -> Any:
-    """Ingest one configured source; a source that fails (its circuit open, its API refusing us) fails the
-    run, visibly, after committing what it could."""
+def ingest_source(source: str, allow_mass_delete: bool = False) -> Any:
+    """Ingest one configured source; a source that fails (its circuit open, its API refusing us, deletions
+    held by the mass-delete guard) fails the run, visibly, after committing what it could.
+    ``allow_mass_delete``: apply deletions the guard would hold."""
     settings = services().settings.source(source)
     run_tags = artifacts.run_tags(source, settings.kind)
     _tag_run(run_tags)
     with tags(*run_tags):
         if isinstance(settings, PdfSourceSettings):
             # In this run, not as a subflow: its tasks, counts and state are this run's.
-            return _ingest_pdf(settings.paths, source, None)
-        return _final_state(sync_source(source))
+            return _ingest_pdf(settings.paths, source, None, allow_mass_delete)
+        return _final_state(sync_source(source, allow_mass_delete))
 
 
 def _final_state(result: dict[str, int]) -> Any:

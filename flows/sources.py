@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from connectors.base import RemoteSource
 from connectors.registry import PdfSourceSettings, remote_source
-from flows import limits
+from flows import delete_guard, limits
 from flows.counts import Counts, Progress
 from flows.pipeline import Pipeline
 from flows.planning import SourceRef, resolve_source
@@ -54,8 +54,10 @@ def sync_source(
     report: Report | None = None,
     progress: Progress | None = None,
     started: Callable[[Run], None] | None = None,
+    allow_mass_delete: bool = False,
 ) -> Run:
-    """One recorded incremental sync of remote source ``name``; ``started`` is told the run once it exists."""
+    """One recorded incremental sync of remote source ``name``; ``started`` is told the run once it exists.
+    ``allow_mass_delete`` confirms deletions the mass-delete guard would hold."""
     with (
         open_remote(pipeline, name) as opened,
         recorded_run(
@@ -64,7 +66,14 @@ def sync_source(
     ):
         if started is not None:
             started(run)
-        sync_remote(pipeline, opened.source, opened.connector, run.counts, progress=progress)
+        sync_remote(
+            pipeline,
+            opened.source,
+            opened.connector,
+            run.counts,
+            progress=progress,
+            allow_mass_delete=allow_mass_delete,
+        )
     return run
 
 
@@ -76,12 +85,18 @@ def sync_remote(
     *,
     prefetch_depth: int = 2,
     progress: Progress | None = None,
+    allow_mass_delete: bool = False,
 ) -> Counts:
     """Pull a remote source batch by batch from its saved cursor: each batch is planned against the ledger
-    (unchanged records cost nothing), ingested, its deletions applied, and only then is its cursor saved.
+    (unchanged records cost nothing), ingested, its deletions held, and only then is its cursor saved.
     A crash resumes after the last saved batch; replaying a batch writes the same rows. The next pages are
     fetched while this one is embedded (``prefetch_depth``). ``counts`` is filled as the sync goes, so a
-    failed sync still reports what it did. ``source`` by name is resolved here, once (library use)."""
+    failed sync still reports what it did. ``source`` by name is resolved here, once (library use).
+
+    Deletions are settled once the whole sync went through (``flows.delete_guard``): the cursor moves past
+    them batch by batch, so they wait in the ledger, held; within the guard (or confirmed by
+    ``allow_mass_delete``) they are applied at the end, else the sync raises ``DeletionsHeld`` once counted.
+    A sync that fails before its end deletes nothing."""
     if isinstance(source, str):
         source = resolve_source(pipeline.conn, pipeline.settings, source, connector.kind)
     counts = Counts() if counts is None else counts
@@ -90,14 +105,19 @@ def sync_remote(
         for batch in prefetch(connector.batches(cursors.load_cursor(pipeline.conn, source.id)), depth=prefetch_depth):
             ids = [d.external_id for d in batch.documents]
             planned = pipeline.plan(source, batch.documents, lambda _: False, only=ids)
+            ledger.release_held(pipeline.conn, planned.reappeared)
             counts.merge(planned.counts)
             counts.merge(pipeline.ingest(source, planned.work, progress, planned_at=planned.planned_at))
             if batch.deleted:
                 known = ledger.entries(pipeline.conn, source.id, batch.deleted)
-                counts.deleted += pipeline.delete([e.id for e in known.values()], planned.planned_at)
+                ledger.hold_deletions(pipeline.conn, [e.id for e in known.values()], planned.planned_at)
             cursors.save_cursor(pipeline.conn, source.id, batch.cursor)
+        settled = delete_guard.settle(pipeline.conn, pipeline.settings, source, confirmed=allow_mass_delete)
+        counts.deleted += settled.deleted
+        counts.deletions_held += settled.held
     finally:
         stats = connector.stats
         counts.http_requests, counts.http_retries, counts.throttled = stats.requests, stats.retries, stats.throttled
         pipeline.finish_load()
+    settled.raise_if_held()
     return counts

@@ -1,7 +1,8 @@
 """``ragline ingest pdf|source|all``: run the ingest flows with a progress bar, and summarise their counts.
 
 A PDF ingest plans against the ledger without Prefect and starts a flow only when there is work, so an
-ingest with nothing to do stays fast.
+ingest with nothing to do stays fast. A run whose deletions the mass-delete guard held exits non-zero with
+one line naming the source and ``--allow-mass-delete``, which confirms them.
 """
 
 from __future__ import annotations
@@ -79,10 +80,14 @@ def _summary(counts: dict[str, int], seconds: float) -> str:
     return f"{c.seen} documents seen: " + ", ".join(parts) + f" in {seconds:.1f} s"
 
 
-def run_pdf_ingest(obj: Context, paths: list[str], source: str) -> dict[str, int]:
+_ALLOW_HELP = "Apply deletions the mass-delete guard holds (more than `deletes.max_share` of a source gone)."
+
+
+def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delete: bool = False) -> dict[str, int]:
     """Plan without Prefect (no file is read whose stat matches the ledger); run the flow, handing it this
-    plan, only when there is something to do. A run with nothing to do is still recorded."""
-    from flows.pdfs import plan_pdfs, write_plan
+    plan, only when there is something to do. A run with nothing to do is still recorded (and settles
+    deletions earlier runs held)."""
+    from flows.pdfs import plan_pdfs, run_pdf_plan, write_plan
     from flows.planning import resolve_source
     from flows.runs import recorded_run
 
@@ -91,7 +96,7 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str) -> dict[str, int
     plan = plan_pdfs(svc.pipeline, ref, paths)
     if plan.empty:
         with recorded_run(svc.conn, ref) as run:
-            run.counts.merge(plan.counts)
+            run_pdf_plan(svc.pipeline, plan, run.counts, allow_mass_delete=allow_mass_delete)
         return run.counts.as_dict()
 
     from flows.prefect_server import configure
@@ -103,7 +108,10 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str) -> dict[str, int
     progress.listen(_ProgressBar())
     try:
         absolute = [str(Path(p).absolute()) for p in paths]
-        result = cast(dict[str, int], ingest_pdf(absolute, source, plan_file=str(plan_file)))
+        result = cast(
+            dict[str, int],
+            ingest_pdf(absolute, source, plan_file=str(plan_file), allow_mass_delete=allow_mass_delete),
+        )
     finally:
         progress.listen(None)
         plan_file.unlink(missing_ok=True)
@@ -114,14 +122,20 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str) -> dict[str, int
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--source", default="pdf", show_default=True, help="Source name these files are recorded under.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as JSON.")
+@click.option("--allow-mass-delete", is_flag=True, help=_ALLOW_HELP)
 @click.pass_obj
-def ingest_pdf_cmd(obj: Context, paths: tuple[str, ...], source: str, as_json: bool) -> None:
+def ingest_pdf_cmd(obj: Context, paths: tuple[str, ...], source: str, as_json: bool, allow_mass_delete: bool) -> None:
     """Ingest PDF files and directories (recursive)."""
     for p in paths:
         if not Path(p).exists():
             fail(f"no such file or directory: {p}")
+    from flows.delete_guard import DeletionsHeld
+
     started = time.monotonic()
-    counts = run_pdf_ingest(obj, list(paths), source)
+    try:
+        counts = run_pdf_ingest(obj, list(paths), source, allow_mass_delete)
+    except DeletionsHeld as held:
+        fail(str(held))
     if as_json:
         click.echo(json.dumps(counts))
     else:
@@ -130,7 +144,10 @@ def ingest_pdf_cmd(obj: Context, paths: tuple[str, ...], source: str, as_json: b
             click.echo("ragline: some documents were quarantined: see `ragline quarantine list`", err=True)
 
 
-def _run_sources(obj: Context, names: list[str]) -> list[tuple[str, dict[str, int] | None, str | None]]:
+def _run_sources(
+    obj: Context, names: list[str], allow_mass_delete: bool
+) -> list[tuple[str, dict[str, int] | None, str | None]]:
+    from flows.delete_guard import DeletionsHeld
     from flows.prefect_server import configure
 
     for name in names:
@@ -143,7 +160,9 @@ def _run_sources(obj: Context, names: list[str]) -> list[tuple[str, dict[str, in
     for name in names:
         progress.listen(_ProgressBar())
         try:
-            results.append((name, cast(dict[str, int], ingest_source(name)), None))
+            results.append((name, cast(dict[str, int], ingest_source(name, allow_mass_delete)), None))
+        except DeletionsHeld as held:
+            results.append((name, None, str(held)))
         except Exception as err:  # noqa: BLE001 - one failed source must not stop the others
             results.append((name, None, f"{type(err).__name__}: {err}".splitlines()[0]))
         finally:
@@ -168,20 +187,22 @@ def _report_sources(
 @ingest.command("source")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as JSON.")
+@click.option("--allow-mass-delete", is_flag=True, help=_ALLOW_HELP)
 @click.pass_obj
-def ingest_source_cmd(obj: Context, name: str, as_json: bool) -> None:
+def ingest_source_cmd(obj: Context, name: str, as_json: bool, allow_mass_delete: bool) -> None:
     """Run one source of the config file (from its saved cursor)."""
     started = time.monotonic()
-    _report_sources(_run_sources(obj, [name]), as_json, time.monotonic() - started)
+    _report_sources(_run_sources(obj, [name], allow_mass_delete), as_json, time.monotonic() - started)
 
 
 @ingest.command("all")
 @click.option("--json", "as_json", is_flag=True, help="Print every source's counts as JSON.")
+@click.option("--allow-mass-delete", is_flag=True, help=_ALLOW_HELP)
 @click.pass_obj
-def ingest_all_cmd(obj: Context, as_json: bool) -> None:
+def ingest_all_cmd(obj: Context, as_json: bool, allow_mass_delete: bool) -> None:
     """Run every source of the config file; a failed source does not stop the others (exit 1 at the end)."""
     names = [s.name for s in obj.settings.sources]
     if not names:
         fail("no sources configured (set RAGLINE_CONFIG to a file with a `sources:` list)")
     started = time.monotonic()
-    _report_sources(_run_sources(obj, names), as_json, time.monotonic() - started)
+    _report_sources(_run_sources(obj, names, allow_mass_delete), as_json, time.monotonic() - started)

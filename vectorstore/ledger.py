@@ -40,6 +40,8 @@ class LedgerEntry:
     retry_after: datetime | None
     stat_key: str | None = None
     updated_at: datetime | None = None
+    delete_held_at: datetime | None = None
+    """Set while the mass-delete guard holds this document's deletion (it seemed gone from its source)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def entries(conn: Connection, source_id: int, external_ids: list[str] | None = N
     """Ledger rows of a source, or only of ``external_ids`` (a batch of a remote source)."""
     rows = conn.execute(
         """
-        SELECT id, external_id, content_hash, fingerprint, status, retry_after, stat_key, updated_at
+        SELECT id, external_id, content_hash, fingerprint, status, retry_after, stat_key, updated_at, delete_held_at
         FROM documents WHERE source_id = %s AND (%s::text[] IS NULL OR external_id = ANY(%s))
         """,
         (source_id, external_ids, external_ids),
@@ -138,7 +140,7 @@ ON CONFLICT (source_id, external_id) DO UPDATE SET
     attempts = 0, error_reason = NULL, last_error = NULL, retry_after = NULL, chunk_count = EXCLUDED.chunk_count,
     page_count = EXCLUDED.page_count, metadata = EXCLUDED.metadata,
     source_modified_at = EXCLUDED.source_modified_at, stat_key = EXCLUDED.stat_key, updated_at = now(),
-    committed_at = now()
+    committed_at = now(), delete_held_at = NULL
 RETURNING id, tenant
 """
 
@@ -225,7 +227,7 @@ def quarantine(
                 uri = %(uri)s, title = COALESCE(%(title)s, title), content_hash = %(hash)s,
                 fingerprint = %(fp)s, status = 'quarantined', error_reason = %(reason)s,
                 last_error = %(message)s, source_modified_at = %(modified)s, stat_key = %(stat_key)s,
-                updated_at = now()
+                delete_held_at = NULL, updated_at = now()
             WHERE id = %(id)s
             """,
             {
@@ -256,10 +258,12 @@ def record_stat_key(
     conn: Connection, source_id: int, external_id: str, content_hash: str, stat_key: str | None
 ) -> None:
     """A document read again and found identical (a file touched, copied over, restored): its new stat key is
-    recorded, so the next run trusts it without reading. Only while the hash is still the one read."""
+    recorded, so the next run trusts it without reading. Only while the hash is still the one read. It was
+    seen, so a held deletion of it is dropped."""
     with conn.transaction():
         conn.execute(
-            "UPDATE documents SET stat_key = %s WHERE source_id = %s AND external_id = %s AND content_hash = %s",
+            "UPDATE documents SET stat_key = %s, delete_held_at = NULL "
+            "WHERE source_id = %s AND external_id = %s AND content_hash = %s",
             (stat_key, source_id, external_id, content_hash),
         )
 
@@ -291,19 +295,95 @@ def mark_deleted(conn: Connection, document_ids: list[int], planned_at: datetime
             """,
             (document_ids, planned_at),
         ).fetchall()
-        locked = [r["id"] for r in rows]
-        if not locked:
-            return 0
-        conn.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (locked,))
-        conn.execute(
-            """
-            UPDATE documents SET status = 'deleted', chunk_count = 0, committed_hash = NULL,
-                retry_after = NULL, updated_at = now()
-            WHERE id = ANY(%s)
-            """,
-            (locked,),
-        )
+        return _delete_locked(conn, [r["id"] for r in rows])
+
+
+def _delete_locked(conn: Connection, locked: list[int]) -> int:
+    """Delete the chunks of documents whose rows the caller's transaction has locked; mark them deleted."""
+    if not locked:
+        return 0
+    conn.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (locked,))
+    conn.execute(
+        """
+        UPDATE documents SET status = 'deleted', chunk_count = 0, committed_hash = NULL,
+            retry_after = NULL, delete_held_at = NULL, updated_at = now()
+        WHERE id = ANY(%s)
+        """,
+        (locked,),
+    )
     return len(locked)
+
+
+# -- deletions held by the mass-delete guard ------------------------------------------------------------------
+
+
+def hold_deletions(conn: Connection, document_ids: list[int], planned_at: datetime) -> int:
+    """Mark documents a run found gone as pending deletion; nothing is deleted yet. Only rows untouched since
+    ``planned_at`` (the rule of ``mark_deleted``); ``updated_at`` is left alone, so the rule still holds when
+    they are deleted later, and a row held already keeps the time it was first held. Returns rows marked."""
+    if not document_ids:
+        return 0
+    with conn.transaction():
+        marked = conn.execute(
+            """
+            UPDATE documents SET delete_held_at = coalesce(delete_held_at, now())
+            WHERE id = ANY(%s) AND status <> 'deleted' AND updated_at <= %s
+            """,
+            (document_ids, planned_at),
+        ).rowcount
+    return marked
+
+
+def release_held(conn: Connection, document_ids: list[int]) -> int:
+    """Documents seen at their source again: their held deletion is dropped. Returns rows released."""
+    if not document_ids:
+        return 0
+    with conn.transaction():
+        released = conn.execute(
+            "UPDATE documents SET delete_held_at = NULL WHERE id = ANY(%s) AND delete_held_at IS NOT NULL",
+            (document_ids,),
+        ).rowcount
+    return released
+
+
+@dataclass(frozen=True)
+class PendingDeletions:
+    """A source's held deletions and how many documents it has (not deleted, the held ones included)."""
+
+    held: list[int]
+    documents: int
+
+
+def pending_deletions(conn: Connection, source_id: int) -> PendingDeletions:
+    row = conn.execute(
+        """
+        SELECT count(*) FILTER (WHERE status <> 'deleted') AS documents,
+               coalesce(array_agg(id ORDER BY id) FILTER (WHERE status <> 'deleted' AND delete_held_at IS NOT NULL),
+                        '{}') AS held
+        FROM documents WHERE source_id = %s
+        """,
+        (source_id,),
+    ).fetchone()
+    conn.commit()
+    assert row is not None
+    return PendingDeletions([int(i) for i in row["held"]], int(row["documents"]))
+
+
+def delete_held(conn: Connection, document_ids: list[int]) -> int:
+    """Apply held deletions: documents still held (not seen or committed since they were held, which drops
+    the marker) lose their chunks. Locked in the order of ``mark_deleted``."""
+    if not document_ids:
+        return 0
+    with conn.transaction():
+        rows = conn.execute(
+            """
+            SELECT id FROM documents
+            WHERE id = ANY(%s) AND status <> 'deleted' AND delete_held_at IS NOT NULL
+            ORDER BY source_id, external_id COLLATE "C" FOR UPDATE
+            """,
+            (document_ids,),
+        ).fetchall()
+        return _delete_locked(conn, [r["id"] for r in rows])
 
 
 def quarantined(conn: Connection, ids: list[int] | None = None) -> list[dict[str, Any]]:

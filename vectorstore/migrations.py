@@ -213,6 +213,15 @@ def _v6_stat_keys(conn: Connection, dim: int, m: int, ef_construction: int) -> N
     conn.execute("ALTER TABLE documents ADD COLUMN stat_key text")
 
 
+def _v7_held_deletions(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
+    """Deletions held by the mass-delete guard (``flows/delete_guard.py``): a document its source seems to have
+    lost is marked, not deleted, and keeps its chunks until the run's total passes the guard or an operator
+    confirms. A marker beside ``status`` rather than a status of its own: a held document is still committed
+    (or quarantined) in every other respect, and every rule on ``status`` stays as it was."""
+    conn.execute("ALTER TABLE documents ADD COLUMN delete_held_at timestamptz")
+    conn.execute("CREATE INDEX documents_delete_held_idx ON documents (source_id) WHERE delete_held_at IS NOT NULL")
+
+
 def full_text_present(conn: Connection) -> bool:
     """Whether chunks carry the full-text column (``database.full_text``): hybrid search needs it."""
     row = conn.execute(
@@ -279,6 +288,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (4, "model generations with per-model HNSW indexes, tenants, deferred-index loads", _v4_generations_tenants),
     (5, "chunk rows kept whole in their page up to 8 KB (no TOAST work per write)", _v5_rows_inline),
     (6, "a cheap change signal per document (stat key) to skip reading unchanged files", _v6_stat_keys),
+    (7, "deletions held by the mass-delete guard until they pass it or are confirmed", _v7_held_deletions),
 ]
 
 

@@ -62,7 +62,7 @@ def test_a_v3_store_migrates_to_generations_keeping_its_vectors_and_index(databa
                 "INSERT INTO chunks (id, document_id, chunk_index, text, token_count, model_id, embedding) "
                 "VALUES (gen_random_uuid(), 1, 0, 'x', 1, 1, '[1,0,0]')"
             )
-        assert migrate(conn, 3) == [4, 5, 6]
+        assert migrate(conn, 3) == [4, 5, 6, 7]
         gen = conn.execute("SELECT state FROM models WHERE id = 1").fetchone()
         assert gen is not None and gen["state"] == "active"
         indexes = {r["indexname"] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'chunks'")}
