@@ -164,6 +164,32 @@ def test_errors_are_one_clear_line(tmp_path: Path, cli_home: Path, db: str) -> N
     assert "hunter2" not in unreachable.stderr
 
 
+def test_an_emptied_folder_is_held_until_allow_mass_delete(tmp_path: Path, cli_home: Path, db: str) -> None:
+    docs = corpus(tmp_path / "share", 5, pages=1)
+    ragline(cli_home, "ingest", "pdf", str(docs), "--source", "share", RAGLINE_DATABASE_URL=db)
+    for file in docs.iterdir():  # an unmounted share
+        file.unlink()
+    held = ragline(cli_home, "ingest", "pdf", str(docs), "--source", "share", check=False, RAGLINE_DATABASE_URL=db)
+    assert held.returncode != 0
+    assert held.stderr.strip().count("\n") == 0, held.stderr
+    assert "'share'" in held.stderr and "5 of its 5" in held.stderr and "--allow-mass-delete" in held.stderr
+    with psycopg.connect(db) as conn:
+        kept = conn.execute("SELECT count(*) FROM chunks").fetchone()
+    assert kept is not None and kept[0] >= 5
+
+    state = json.loads((cli_home / "prefect" / "server.json").read_text())
+    names = {"name": {"any_": ["ingest-pdf-share"]}}  # the server is the session's
+    runs = httpx.post(f"{state['url']}/flow_runs/filter", json={"flow_runs": names, "limit": 50}, timeout=10).json()
+    failed = [r for r in runs if r["name"] == "ingest-pdf-share" and r["state_type"] == "FAILED"]
+    assert len(failed) == 1 and "DeletionsHeld" in failed[0]["state"]["message"]
+
+    args = ("ingest", "pdf", str(docs), "--source", "share", "--allow-mass-delete", "--json")
+    confirmed = json.loads(ragline(cli_home, *args, RAGLINE_DATABASE_URL=db).stdout)
+    assert (confirmed["deleted"], confirmed["deletions_held"]) == (5, 0)
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM chunks").fetchone() == (0,)
+
+
 def test_quarantine_list_and_retry(tmp_path: Path, cli_home: Path, db: str) -> None:
     docs = corpus(tmp_path / "docs", 1)
     not_a_pdf(docs / "broken.pdf")

@@ -147,6 +147,15 @@ def test_counts_markdown_of_a_failed_run_shows_the_error_as_text() -> None:
     assert artifacts.counts_description("wiki", Counts(), error) == "ragline ingest of wiki: failed"
 
 
+def test_counts_markdown_of_a_run_whose_deletions_were_held() -> None:
+    error = "DeletionsHeld: source 'docs': 5 of its 5 documents (100%) are gone; confirm with --allow-mass-delete"
+    text = artifacts.counts_markdown("docs", "pdf", Counts(seen=0, deletions_held=5), 1.0, error)
+    lines = text.splitlines()
+    assert lines[0] == "## Failed" and "| deletions held | 5 |" in lines and "| deleted | 0 |" in lines
+    assert "5 deletions held by the mass-delete guard: their chunks stay" in lines
+    assert any("--allow-mass-delete" in line and line.startswith("**Error:**") for line in lines)
+
+
 @pytest.mark.parametrize(
     ("error", "shown"),
     [

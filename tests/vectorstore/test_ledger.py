@@ -1,4 +1,4 @@
-"""Pure ledger rules and id derivation, as tables."""
+"""Pure ledger rules and id derivation, as tables; held deletions against the real store."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from vectorstore import ledger
+from vectorstore.db import Connection
 from vectorstore.ids import chunk_id
-from vectorstore.ledger import Decision, Fingerprints, LedgerEntry, decide
+from vectorstore.ledger import Decision, DocumentVersion, Fingerprints, LedgerEntry, PendingDeletions, decide
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -69,3 +71,34 @@ def test_chunk_id_is_stable_and_depends_on_every_part() -> None:
         ("pdf", "/a.pdf", 0, "some text", "model@2"),
     ]
     assert len({chunk_id(*v) for v in variants} | {first}) == len(variants) + 1
+
+
+def _commit(conn: Connection, source_id: int, *names: str, content: str = "v1") -> dict[str, int]:
+    with conn.transaction():
+        versions = [(DocumentVersion(n, f"file:///{n}", n, f"{n}-{content}", "fp"), 0) for n in names]
+        return {n: i for n, (i, _) in zip(names, ledger.commit_versions(conn, source_id, versions), strict=True)}
+
+
+def test_held_deletions_wait_and_only_documents_still_gone_are_deleted(conn: Connection) -> None:
+    source_id = ledger.ensure_source(conn, "s", "pdf")
+    ids = _commit(conn, source_id, "a", "b", "c", "d", "e")
+    planned = ledger.now(conn)
+    _commit(conn, source_id, "d", content="v2")  # committed again after the plan: not the plan's to hold
+    assert ledger.hold_deletions(conn, [ids[n] for n in "abcd"], planned) == 3
+    first = ledger.entries(conn, source_id)["a"].delete_held_at
+    assert first is not None and all(e.status == "committed" for e in ledger.entries(conn, source_id).values())
+    assert ledger.pending_deletions(conn, source_id) == PendingDeletions([ids["a"], ids["b"], ids["c"]], 5)
+
+    assert ledger.hold_deletions(conn, [ids["a"]], ledger.now(conn)) == 1  # held again: keeps its first time
+    assert ledger.entries(conn, source_id)["a"].delete_held_at == first
+    assert ledger.release_held(conn, [ids["b"]]) == 1  # seen again, unchanged
+    _commit(conn, source_id, "c", content="v3")  # seen again, changed
+    assert ledger.pending_deletions(conn, source_id) == PendingDeletions([ids["a"]], 5)
+
+    assert ledger.delete_held(conn, [ids["a"], ids["b"], ids["c"]]) == 1
+    after = ledger.entries(conn, source_id)
+    assert {n: (e.status, e.delete_held_at) for n, e in after.items()} == {
+        "a": ("deleted", None),
+        **{n: ("committed", None) for n in "bcde"},
+    }
+    assert ledger.pending_deletions(conn, source_id) == PendingDeletions([], 4)
