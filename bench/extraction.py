@@ -128,7 +128,7 @@ def main() -> None:
     rows = [measure(path) for path in files]
 
     recall_heads = " | ".join(f"recall {e}" for e in EXTRACTORS)
-    print(f"| file | pages | reader words | {recall_heads} | auto pages from pypdf |")
+    print(f"| file | pages | reader words | {recall_heads} | auto pages changed |")
     print("|---|---:|---:|" + "---:|" * len(EXTRACTORS) + "---:|")
     for row in [*rows, total(rows)]:
         recalls = " | ".join(f"{row.recall(e):.4f}" for e in EXTRACTORS)

@@ -30,10 +30,13 @@ _COMPOUND = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)+")
 _WORD = re.compile(r"[^\W\d_]+")
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd\ufffe\uffff\ue000-\uf8ff\U000f0000-\U0010ffff]")
 
+SUSPECT = 0.005
+"""A page whose damage is above this is read again by pdfium with word spaces from the glyph positions
+(cheap). On clean text the score is mostly 0 to ~0.01: real compounds seen once ("lifetime") look merged."""
+
 DAMAGED = 0.015
-"""A page whose damage score is above this is read by the fallback extractor too. On clean text the score is
-mostly 0 to ~0.01 (real compounds seen once, like "lifetime", look merged); lost glyphs or broken spacing
-("a vailable" on every line) reach 0.03-0.3."""
+"""A page whose best reading has lost more glyphs per word than this is read by pypdf too (dear: in a long
+file pypdf first parses the whole page tree)."""
 
 _NORMAL_SHORT_SHARE = 0.35
 """English prose has 15-30% tokens of one or two letters ("a", "of", "to"); text whose spacing broke words
@@ -107,21 +110,34 @@ class Quality:
     short_share: float
     """Share of letter tokens of one or two letters."""
     split_words: int
-    """Neighbouring tokens whose concatenation is a word of the document while a part is seen at most once in it
-    ("a vailable")."""
+    """Neighbouring tokens whose concatenation the document has at least twice while a part is seen at most
+    once in it ("a vailable"). A concatenation seen once is more likely two words run together elsewhere."""
     merged_words: int
     """Tokens seen once in the document that are two of its words run together ("manyways")."""
 
     @property
     def damage(self) -> float:
+        """Everything suspicious, per word: how readings of one page are ranked."""
         if self.words == 0:
             return float(self.bad_chars > 0)
-        per_word = (self.bad_chars + self.split_words + self.merged_words) / self.words
-        return per_word + max(0.0, self.short_share - _NORMAL_SHORT_SHARE)
+        short_excess = max(0.0, self.short_share - _NORMAL_SHORT_SHARE)
+        return (self.merged_words + self.split_words) / self.words + short_excess + self.broken
+
+    @property
+    def broken(self) -> float:
+        """Lost glyphs per word: what a different extractor may not have. (Words run together or split are
+        mostly pdfium's spacing, which its glyph positions repair; many short tokens are also formulas.)"""
+        if self.words == 0:
+            return float(self.bad_chars > 0)
+        return self.bad_chars / self.words
+
+    @property
+    def suspect(self) -> bool:
+        return self.damage > SUSPECT
 
     @property
     def damaged(self) -> bool:
-        return self.damage > DAMAGED
+        return self.broken > DAMAGED
 
 
 def score(text: str, vocabulary: Vocabulary) -> Quality:
@@ -132,7 +148,7 @@ def score(text: str, vocabulary: Vocabulary) -> Quality:
     split = sum(
         1
         for first, second in pairwise(tokens)
-        if first + second in vocab and min(vocab.get(first, 0), vocab.get(second, 0)) <= 1
+        if vocab.get(first + second, 0) >= 2 and min(vocab.get(first, 0), vocab.get(second, 0)) <= 1
     )
     merged = sum(1 for w in tokens if vocab.get(w, 0) == 1 and _is_two_words(w, vocab))
     return Quality(
@@ -150,6 +166,6 @@ def _is_two_words(word: str, vocab: Counter[str]) -> bool:
     return any(vocab.get(word[:i], 0) >= 2 and vocab.get(word[i:], 0) >= 2 for i in range(3, len(word) - 2))
 
 
-def better(primary: str, fallback: str, vocabulary: Vocabulary) -> str:
-    """The reading of a page that scores less damaged; the primary one on a tie."""
-    return fallback if score(fallback, vocabulary).damage < score(primary, vocabulary).damage else primary
+def best(readings: list[str], vocabulary: Vocabulary) -> str:
+    """The reading of a page that scores least damaged; the earliest on a tie (the primary extractor's)."""
+    return min(readings, key=lambda text: score(text, vocabulary).damage)
