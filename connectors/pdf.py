@@ -276,7 +276,11 @@ def _repair(reader: _PdfiumReader, data: bytes, settings: PdfSettings, texts: li
     for index, text in enumerate(texts):
         if not pdf_text.score(text, vocabulary).suspect:
             continue
-        readings = [text, pdf_text.join_hyphens(pdf_text.prepare(reader.page_text_spaced(index)), known)]
+        readings = [text]
+        try:
+            readings.append(pdf_text.join_hyphens(pdf_text.prepare(reader.page_text_spaced(index)), known))
+        except Exception as err:  # noqa: BLE001 - untrusted input; pdfium's plain reading stands
+            log.debug("pdfium cannot re-read page %d: %s: %s", index + 1, type(err).__name__, err)
         repaired[index] = pdf_text.best(readings, vocabulary)
         if pdf_text.score(repaired[index], vocabulary).damaged:
             damaged[index] = readings
