@@ -11,7 +11,7 @@ import pytest
 
 from connectors.base import DeleteGuard
 from connectors.confluence import ConfluenceSettings, ConfluenceSource
-from connectors.errors import MalformedPayloadError
+from connectors.errors import MalformedPayloadError, SourceError
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.hubspot import HubSpotSettings, HubSpotSource
 from connectors.registry import PdfSourceSettings
@@ -211,13 +211,14 @@ def crm() -> Iterator[tuple[FakeHubSpot, ScriptedServer]]:
     fake = FakeHubSpot()
     with serve() as srv:
         handler = fake.handler()
-        srv.route("/crm/v3/objects/companies", handler)
-        srv.route("/crm/v3/objects/companies/search", handler)
+        for obj in ("companies", "contacts"):
+            srv.route(f"/crm/v3/objects/{obj}", handler)
+            srv.route(f"/crm/v3/objects/{obj}/search", handler)
         yield fake, srv
 
 
-def hubspot(srv: ScriptedServer) -> HubSpotSource:
-    cfg = HubSpotSettings.model_validate({"name": "crm", "base_url": srv.url, "objects": ["companies"]})
+def hubspot(srv: ScriptedServer, objects: tuple[str, ...] = ("companies",)) -> HubSpotSource:
+    cfg = HubSpotSettings.model_validate({"name": "crm", "base_url": srv.url, "objects": list(objects)})
     client = ResilientClient("crm", FAST, base_url=srv.url, headers={"Authorization": "Bearer test"})
     return HubSpotSource(cfg, client)
 
@@ -273,4 +274,28 @@ def test_a_partial_reconcile_listing_deletes_nothing(monkeypatch: pytest.MonkeyP
         srv.route(f"/wiki/api/v2/spaces/{fake.spaces['ENG']}/pages", nameless)
         with source(reconcile_hours=0) as reconcile, pytest.raises(MalformedPayloadError, match="without an id"):
             sync(services, "kb", reconcile)
+    assert committed_documents(services) == 4
+
+
+def test_a_sync_that_fails_after_reporting_deletions_deletes_nothing(
+    crm: tuple[FakeHubSpot, ScriptedServer], services: Services
+) -> None:
+    fake, srv = crm
+    for i in range(4):
+        fake.upsert("companies", str(i + 1), name=f"Company {i}", description=f"Charts tide table {i}.")
+    fake.upsert("contacts", "9001", firstname="Grace", lastname="Hopper", email="grace@navy.mil")
+    both = ("companies", "contacts")
+    assert sync(services, "crm", hubspot(srv, both)).committed == 5
+
+    fake.archive("companies", "1")  # reported in the companies batches; then the contacts listing fails
+    fake.fault = lambda req: Reply(503, {"message": "down"}) if "/contacts" in req.path else None
+    counts = Counts()
+    with pytest.raises(SourceError):
+        sync(services, "crm", hubspot(srv, both), counts=counts)
+    assert (counts.deleted, counts.deletions_held) == (0, 0) and committed_documents(services) == 5
+    source_id = ledger.ensure_source(services.conn, "crm", "hubspot")
+    assert ledger.entries(services.conn, source_id, ["companies/1"])["companies/1"].delete_held_at is not None
+
+    fake.fault = lambda _: None
+    assert sync(services, "crm", hubspot(srv, both)).deleted == 1  # the archive was read past: the hold applies
     assert committed_documents(services) == 4
