@@ -197,7 +197,9 @@ class _Worker:
         try:
             result = self.conn.recv()
         except (EOFError, OSError):
-            code = self.process.exitcode if self.process is not None else None
+            # The pipe closes a moment before the process is reaped: wait for its exit status to name it.
+            self.process.join(5)
+            code = self.process.exitcode
             self._stop()
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             raise DocumentError(
