@@ -22,7 +22,7 @@ import psycopg
 from flows.claims import Claims
 from flows.counts import Counts, Progress
 from vectorstore import store
-from vectorstore.db import Connection
+from vectorstore.db import Connection, DatabaseError
 from vectorstore.ledger import DocumentVersion
 from vectorstore.store import ChunkRow
 from vectorstore.writers import Writers, Written
@@ -94,36 +94,40 @@ class Commits:
         )
 
     def abandon(self) -> None:
-        """On the way out of an error: wait for the batches in flight (committed or not, as their futures
-        say), so nothing is still being written once the caller has returned."""
+        """On the way out of an error: wait for the batches in flight, so nothing is still being written once
+        the caller has returned; those that committed are counted (their claims go with the caller's)."""
         while self._inflight:
             flight = self._inflight.popleft()
             try:
-                flight.future.result()
+                done = flight.future.result()
             except Exception:  # the error already on its way out is the one raised
                 log.warning("a background commit of %d documents failed", len(flight.pending), exc_info=True)
+            else:
+                self._count(flight, [c.written for c in done.committed])
 
     def _settle(self, flight: _InFlight, observe: Observe | None) -> None:
         try:
             try:
                 done = flight.future.result()
                 written, seconds = [c.written for c in done.committed], done.seconds
-            except (store.StaleChunksError, psycopg.Error) as err:
+            except (store.StaleChunksError, psycopg.Error, DatabaseError) as err:
                 log.info("group commit of %d documents failed (%s): one at a time", len(flight.pending), err)
                 started = time.perf_counter()
                 written = self._commit_each(flight)
                 seconds = time.perf_counter() - started
-            for p, n in zip(flight.pending, written, strict=True):
-                self.claims.release(flight.source_id, [p.doc.external_id])
-                flight.counts.committed += 1
-                flight.counts.chunks_written += n
-                flight.counts.chunks_reused += len(p.rows) - n
-                if flight.progress:
-                    flight.progress("committed", p.doc.external_id)
+            self._count(flight, written)
             if observe is not None:
                 observe(sum(written), seconds)
         finally:
             self.claims.release(flight.source_id, [p.doc.external_id for p in flight.pending])
+
+    def _count(self, flight: _InFlight, written: list[int]) -> None:
+        for p, n in zip(flight.pending, written, strict=True):
+            flight.counts.committed += 1
+            flight.counts.chunks_written += n
+            flight.counts.chunks_reused += len(p.rows) - n
+            if flight.progress:
+                flight.progress("committed", p.doc.external_id)
 
     def _commit_here(
         self,

@@ -104,7 +104,7 @@ def remove_deleted_documents(
 def _ingest_pdf(paths: list[str], source: str, plan_file: str | None, allow_mass_delete: bool) -> Any:
     svc = services()
     ref = resolve_source(svc.conn, svc.settings, source, "pdf")
-    with recorded_run(svc.conn, ref, flow_run_id=_flow_run_id(), report=_publish) as run:
+    with recorded_run(svc.pipeline, ref, flow_run_id=_flow_run_id(), report=_publish) as run:
         # The CLI planned already (to know whether a flow was needed): its plan is used, not made again.
         plan = pdfs.read_plan(plan_file) if plan_file else plan_pdf_changes(paths, ref)
         _start_progress(source, len(plan.work))

@@ -87,7 +87,7 @@ def plan_pdfs(pipeline: Pipeline, source: SourceRef, paths: Sequence[str | Path]
     quarantined here, where their document is at hand."""
     connector = PdfConnector([Path(p) for p in paths], pipeline.settings.pdf)
     planned = pipeline.plan(source, connector.iter_documents(), connector.covers)
-    ledger.release_held(pipeline.conn, planned.reappeared)
+    pipeline.retrying(lambda: ledger.release_held(pipeline.conn, planned.reappeared))
     unnamed = [doc for doc in planned.work if not Path(doc.external_id).exists()]
     planned.counts.merge(pipeline.ingest(source, unnamed))
     skip = {doc.external_id for doc in unnamed}
@@ -119,8 +119,8 @@ def settle_deletions(
 ) -> Settled:
     """Hold the plan's deletions, then settle every held deletion of the source (earlier runs' too): all
     applied if the guard or ``confirmed`` allows them, else all kept."""
-    ledger.hold_deletions(pipeline.conn, deleted, planned_at)
-    return delete_guard.settle(pipeline.conn, pipeline.settings, source, confirmed=confirmed)
+    pipeline.retrying(lambda: ledger.hold_deletions(pipeline.conn, deleted, planned_at))
+    return pipeline.retrying(lambda: delete_guard.settle(pipeline.conn, pipeline.settings, source, confirmed=confirmed))
 
 
 def run_pdf_plan(
@@ -166,7 +166,7 @@ def ingest_pdf_paths(
     as a library. The ``ingest-pdf`` flow runs the same steps as tasks. ``counts``, when given, is filled as
     the run goes (a caller keeps them when it fails, e.g. with ``DeletionsHeld``)."""
     ref = resolve_source(pipeline.conn, pipeline.settings, source, "pdf")
-    with recorded_run(pipeline.conn, ref, counts=counts) as run:
+    with recorded_run(pipeline, ref, counts=counts) as run:
         run_pdf_plan(pipeline, plan_pdfs(pipeline, ref, paths), run.counts, allow_mass_delete=allow_mass_delete)
     return run.counts
 

@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import numpy as np
+import psycopg
 
 from connectors.base import DocumentError, DocumentGone, ParsedDocument, SourceDocument
 from embedding.chunking import ChunkTooLongError, chunk_pages
@@ -30,7 +32,7 @@ from flows.planning import Plan, SourceRef, count_decision, pipeline_fingerprint
 from flows.sandbox import ParseSandbox, ParseSettings
 from flows.settings import RaglineSettings
 from vectorstore import generations, indexing, ledger, store
-from vectorstore.db import Connection
+from vectorstore.db import Connection, disconnected, first_line
 from vectorstore.generations import Generation
 from vectorstore.ids import chunk_id
 from vectorstore.indexing import IndexLoad, IndexOptions
@@ -39,6 +41,11 @@ from vectorstore.store import ChunkRow
 from vectorstore.writers import Writers
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_RECONNECTS = 5
+"""Lost connections one ``ingest`` (or one ``retrying`` call) survives; each reconnect has its own time bound."""
 
 
 @dataclass
@@ -53,11 +60,26 @@ class _Ingest:
     parsing: deque[tuple[SourceDocument, Future[ParsedDocument]]] = field(default_factory=deque)
     pending: list[Prepared] = field(default_factory=list)
     pending_chunks: int = 0
+    decided: set[str] = field(default_factory=set)
+    """Documents whose decision (new, changed...) is counted: a retry after a reconnect counts none twice."""
+    settled: set[str] = field(default_factory=set)
+    """Documents whose outcome is recorded (committed, quarantined, found done): a retry skips them."""
 
     def holds(self, external_id: str) -> bool:
         return any(d.external_id == external_id for d, _ in self.parsing) or any(
             p.doc.external_id == external_id for p in self.pending
         )
+
+    def decide(self, external_id: str, decision: Decision) -> None:
+        if external_id not in self.decided:
+            self.decided.add(external_id)
+            count_decision(self.counts, decision)
+
+    def report(self, event: str, external_id: str) -> None:
+        """A document's outcome: settled for this run, and told to the caller's progress."""
+        self.settled.add(external_id)
+        if self.progress is not None:
+            self.progress(event, external_id)
 
 
 class Pipeline:
@@ -78,6 +100,7 @@ class Pipeline:
         embedder: TextEmbedder,
         writers: Writers | None = None,
         parser: ParseSandbox | None = None,
+        reconnect: Callable[[], Connection] | None = None,
     ) -> None:
         self.conn = conn
         self.settings = settings
@@ -85,6 +108,7 @@ class Pipeline:
         self.writers = writers
         self.parser = parser or ParseSandbox(ParseSettings(isolate=False))
         """Where documents are parsed: the process's sandbox (``Services.parser``); without one, in this process."""
+        self._reconnect = reconnect
         self.fingerprints = pipeline_fingerprints(settings, embedder)
         self.index_options = IndexOptions.from_settings(settings.database)
         self._generation: Generation | None = None
@@ -132,18 +156,30 @@ class Pipeline:
 
     def expected_chunks(self, documents: int) -> int:
         """Chunks ``documents`` new documents will likely make, from this generation's chunks per document."""
-        row = self.conn.execute(
-            "SELECT count(*) AS chunks, count(DISTINCT document_id) AS docs FROM chunks WHERE model_id = %s",
-            (self.model_id(),),
-        ).fetchone()
-        self.conn.commit()
+
+        def count() -> dict[str, int] | None:
+            row = self.conn.execute(
+                "SELECT count(*) AS chunks, count(DISTINCT document_id) AS docs FROM chunks WHERE model_id = %s",
+                (self.model_id(),),
+            ).fetchone()
+            self.conn.commit()
+            return row
+
+        row = self.retrying(count)
         per_doc = row["chunks"] / row["docs"] if row and row["docs"] else 20.0
         return int(documents * per_doc)
 
     def finish_load(self) -> float:
         """End this run's load: an index dropped for it is built again (unless another load still runs)."""
         load, self._load = self._load, None
-        return load.finish() if load is not None else 0.0
+        if load is None:
+            return 0.0
+
+        def finish() -> float:
+            load.conn = self.conn  # a reconnect in between gave the pipeline a new connection
+            return load.finish()
+
+        return self.retrying(finish)
 
     def plan(
         self,
@@ -155,7 +191,10 @@ class Pipeline:
     ) -> Plan:
         """``planning.plan`` with this pipeline's fingerprints; stat keys are trusted unless ``pdf.rehash``."""
         trust = not self.settings.pdf.rehash
-        return plan(self.conn, source.id, documents, self.fingerprints, covers, only=only, trust_stat_keys=trust)
+        listed = list(documents)  # listed once: a retry after a reconnect plans the same documents
+        return self.retrying(
+            lambda: plan(self.conn, source.id, listed, self.fingerprints, covers, only=only, trust_stat_keys=trust)
+        )
 
     def ingest(
         self,
@@ -171,8 +210,22 @@ class Pipeline:
         processed here only if that run did not commit it. A document whose ledger row changed after
         ``planned_at`` (default: now) was done by another run, or by an earlier batch of this one.
         """
-        since = planned_at or ledger.now(self.conn)
+        since = planned_at or self.retrying(lambda: ledger.now(self.conn))
         run = _Ingest(source, since, Counts(), progress)
+        remaining = list(documents)
+        for attempt in range(MAX_RECONNECTS + 1):
+            try:
+                self._ingest(run, remaining)
+                break
+            except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+                if attempt == MAX_RECONNECTS or not self._reconnected(err):
+                    raise
+                # Whatever was not settled is done again: committed versions are whole or absent.
+                remaining = [d for d in remaining if d.external_id not in run.settled]
+        return run.counts
+
+    def _ingest(self, run: _Ingest, documents: Sequence[SourceDocument]) -> None:
+        source = run.source
         contended: list[SourceDocument] = []
         try:
             for listed in documents:
@@ -202,13 +255,42 @@ class Pipeline:
         finally:
             for _, parse in run.parsing:
                 parse.cancel()  # an error on its way out: parses not yet taken are dropped
+            run.parsing.clear()
+            run.pending, run.pending_chunks = [], 0
             self.commits.abandon()  # batches an error left in flight: waited for, never half-settled
             self.claims.release_all()  # whatever an error left claimed
-        return run.counts
+
+    def retrying(self, work: Callable[[], T]) -> T:
+        """``work`` (which uses ``self.conn``), done again on a new connection if the database went away."""
+        for attempt in range(MAX_RECONNECTS + 1):
+            try:
+                return work()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+                if attempt == MAX_RECONNECTS or not self._reconnected(err):
+                    raise
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _reconnected(self, err: BaseException) -> bool:
+        """On a lost connection, a new one (``reconnect``, with backoff within its bound); False when ``err``
+        is not a lost connection or this pipeline cannot reconnect."""
+        if self._reconnect is None or not disconnected(self.conn, err):
+            return False
+        log.warning("lost the database connection (%s): reconnecting", first_line(err))
+        self.rebind(self._reconnect())
+        return True
+
+    def rebind(self, conn: Connection) -> None:
+        """Go on with ``conn``: document claims died with the old session, the load keeps its registration."""
+        self.conn = conn
+        self.claims = Claims(conn)
+        self.commits = Commits(conn, self.claims, self._embed)
+        self._generation = None
+        if self._load is not None:
+            self._load.conn = conn
 
     def _start_parse(self, run: _Ingest, listed: SourceDocument) -> None:
         """A claimed document: parsed in the sandbox if it still needs work, else its claim released."""
-        doc = self._due(run.source, listed, run.since, run.counts, run.progress)
+        doc = self._due(run, listed)
         if doc is None:
             self.claims.release(run.source.id, [listed.external_id])
             return
@@ -230,12 +312,11 @@ class Pipeline:
         while run.parsing:
             self._take_parsed(run)
 
-    def _due(
-        self, source: SourceRef, listed: SourceDocument, since: datetime, counts: Counts, progress: Progress | None
-    ) -> SourceDocument | None:
+    def _due(self, run: _Ingest, listed: SourceDocument) -> SourceDocument | None:
         """Once claimed, the document if it still needs work, decided again against its ledger row: a
         concurrent run may have committed (or quarantined) this very version since the plan. A document read
         on demand is read here, once, and judged by what was read (a file only touched stays unchanged)."""
+        source, counts = run.source, run.counts
         doc = listed
         if listed.read is not None:
             try:
@@ -250,18 +331,21 @@ class Pipeline:
         entry = ledger.entries(self.conn, source.id, [doc.external_id]).get(doc.external_id)
         decision = ledger.decide(entry, doc.content_hash, self.fingerprints, ledger.now(self.conn))
         if decision not in (Decision.UNCHANGED, Decision.QUARANTINED):
-            count_decision(counts, decision)
+            run.decide(doc.external_id, decision)
             return doc
-        if entry is not None and entry.updated_at is not None and entry.updated_at > since:
+        if entry is not None and entry.updated_at is not None and entry.updated_at > run.since:
             counts.done_elsewhere += 1  # committed or quarantined by another run, or an earlier batch
+            run.settled.add(doc.external_id)
             return None
         # Judged only now that it was read (its stat key had changed, or was never trusted): it is what the
         # ledger has, e.g. a file touched or copied over. Its new stat key spares the next run the read.
         if listed.read is not None:
             ledger.record_stat_key(self.conn, source.id, doc.external_id, doc.content_hash, doc.stat_key)
-        count_decision(counts, decision)
-        if progress and decision is Decision.UNCHANGED:
-            progress("unchanged", doc.external_id)
+        run.decide(doc.external_id, decision)
+        if decision is Decision.UNCHANGED:
+            run.report("unchanged", doc.external_id)
+        else:
+            run.settled.add(doc.external_id)
         return None
 
     def _version(self, doc: SourceDocument, parsed: ParsedDocument | None, fingerprint: str) -> DocumentVersion:
@@ -285,7 +369,7 @@ class Pipeline:
     def _prepare(self, run: _Ingest, doc: SourceDocument, parse: Future[ParsedDocument]) -> Prepared | None:
         """Chunk a parsed document and find which of its chunks are not stored yet; a document that failed to
         parse (or went over a parse limit) is quarantined."""
-        source, counts, progress = run.source, run.counts, run.progress
+        source = run.source
         try:
             parsed = parse.result()
             chunks = chunk_pages(
@@ -295,15 +379,15 @@ class Pipeline:
                 self.embedder.max_seq_length,
             )
         except DocumentError as err:
-            self._quarantine(source, doc, None, err, counts, progress)
+            self._quarantine(run, doc, None, err)
             return None
         except ChunkTooLongError as err:
-            self._quarantine(source, doc, parsed, DocumentError("oversize_text", str(err)), counts, progress)
+            self._quarantine(run, doc, parsed, DocumentError("oversize_text", str(err)))
             return None
         except Exception as err:
             log.exception("unexpected error on %s", doc.uri)
             error = DocumentError("internal", f"{type(err).__name__}: {err}", retryable=True)
-            self._quarantine(source, doc, None, error, counts, progress)
+            self._quarantine(run, doc, None, error)
             return None
         version = self._version(doc, parsed, self.fingerprints.committed)
         rows = [
@@ -320,27 +404,18 @@ class Pipeline:
         missing = [r for r in rows if r.id not in present]
         return Prepared(version, rows, missing)
 
-    def _quarantine(
-        self,
-        source: SourceRef,
-        doc: SourceDocument,
-        parsed: ParsedDocument | None,
-        err: DocumentError,
-        counts: Counts,
-        progress: Progress | None,
-    ) -> None:
+    def _quarantine(self, run: _Ingest, doc: SourceDocument, parsed: ParsedDocument | None, err: DocumentError) -> None:
         log.warning("quarantined %s: %s", doc.uri, err)
         ledger.quarantine(
             self.conn,
-            source.id,
+            run.source.id,
             self._version(doc, parsed, self.fingerprints.quarantined),
             err.reason,
             err.message,
             retryable=err.retryable,
         )
-        counts.quarantined += 1
-        if progress:
-            progress("quarantined", doc.external_id)
+        run.counts.quarantined += 1
+        run.report("quarantined", doc.external_id)
 
     def _embed(self, rows: Sequence[ChunkRow], counts: Counts) -> dict[uuid.UUID, np.ndarray]:
         vectors = self.embedder.embed([r.text for r in rows], token_counts=[r.token_count for r in rows])
@@ -363,7 +438,7 @@ class Pipeline:
             load = self.begin_load()
             load.before_write(sum(len(p.missing) for p in pending))
             writers = None if scoped else self.writers  # a load of its own is settled before it finishes
-            self.commits.submit(source.id, pending, vectors, model_id, counts, run.progress, writers)
+            self.commits.submit(source.id, pending, vectors, model_id, counts, run.report, writers)
             submitted = True
             self.commits.settle_beyond(writers.count if writers is not None else 0, self._observe)
         finally:
@@ -381,4 +456,4 @@ class Pipeline:
         self.commits.settle_beyond(0, self._observe)
 
     def delete(self, document_ids: list[int], planned_at: datetime) -> int:
-        return ledger.mark_deleted(self.conn, document_ids, planned_at)
+        return self.retrying(lambda: ledger.mark_deleted(self.conn, document_ids, planned_at))

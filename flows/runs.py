@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from flows.counts import Counts
+from flows.pipeline import Pipeline
 from flows.planning import SourceRef
 from vectorstore import runs
 from vectorstore.db import Connection, first_line
@@ -54,7 +55,7 @@ Report = Callable[[Run], None]
 
 @contextmanager
 def recorded_run(
-    conn: Connection,
+    pipeline: Pipeline,
     source: SourceRef,
     *,
     flow_run_id: str | None = None,
@@ -65,24 +66,24 @@ def recorded_run(
     """Open a run of ``source`` (dead runs of the source are abandoned first), yield it for its counts (filled
     into ``counts`` when given, so a caller keeps them after a failure), and record how it ended. On an error
     the run is recorded as failed with what it did, then the error goes on; a failing ``report`` never hides
-    it."""
-    run = Run(
-        runs.start_run(conn, source.id, flow_run_id, lease_id), source, counts if counts is not None else Counts()
-    )
+    it. The run's row is written on the pipeline's connection as it is then (a run that reconnected writes
+    its end on the new one)."""
+    run_id = pipeline.retrying(lambda: runs.start_run(pipeline.conn, source.id, flow_run_id, lease_id))
+    run = Run(run_id, source, counts if counts is not None else Counts())
     try:
         yield run
     except BaseException as err:
         run.error = f"{type(err).__name__}: {first_line(err)}"
         run.status = outcome(run.counts, run.error)
         try:
-            _finish(conn, run)
+            pipeline.retrying(lambda: _finish(pipeline.conn, run))
             if report is not None:
                 report(run)
         except Exception:  # the run's own error is the one to raise
             log.warning("could not record the end of failed run %d of %s", run.id, source.name, exc_info=True)
         raise
     run.status = outcome(run.counts)
-    _finish(conn, run)
+    pipeline.retrying(lambda: _finish(pipeline.conn, run))
     if report is not None:
         report(run)
 

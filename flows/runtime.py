@@ -4,10 +4,12 @@ model."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from embedding.model import Embedder, TextEmbedder
@@ -16,7 +18,7 @@ from flows.pipeline import Pipeline
 from flows.sandbox import ParseSandbox
 from flows.settings import RaglineSettings, database_url, load_settings
 from vectorstore import generations, search
-from vectorstore.db import Connection, DatabaseError, connect, open_pool
+from vectorstore.db import Connection, DatabaseError, connect, open_pool, reconnect, register_pgvector
 from vectorstore.generations import Generation
 from vectorstore.migrations import migrate, set_full_text
 from vectorstore.search import SearchFilter, SearchHit
@@ -61,7 +63,25 @@ class Services:
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        return Pipeline(self.conn, self.settings, self.embedder, self.writers, self.parser)
+        return Pipeline(self.conn, self.settings, self.embedder, self.writers, self.parser, self.reconnect)
+
+    def reconnect(self) -> Connection:
+        """A new connection for the pipeline after its own went away (a restart, a failover, a kill), with
+        backoff for up to ``database.reconnect_seconds``; the embedded server is started again if it stopped."""
+        old = self.__dict__.pop("conn", None)
+        if old is not None:
+            with contextlib.suppress(psycopg.Error):
+                old.close()
+        database = self.settings.database
+
+        def open_conn() -> Connection:
+            conn = connect(database_url(self.settings), connect_timeout=database.connect_timeout)
+            register_pgvector(conn)
+            return conn
+
+        conn = reconnect(open_conn, seconds=database.reconnect_seconds)
+        self.__dict__["conn"] = conn
+        return conn
 
     @cached_property
     def parser(self) -> ParseSandbox:

@@ -71,7 +71,7 @@ def ingest_documents(
     run of ``source``; ``started`` is told the run once it exists. Nothing is deleted: a request names what to
     add, not the whole source."""
     ref = resolve_source(pipeline.conn, pipeline.settings, source, "pdf")
-    with recorded_run(pipeline.conn, ref, counts=counts) as run:
+    with recorded_run(pipeline, ref, counts=counts) as run:
         started(run)
         planned = pipeline.plan(ref, documents, lambda _: False, only=[d.external_id for d in documents])
         run.counts.merge(planned.counts)

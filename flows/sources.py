@@ -8,6 +8,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
 
 from connectors.base import RemoteSource
 from connectors.registry import PdfSourceSettings, remote_source
@@ -60,9 +63,7 @@ def sync_source(
     ``allow_mass_delete`` confirms deletions the mass-delete guard would hold."""
     with (
         open_remote(pipeline, name) as opened,
-        recorded_run(
-            pipeline.conn, opened.source, flow_run_id=flow_run_id, lease_id=opened.lease_id, report=report
-        ) as run,
+        recorded_run(pipeline, opened.source, flow_run_id=flow_run_id, lease_id=opened.lease_id, report=report) as run,
     ):
         if started is not None:
             started(run)
@@ -102,17 +103,21 @@ def sync_remote(
     counts = Counts() if counts is None else counts
     pipeline.begin_load()  # a sync of unknown size: the index is dropped only once it proves large
     try:
-        for batch in prefetch(connector.batches(cursors.load_cursor(pipeline.conn, source.id)), depth=prefetch_depth):
+        # Every statement between batches goes through ``pipeline.retrying``: a database that went away is
+        # reconnected to (within database.reconnect_seconds) and the statement done again.
+        saved = pipeline.retrying(lambda: cursors.load_cursor(pipeline.conn, source.id))
+        for batch in prefetch(connector.batches(saved), depth=prefetch_depth):
             ids = [d.external_id for d in batch.documents]
             planned = pipeline.plan(source, batch.documents, lambda _: False, only=ids)
-            ledger.release_held(pipeline.conn, planned.reappeared)
+            pipeline.retrying(partial(_release_held, pipeline, planned.reappeared))
             counts.merge(planned.counts)
             counts.merge(pipeline.ingest(source, planned.work, progress, planned_at=planned.planned_at))
             if batch.deleted:
-                known = ledger.entries(pipeline.conn, source.id, batch.deleted)
-                ledger.hold_deletions(pipeline.conn, [e.id for e in known.values()], planned.planned_at)
-            cursors.save_cursor(pipeline.conn, source.id, batch.cursor)
-        settled = delete_guard.settle(pipeline.conn, pipeline.settings, source, confirmed=allow_mass_delete)
+                pipeline.retrying(partial(_hold, pipeline, source, batch.deleted, planned.planned_at))
+            pipeline.retrying(partial(_save_cursor, pipeline, source, batch.cursor))
+        settled = pipeline.retrying(
+            lambda: delete_guard.settle(pipeline.conn, pipeline.settings, source, confirmed=allow_mass_delete)
+        )
         counts.deleted += settled.deleted
         counts.deletions_held += settled.held
     finally:
@@ -121,3 +126,16 @@ def sync_remote(
         pipeline.finish_load()
     settled.raise_if_held()
     return counts
+
+
+def _hold(pipeline: Pipeline, source: SourceRef, external_ids: list[str], planned_at: datetime) -> None:
+    known = ledger.entries(pipeline.conn, source.id, external_ids)
+    ledger.hold_deletions(pipeline.conn, [e.id for e in known.values()], planned_at)
+
+
+def _release_held(pipeline: Pipeline, document_ids: list[int]) -> None:
+    ledger.release_held(pipeline.conn, document_ids)
+
+
+def _save_cursor(pipeline: Pipeline, source: SourceRef, cursor: dict[str, Any] | None) -> None:
+    cursors.save_cursor(pipeline.conn, source.id, cursor)

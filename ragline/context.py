@@ -56,6 +56,8 @@ class Context:
 
 def known_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can act on from their message alone: one line, exit 1, no traceback."""
+    from psycopg.errors import DiskFull
+
     from connectors.pdf import NotAFileError
     from embedding.chunking import ChunkTooLongError
     from embedding.model import ModelNotFoundError
@@ -68,6 +70,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
         DatabaseError,
         FileNotFoundError,
         NotAFileError,
+        DiskFull,  # the database's disk: nothing of the batch was committed, the next run finishes it
         ModelNotFoundError,
         PrefectServerError,
         SourceKindMismatchError,

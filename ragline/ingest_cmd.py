@@ -95,7 +95,7 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delet
     ref = resolve_source(svc.conn, svc.settings, source, "pdf")
     plan = plan_pdfs(svc.pipeline, ref, paths)
     if plan.empty:
-        with recorded_run(svc.conn, ref) as run:
+        with recorded_run(svc.pipeline, ref) as run:
             run_pdf_plan(svc.pipeline, plan, run.counts, allow_mass_delete=allow_mass_delete)
         return run.counts.as_dict()
 

@@ -6,10 +6,12 @@ registers pgvector on every connection, and drops any session lock a borrower le
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import tenacity
 from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -75,6 +77,36 @@ def _reset(conn: Connection) -> None:
     conn.rollback()
     conn.execute("SELECT pg_advisory_unlock_all()")
     conn.commit()
+
+
+def disconnected(conn: Connection, err: BaseException) -> bool:
+    """Whether ``err`` means ``conn`` is gone (the server restarted, failed over, or killed it), as opposed
+    to a statement that failed on a live connection (a full disk, a constraint): only the first is retried."""
+    return isinstance(err, psycopg.OperationalError | psycopg.InterfaceError) and (conn.closed or conn.broken)
+
+
+def reconnect(
+    open_conn: Callable[[], Connection],
+    *,
+    seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Connection:
+    """A new connection from ``open_conn``, tried again with exponential backoff and full jitter for up to
+    ``seconds`` (a restarting server refuses connections for a while). Past that, one clear line."""
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(seconds),
+        wait=tenacity.wait_random_exponential(multiplier=0.25, max=5.0),
+        retry=tenacity.retry_if_exception_type((DatabaseError, psycopg.OperationalError)),
+        sleep=sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(open_conn)
+    except (DatabaseError, psycopg.OperationalError) as err:
+        raise DatabaseError(
+            f"lost the database connection and could not reconnect within {seconds:g} s "
+            f"(database.reconnect_seconds): {first_line(err)}"
+        ) from err
 
 
 def register_pgvector(conn: Connection) -> None:

@@ -47,6 +47,10 @@ def embedded_url(home: Path) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = pgserver.get_server(datadir, cleanup_mode=None)  # type: ignore[attr-defined]
+        if not _postmaster_running(datadir):
+            # A handle this process already had for a server that stopped since (a restart, a crash): the
+            # library caches handles without looking, so the server is started again through the handle.
+            server.start()
     admin_url: str = server.get_uri()
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()

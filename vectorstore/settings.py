@@ -18,6 +18,12 @@ class DatabaseSettings(BaseModel):
     hnsw_ef_construction: int = Field(default=64, ge=4, le=1000, description="HNSW build-time candidate list.")
     connect_timeout: int = Field(default=10, ge=1, description="Seconds to wait for a connection.")
     pool_size: int = Field(default=4, ge=1, le=100, description="Connections per process for concurrent searches.")
+    reconnect_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a run whose database went away (restart, failover, connections killed) keeps "
+        "reconnecting, with backoff, before it fails; it then goes on from the ledger. 0: fail at once.",
+    )
     index_type: Literal["vector", "halfvec"] = Field(
         default="vector",
         description="Precision of the vectors in the HNSW graph: halfvec halves the memory the index needs to "

@@ -4,6 +4,7 @@ worker processes; and the pipeline quarantining such a document while the rest o
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tests.support.loads import dies, flaky, hoards, parsed, refuses, sleeps
 
 
 @pytest.fixture
-def sandbox() -> ParseSandbox:
+def sandbox() -> Iterator[ParseSandbox]:
     box = ParseSandbox(ParseSettings(workers=1, timeout_seconds=1.0, memory_bytes=512 * 1024**2))
     yield box
     box.close()

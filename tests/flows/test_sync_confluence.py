@@ -118,7 +118,8 @@ def test_full_then_incremental_sync_shows_edits_trashes_archives_and_deletions(
     assert capybara.title == "Hot springs"
     assert capybara.uri == f"{srv.url}/wiki/spaces/OPS/pages/{new.id}/Hot+springs"
     searches = srv.calls(SEARCH)[before:]
-    assert all("order by lastmodified asc" in c.query["cql"][0] for c in searches if "cql" in c.query)
+    cql = [c.query["cql"][0] for c in searches if "cql" in c.query]
+    assert cql and all("order by lastmodified asc" in q for q in cql)
     assert any("cursor" in c.query for c in searches)  # v1 _links.next (relative to the site) followed
 
     quiet = sync(services, "kb", make())

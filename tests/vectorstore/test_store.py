@@ -18,12 +18,12 @@ from vectorstore.settings import SearchSettings
 from vectorstore.store import ChunkRow
 
 
-def test_migrations_are_idempotent_and_safe_concurrently(database_url: str) -> None:
+def test_migrations_are_idempotent_and_safe_concurrently(empty_database_url: str) -> None:
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            with connect(database_url) as conn:
+            with connect(empty_database_url) as conn:
                 migrate(conn, 384)
         except BaseException as err:  # noqa: BLE001 - collected and asserted below
             errors.append(err)
@@ -34,16 +34,16 @@ def test_migrations_are_idempotent_and_safe_concurrently(database_url: str) -> N
     for t in threads:
         t.join()
     assert errors == []
-    with connect(database_url) as conn:
+    with connect(empty_database_url) as conn:
         assert migrate(conn, 384) == []
         versions = [r["version"] for r in conn.execute("SELECT version FROM ragline_migrations ORDER BY 1")]
         assert versions == [v for v, _, _ in MIGRATIONS]
 
 
-def test_a_v3_store_migrates_to_generations_keeping_its_vectors_and_index(database_url: str) -> None:
+def test_a_v3_store_migrates_to_generations_keeping_its_vectors_and_index(empty_database_url: str) -> None:
     """A store made before generations (typed column, one global index) keeps its rows; its model serves and
     gets its own partial index, used by search."""
-    with connect(database_url) as conn:
+    with connect(empty_database_url) as conn:
         with conn.transaction():
             conn.execute(
                 "CREATE TABLE ragline_migrations (version integer PRIMARY KEY, name text NOT NULL, "

@@ -77,6 +77,7 @@ def test_manifest_describes_the_store(origin: Origin, embedder: Embedder) -> Non
     assert model["chunks"] == counts(conn)["chunks"] > 150
     assert manifest["indexes"] == [{"model_id": model["id"], "type": "vector", "m": 16, "ef_construction": 64}]
     assert serving(conn).id == model["id"]
+    assert sorted(manifest["tables"]) == sorted(counts(conn))
     for table, entry in manifest["tables"].items():
         data = (origin.snapshot / entry["file"]).read_bytes()
         assert entry["bytes"] == len(data)
