@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -276,7 +277,9 @@ class Pipeline:
         if self._reconnect is None or not disconnected(self.conn, err):
             return False
         log.warning("lost the database connection (%s): reconnecting", first_line(err))
+        started = time.monotonic()
         self.rebind(self._reconnect())
+        log.warning("reconnected to the database after %.1f s; going on from the ledger", time.monotonic() - started)
         return True
 
     def rebind(self, conn: Connection) -> None:
@@ -454,6 +457,3 @@ class Pipeline:
     def _drain(self) -> None:
         """Settle every batch in flight, oldest first."""
         self.commits.settle_beyond(0, self._observe)
-
-    def delete(self, document_ids: list[int], planned_at: datetime) -> int:
-        return self.retrying(lambda: ledger.mark_deleted(self.conn, document_ids, planned_at))

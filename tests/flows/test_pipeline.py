@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from connectors.pdf import PdfConnector
 from flows.counts import Counts
-from flows.pdfs import ingest_pdf_paths
+from flows.pdfs import ingest_pdf_paths, settle_deletions
 from flows.pipeline import Pipeline
 from flows.planning import resolve_source
 from flows.runtime import Services
@@ -324,7 +324,7 @@ def test_a_document_committed_after_the_plan_is_not_deleted_by_it(tmp_path: Path
     # Before the deletion is applied, another run sees the file back and commits it again.
     text_pdf(files["baking"], TOPICS["baking"] + ["A third page about brioche."])
     ingest_pdf_paths(services.pipeline, [str(files["baking"])])
-    assert services.pipeline.delete(planned.deleted, planned.planned_at) == 0
+    assert settle_deletions(services.pipeline, source, planned.deleted, planned.planned_at).deleted == 0
     assert any(Path(h.uri).name == "baking.pdf" for h in top(services, "brioche", k=5))
 
 
