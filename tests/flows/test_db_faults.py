@@ -151,6 +151,7 @@ def restart(home: Path) -> None:
     assert not Path(f"/proc/{pid}").exists()
 
 
+@pytest.mark.slow  # a server of its own, restarted (~20 s)
 def test_a_postgres_restart_mid_run_loses_and_duplicates_nothing(
     tmp_path: Path,
     own_server: Path,
@@ -171,6 +172,7 @@ def test_a_postgres_restart_mid_run_loses_and_duplicates_nothing(
     assert chunks_by_document(embedded_url(own_server)) == clean_run(tmp_path / "docs")
 
 
+@pytest.mark.slow  # a server of its own, stopped then started (~25 s)
 def test_a_server_that_stays_down_fails_the_run_in_one_line_and_the_next_run_finishes(
     tmp_path: Path, own_server: Path, counting_embedder: CountingEmbedder
 ) -> None:
