@@ -92,10 +92,12 @@ def _single_page(
 def parse_time_bomb(path: Path, pages: int = 400, words: int = 24_000, fillers: int = 30) -> Path:
     """Many pages that share one small compressed content stream (the file stays ~80 KB): ``words``
     one-letter words, each shown by its own operator and followed by ``fillers`` no-op operators (``0 Tc``),
-    ~750k operators in all, under pypdf's budget of 2M tokens per stream. pdfium lays out every page (~0.1 s
-    each here); its text, all one-letter words, looks damaged, so ``extractor: auto`` has pypdf read each
-    page again (~6 s each here). The text of all pages stays under ``pdf.max_chars``, so the character limit
-    does not stop it early: only the parse time limit does."""
+    under pypdf's budget of 2M tokens per stream. Every page costs a full layout of the stream in pdfium
+    and, where its text (all one-letter words) looks damaged, a reading by pypdf (~6 s a page here).
+
+    The default keeps the text of all pages (19.2M characters) under ``pdf.max_chars``, so the character
+    limit cannot stop it early: ~750k operators a page, ~0.13 s of pdfium a page here. ``issue_bomb`` is the
+    shape the issue names: ~1M text operators a page, 2M characters, ~3 s of pdfium a page here."""
     body = b"BT /F1 1 Tf 0 0 Td " + (b"(a ) Tj" + b" 0 Tc" * fillers + b"\n") * words + b"ET"
     with path.open("wb") as fh:
         w = _Writer(fh)
@@ -109,6 +111,11 @@ def parse_time_bomb(path: Path, pages: int = 400, words: int = 24_000, fillers: 
             w.page(first_page + i, 2, 3, 4)
         w.finish(1)
     return path
+
+
+def issue_bomb(path: Path) -> Path:
+    """``parse_time_bomb`` as the issue describes it: one operator per word, just under pypdf's token budget."""
+    return parse_time_bomb(path, words=990_000, fillers=0)
 
 
 def zlib_bomb(path: Path, inflated_bytes: int = 4 * 1024**3) -> Path:
@@ -216,9 +223,10 @@ SPECIAL = ("fifo.pdf", "dev-zero.pdf")
 """Files named .pdf that are no regular files: discovery must skip them with a warning, never open them."""
 
 
-def write_corpus(root: Path) -> dict[str, Path]:
+def write_corpus(root: Path, bomb: Callable[[Path], Path] = parse_time_bomb) -> dict[str, Path]:
     """The whole corpus under ``root``: the good files (one inside a folder named ``x.pdf``, one named with
-    SQL), the hostile files and the special files. Returns every path by its short name."""
+    SQL), the hostile files (``bomb`` writes the parse-time bomb) and the special files. Returns every path
+    by its short name."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "x.pdf").mkdir()
     paths = {
@@ -227,7 +235,7 @@ def write_corpus(root: Path) -> dict[str, Path]:
         "nested": text_pdf(root / "x.pdf" / "inside.pdf", GOOD_PAGES["nested"], title="Cormorants"),
         "sql": text_pdf(root / SQL_NAME, GOOD_PAGES["sql"], title="Samphire"),
     }
-    for name, generate in HOSTILE.items():
+    for name, generate in {**HOSTILE, "parse-time-bomb.pdf": bomb}.items():
         paths[name] = generate(root / name)
     os.mkfifo(root / "fifo.pdf")
     (root / "dev-zero.pdf").symlink_to("/dev/zero")
