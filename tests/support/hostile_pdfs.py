@@ -219,14 +219,12 @@ HOSTILE: dict[str, Callable[[Path], Path]] = {
 }
 """The hostile files by name, each with its generator."""
 
-SPECIAL = ("fifo.pdf", "dev-zero.pdf")
-"""Files named .pdf that are no regular files: discovery must skip them with a warning, never open them."""
-
 
 def write_corpus(root: Path, bomb: Callable[[Path], Path] = parse_time_bomb) -> dict[str, Path]:
     """The whole corpus under ``root``: the good files (one inside a folder named ``x.pdf``, one named with
-    SQL), the hostile files (``bomb`` writes the parse-time bomb) and the special files. Returns every path
-    by its short name."""
+    SQL), the hostile files (``bomb`` writes the parse-time bomb) and two files named .pdf that are no regular
+    files (a FIFO, whose read blocks, and a link to /dev/zero, whose read never ends): discovery must skip
+    those unopened. Returns every path by its short name."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "x.pdf").mkdir()
     paths = {
