@@ -96,6 +96,10 @@ class ParsedDocument:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+Load = Callable[[], ParsedDocument]
+"""Parses one document version (raising ``DocumentError`` for poison input)."""
+
+
 @dataclass(frozen=True)
 class SourceDocument:
     """One version of one document at its source.

@@ -164,6 +164,7 @@ class ModelTokenizer:
     def __init__(self, model_dir: Path) -> None:
         from tokenizers import Tokenizer
 
+        self.model_dir = model_dir
         self._tok: Tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         # A configured truncation would make counts lie about oversize text.
         self._tok.no_truncation()

@@ -146,6 +146,10 @@ def run_pdf_plan(
                 counts.merge(step(files, number, len(batches)))
         finally:
             pipeline.finish_load()
+    if not plan.deleted and not allow_mass_delete:
+        # Nothing to settle: a deletion held by an earlier run is listed again by every plan that walks where
+        # its file was (its ledger row is still live); a confirmed run settles whatever the source holds.
+        return
     settled = (settle or partial(settle_deletions, pipeline, plan.source, confirmed=allow_mass_delete))(
         plan.deleted, plan.planned_at
     )

@@ -18,18 +18,19 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
 import psycopg
 
 from connectors.base import DocumentError, DocumentGone, ParsedDocument, SourceDocument
-from embedding.chunking import ChunkTooLongError, chunk_pages
 from embedding.model import TextEmbedder
 from flows.claims import Claims
 from flows.commits import Commits, Prepared
 from flows.counts import Counts, Progress
 from flows.planning import Plan, SourceRef, count_decision, pipeline_fingerprints, plan
+from flows.preparing import Chunked, parse_and_chunk
 from flows.sandbox import ParseSandbox, ParseSettings
 from flows.settings import RaglineSettings
 from vectorstore import generations, indexing, ledger, store
@@ -58,7 +59,7 @@ class _Ingest:
     since: datetime
     counts: Counts
     progress: Progress | None
-    parsing: deque[tuple[SourceDocument, Future[ParsedDocument]]] = field(default_factory=deque)
+    parsing: deque[tuple[SourceDocument, Future[Chunked]]] = field(default_factory=deque)
     pending: list[Prepared] = field(default_factory=list)
     pending_chunks: int = 0
     decided: set[str] = field(default_factory=set)
@@ -297,7 +298,11 @@ class Pipeline:
         if doc is None:
             self.claims.release(run.source.id, [listed.external_id])
             return
-        run.parsing.append((doc, self.parser.submit(doc.load)))
+        tokenizer_dir = str(self.embedder.tokenizer.model_dir)
+        chunking, window = self.settings.embedding.chunking, self.embedder.max_seq_length
+        run.parsing.append(
+            (doc, self.parser.submit(partial(parse_and_chunk, doc.load, tokenizer_dir, chunking, window)))
+        )
 
     def _take_parsed(self, run: _Ingest) -> None:
         """The oldest parse, chunked into the pending batch (flushed once it holds enough chunks)."""
@@ -369,23 +374,15 @@ class Pipeline:
             stat_key=doc.stat_key,
         )
 
-    def _prepare(self, run: _Ingest, doc: SourceDocument, parse: Future[ParsedDocument]) -> Prepared | None:
-        """Chunk a parsed document and find which of its chunks are not stored yet; a document that failed to
-        parse (or went over a parse limit) is quarantined."""
+    def _prepare(self, run: _Ingest, doc: SourceDocument, parse: Future[Chunked]) -> Prepared | None:
+        """A parsed and chunked document with the chunks not stored yet; a document that failed to parse or
+        chunk (or went over a parse limit) is quarantined."""
         source = run.source
         try:
-            parsed = parse.result()
-            chunks = chunk_pages(
-                [(p.number, p.text) for p in parsed.pages],
-                self.embedder.tokenizer,
-                self.settings.embedding.chunking,
-                self.embedder.max_seq_length,
-            )
+            chunked = parse.result()
+            parsed, chunks = chunked.document, chunked.chunks
         except DocumentError as err:
             self._quarantine(run, doc, None, err)
-            return None
-        except ChunkTooLongError as err:
-            self._quarantine(run, doc, parsed, DocumentError("oversize_text", str(err)))
             return None
         except Exception as err:
             log.exception("unexpected error on %s", doc.uri)

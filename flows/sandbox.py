@@ -23,15 +23,18 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.base import DocumentError, ParsedDocument
+from connectors.base import DocumentError
 
 log = logging.getLogger(__name__)
 
-Load = Callable[[], ParsedDocument]
+T = TypeVar("T")
+Load = Callable[[], Any]
+"""What a parser process runs for one document: a connector's load, or that and its chunking
+(``flows.preparing.parse_and_chunk``); its result travels back by pickle."""
 
 _POLL_SECONDS = 0.05
 _START_SECONDS = 120.0
@@ -87,7 +90,7 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     conn.send(_READY)  # the parse clock starts once the worker is up, not while it starts
     while True:
-        result: ParsedDocument | _Failure
+        result: Any
         try:
             load = conn.recv()
         except EOFError:
@@ -174,7 +177,7 @@ class _Worker:
         finally:
             self._stop()
 
-    def _parse(self, load: Load) -> ParsedDocument:
+    def _parse(self, load: Load) -> Any:
         settings = self.sandbox.settings
         if self.process is None or not self.process.is_alive():
             self._stop()
@@ -209,7 +212,6 @@ class _Worker:
             ) from None
         if isinstance(result, _Failure):
             raise DocumentError(result.reason, result.message, retryable=result.retryable)
-        assert isinstance(result, ParsedDocument)
         return result
 
 
@@ -220,7 +222,7 @@ class ParseSandbox:
     def __init__(self, settings: ParseSettings) -> None:
         self.settings = settings
         self.context = multiprocessing.get_context("forkserver")
-        self.tasks: queue.Queue[tuple[Load, Future[ParsedDocument]] | None] = queue.Queue()
+        self.tasks: queue.Queue[tuple[Load, Future[Any]] | None] = queue.Queue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -230,8 +232,8 @@ class ParseSandbox:
         """Documents worth having in parse at once: every worker busy, and one more each waiting."""
         return 2 * self.settings.worker_count() if self.settings.isolate else 0
 
-    def submit(self, load: Load) -> Future[ParsedDocument]:
-        future: Future[ParsedDocument] = Future()
+    def submit(self, load: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
         if not self.settings.isolate:
             try:
                 future.set_result(load())
