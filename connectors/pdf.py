@@ -19,16 +19,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Literal, Protocol, Self
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pypdf import PasswordType, PdfReader
 
 from connectors import pdf_text
 from connectors.base import Content, DocumentError, DocumentGone, Page, ParsedDocument, SourceDocument, failing_document
 from connectors.text import clean_text
+
+if TYPE_CHECKING:
+    from pypdf import PdfReader  # imported where used: listing and planning never need it (~90 ms)
 
 log = logging.getLogger(__name__)
 
@@ -445,6 +447,7 @@ class _PypdfReader:
 
     @classmethod
     def open(cls, data: bytes, settings: PdfSettings) -> _PypdfReader:
+        from pypdf import PasswordType, PdfReader
         from pypdf.errors import DependencyError, FileNotDecryptedError
 
         # pypdf logs every recoverable oddity of a file as a warning; failures that matter raise instead.
