@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from connectors.pdf import PdfSettings, discover, parse_pdf
+from connectors.pdf import discover
+from connectors.pdf_parse import parse_pdf
+from connectors.pdf_settings import PdfSettings
 from embedding.chunking import ChunkingSettings, chunk_pages
 from embedding.devices import cpu_label, usable_cpus
 from embedding.model import Embedder, EmbeddingSettings

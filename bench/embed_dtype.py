@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors.pdf import PdfSettings, discover, parse_pdf
+from connectors.pdf import discover
+from connectors.pdf_parse import parse_pdf
+from connectors.pdf_settings import PdfSettings
 from embedding.chunking import ChunkingSettings, chunk_pages
 from embedding.model import Embedder, EmbeddingSettings, cpu_has_native_bf16
 

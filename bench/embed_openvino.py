@@ -23,7 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from connectors.pdf import PdfSettings, discover, parse_pdf
+from connectors.pdf import discover
+from connectors.pdf_parse import parse_pdf
+from connectors.pdf_settings import PdfSettings
 from embedding.chunking import ChunkingSettings, chunk_pages
 from embedding.model import Embedder, EmbeddingSettings
 from embedding.precision import quality

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors import pdf_text
-from connectors.pdf import PdfSettings, parse_pdf_bytes
+from connectors.pdf_parse import parse_pdf_bytes
+from connectors.pdf_settings import PdfSettings
 from connectors.text import clean_text
 
 _WORD = re.compile(r"[^\W\d_]{4,}")

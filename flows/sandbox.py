@@ -244,7 +244,7 @@ class ParseSandbox:
             if self._closed:
                 raise RuntimeError("the parse sandbox is closed")
             if not self._workers:
-                self.context.set_forkserver_preload(["connectors.pdf", "connectors.base"])
+                self.context.set_forkserver_preload(["connectors.pdf_parse", "connectors.base"])
                 self._workers = [_Worker(self, n) for n in range(self.settings.worker_count())]
         self.tasks.put((load, future))
         return future

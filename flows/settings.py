@@ -31,7 +31,7 @@ from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
 from connectors.base import DeleteGuard
-from connectors.pdf import PdfSettings
+from connectors.pdf_settings import PdfSettings
 from connectors.registry import SourceSettings
 from embedding.model import EmbeddingSettings
 from flows.sandbox import ParseSettings

@@ -16,18 +16,9 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.base import DocumentError
-from connectors.pdf import (
-    RACY_SECONDS,
-    Discovery,
-    Extractor,
-    NotAFileError,
-    PdfConnector,
-    PdfSettings,
-    discover,
-    file_hash,
-    parse_pdf,
-    stat_key,
-)
+from connectors.pdf import RACY_SECONDS, Discovery, NotAFileError, PdfConnector, discover, file_hash, stat_key
+from connectors.pdf_parse import parse_pdf
+from connectors.pdf_settings import Extractor, PdfSettings
 from tests.support import pdfgen
 
 PAGES = [

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from connectors import pdf_text
-from connectors.pdf import PdfSettings, parse_pdf
+from connectors.pdf_parse import parse_pdf
+from connectors.pdf_settings import PdfSettings
 from tests.support import pdfgen
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "pdfs"
@@ -214,7 +215,7 @@ def test_words_pdfium_runs_together_are_spaced_from_glyph_positions() -> None:
 
 def test_the_glyph_spaced_reading_keeps_ligature_codes_and_hyphen_joins() -> None:
     """Python counts U+001C-1F as whitespace; in these fonts they are fi, fl, ffi, ffl."""
-    from connectors.pdf import _PdfiumReader
+    from connectors.pdf_parse import _PdfiumReader
 
     with _PdfiumReader.open((EXAMPLES / "dtc-paper.pdf").read_bytes(), PdfSettings()) as reader:
         plain = pdf_text.prepare(reader.page_text(0))
