@@ -4,6 +4,10 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist, one test file each at a time): each has its own embedded Postgres, Prefect
+# server and model, and much of a test is spent waiting on them, so two overlap well even on two cores.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: demo test test-fast lint install sysdeps clean
 
@@ -33,10 +37,10 @@ sysdeps:  ## system packages the tests use: a real MediaWiki (PHP + SQLite) and 
 	    --no-install-recommends mediawiki php-sqlite3 php-cli chromium fonts-dejavu-core >/dev/null; }
 
 test: lint sysdeps  ## lint, then the whole test suite against the real Postgres, model, PDFs and MediaWiki
-	$(BIN)/pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)  ## the inner loop: the suite without lint, CLI subprocesses, the browser and the real wiki
-	$(BIN)/pytest -m "not slow and not browser and not integration"
+	$(PYTEST) -m "not slow and not browser and not integration"
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)

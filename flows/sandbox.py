@@ -244,7 +244,9 @@ class ParseSandbox:
             if self._closed:
                 raise RuntimeError("the parse sandbox is closed")
             if not self._workers:
-                self.context.set_forkserver_preload(["connectors.pdf_parse", "connectors.base"])
+                # Parser processes fork from a server that has imported what they run: a new one starts in
+                # milliseconds instead of importing numpy, pydantic and the PDF libraries again.
+                self.context.set_forkserver_preload(["flows.preparing", "connectors.pdf_parse"])
                 self._workers = [_Worker(self, n) for n in range(self.settings.worker_count())]
         self.tasks.put((load, future))
         return future
