@@ -5,6 +5,9 @@ and each batch is committed in one transaction (a group commit, ``flows.commits`
 whole or absent, so a crash loses at most the batches in flight and a re-run finishes them. With ``Writers``
 the commits run on connections of their own while the next batch is parsed and embedded; ``ingest`` returns
 only once every batch it began is settled, so a cursor saved after it never runs ahead of the rows.
+
+One concern at some 450 lines: the loop and the state it keeps. Claims, group commits, planning and parsing
+live in their own modules; reconnecting stays here because it rebinds this state to the new connection.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 The ledger is what makes runs resumable and idempotent: a document is skipped when its content hash and the
 pipeline fingerprint are those already committed, and quarantined documents wait for a fix (new content or
 settings), an operator's retry, or their ``retry_after`` for failures that may pass by themselves.
+
+One table's statements, some 410 lines of them: the decision table, versions, quarantine, stat keys and held
+deletions all read or write the same rows under the same locking rules, so they stay together.
 """
 
 from __future__ import annotations
