@@ -120,7 +120,14 @@ def _ingest_pdf(paths: list[str], source: str, plan_file: str | None, allow_mass
             def settle(deleted: list[int], planned_at: datetime) -> Settled:
                 return remove(deleted, planned_at, ref, allow_mass_delete)
 
-            pdfs.run_pdf_plan(svc.pipeline, plan, run.counts, ingest_batch=ingest_batch, settle=settle)
+            pdfs.run_pdf_plan(
+                svc.pipeline,
+                plan,
+                run.counts,
+                ingest_batch=ingest_batch,
+                settle=settle,
+                allow_mass_delete=allow_mass_delete,
+            )
         finally:
             _finish_progress()
     return _final_state(run.counts.as_dict())
