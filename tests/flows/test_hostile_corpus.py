@@ -38,6 +38,7 @@ OUTCOMES = {
 }
 
 
+@pytest.mark.slow  # bombs run into their 20 s parse limit (~20 s)
 def test_a_hostile_folder_is_contained_and_the_good_files_ingested(
     tmp_path: Path,
     settings: RaglineSettings,

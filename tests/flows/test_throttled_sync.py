@@ -5,6 +5,8 @@ every record exactly once and without ever exceeding the configured rate, as mea
 
 from __future__ import annotations
 
+import pytest
+
 from connectors.http import HttpPolicy, ResilientClient
 from connectors.hubspot import HubSpotSettings, HubSpotSource
 from flows.runtime import Services
@@ -19,6 +21,7 @@ RATE = 8.0
 BURST = 2
 
 
+@pytest.mark.slow  # rate-limited by design (~9 s)
 def test_two_thousand_records_through_a_throttling_flaky_server_exactly_once(
     services: Services, counting_embedder: CountingEmbedder
 ) -> None:
