@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -102,12 +102,22 @@ def cpu_available_bytes() -> int:
     return available
 
 
-def usable_cpus() -> int:
-    """CPUs this process may use: its affinity mask, bounded by the cgroup CPU quota."""
+def omp_threads(environ: Mapping[str, str]) -> int | None:
+    """The thread count ``OMP_NUM_THREADS`` asks for (its first level where it lists nested ones, "4,2"),
+    or None where it is unset or not a positive number. Operators set it to share a machine; torch reads it
+    only at import, so the pool applies it itself."""
+    first = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
+
+
+def usable_cpus(environ: Mapping[str, str] | None = None) -> int:
+    """CPUs this process may use: its affinity mask, bounded by the cgroup CPU quota and by
+    ``OMP_NUM_THREADS`` where that is set (the convention for "use this many threads")."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     quota_text = _read("/sys/fs/cgroup/cpu.max")
     quota = cpu_quota(quota_text) if quota_text else None
-    return max(1, min(count, quota) if quota else count)
+    limits = [count, *(n for n in (quota, omp_threads(os.environ if environ is None else environ)) if n)]
+    return max(1, min(limits))
 
 
 def cuda_free_bytes(torch_device: str) -> int:
@@ -151,16 +161,18 @@ def discover_devices(
     cpu_threads: int | None = None,
     cuda_count: Callable[[], int] | None = None,
     cuda_label: Callable[[str], str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> list[Device]:
     """The workers' devices: ``devices`` as configured; else ``explicit_device``; else every CUDA GPU, or
-    the CPU when there is none. CPU workers share the usable CPUs unless ``cpu_threads`` is given."""
+    the CPU when there is none. CPU workers share the usable CPUs (``usable_cpus``: affinity, cgroup quota,
+    ``OMP_NUM_THREADS`` from ``environ``, default the process's) unless ``cpu_threads`` is given."""
     count = cuda_count() if cuda_count else _cuda_device_count()
     names = list(devices) if devices else [explicit_device] if explicit_device else None
     if names is None:
         names = [f"cuda:{i}" for i in range(count)] or ["cpu"]
     names = ["cuda:0" if n == "cuda" else n for n in names]
     cpu_workers = sum(1 for n in names if n == "cpu")
-    threads = cpu_threads or max(1, usable_cpus() // max(1, cpu_workers))
+    threads = cpu_threads or max(1, usable_cpus(environ) // max(1, cpu_workers))
     result: list[Device] = []
     for name in names:
         if name == "cpu":

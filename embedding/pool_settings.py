@@ -29,8 +29,8 @@ class PoolSettings(BaseModel):
     cpu_threads: int | None = Field(
         default=None,
         gt=0,
-        description="Threads per CPU worker. Default: the CPUs this process may use (affinity and cgroup "
-        "quota) shared among the CPU workers.",
+        description="Threads per CPU worker. Default: the CPUs this process may use (affinity, cgroup quota, "
+        "and OMP_NUM_THREADS where set) shared among the CPU workers.",
     )
     max_batch_tokens: int | None = Field(
         default=None,

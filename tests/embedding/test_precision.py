@@ -24,7 +24,9 @@ from embedding.devices import (
     discover_devices,
     is_oom,
     measure_cpu_peak,
+    omp_threads,
     parse_meminfo,
+    usable_cpus,
 )
 from embedding.model import EmbeddingSettings
 from embedding.pool_settings import PoolSettings
@@ -249,3 +251,23 @@ def test_pool_settings_errors_name_the_field() -> None:
     with pytest.raises(ValidationError, match="Extra inputs"):
         EmbeddingSettings.model_validate({"pool": {"batch_tokens": 5}})
     assert EmbeddingSettings.model_validate({"pool": {"devices": ["cpu", "cpu"]}}).pool.devices == ["cpu", "cpu"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("1", 1), ("4", 4), ("4,2", 4), (" 3 ", 3), ("0", None), ("-2", None), ("many", None), ("", None)],
+)
+def test_omp_num_threads_is_read_by_convention(value: str | None, expected: int | None) -> None:
+    assert omp_threads({} if value is None else {"OMP_NUM_THREADS": value}) == expected
+
+
+def test_omp_num_threads_bounds_the_cpu_workers_threads_unless_configured() -> None:
+    one = discover_devices(None, cuda_count=lambda: 0, environ={"OMP_NUM_THREADS": "1"})
+    assert [d.threads for d in one] == [1]
+    # Two CPU workers share what OMP_NUM_THREADS allows (never fewer than one thread each).
+    two = discover_devices(["cpu", "cpu"], cuda_count=lambda: 0, environ={"OMP_NUM_THREADS": "1"})
+    assert [d.threads for d in two] == [1, 1]
+    configured = discover_devices(None, cuda_count=lambda: 0, cpu_threads=3, environ={"OMP_NUM_THREADS": "1"})
+    assert [d.threads for d in configured] == [3]
+    unset = discover_devices(None, cuda_count=lambda: 0, environ={})
+    assert [d.threads for d in unset] == [usable_cpus({})] and usable_cpus({}) >= 1
