@@ -44,10 +44,6 @@ class Plan:
     counts: Counts = field(default_factory=Counts)
     planned_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    @property
-    def empty(self) -> bool:
-        return not self.work and not self.deleted
-
 
 def pipeline_fingerprints(settings: RaglineSettings, embedder: TextEmbedder) -> Fingerprints:
     """A change of chunking, model or PDF text extractor re-processes committed documents (chunks whose text is

@@ -20,6 +20,7 @@ from connectors.pdf import RACY_SECONDS, Discovery, NotAFileError, PdfConnector,
 from connectors.pdf_parse import parse_pdf
 from connectors.pdf_settings import Extractor, PdfSettings
 from tests.support import pdfgen
+from tests.support.reads import count_reads
 
 PAGES = [
     "Alpha page one talks about invoices and payment terms.",
@@ -322,14 +323,8 @@ def test_covers_files_under_walked_directories_only(tmp_path: Path) -> None:
 
 def test_iter_documents_stats_and_reads_once_on_demand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = make_tree(tmp_path / "docs")
-    reads: list[Path] = []
-    read_bytes = Path.read_bytes
-
-    def counting(path: Path) -> bytes:
-        reads.append(path)
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", counting)
+    expected = hashlib.sha256(files["b"].read_bytes()).hexdigest()
+    reads = count_reads(monkeypatch)
     docs = {d.external_id: d for d in PdfConnector([tmp_path / "docs"]).iter_documents()}
 
     assert set(docs) == {str(p) for p in files.values()}
@@ -339,7 +334,7 @@ def test_iter_documents_stats_and_reads_once_on_demand(tmp_path: Path, monkeypat
     assert doc.metadata == {"size": files["b"].stat().st_size}
     assert doc.read is not None
     content = doc.read()
-    assert content.content_hash == hashlib.sha256(read_bytes(files["b"])).hexdigest()
+    assert content.content_hash == expected
     assert content.size == files["b"].stat().st_size
     assert [p.text for p in content.load().pages] == ["b"]
     assert reads == [files["b"]]  # hashed and parsed from one read

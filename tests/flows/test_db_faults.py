@@ -17,6 +17,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from flows.counts import Counts
 from flows.pdfs import ingest_pdf_paths
 from flows.runtime import Services
 from flows.settings import RaglineSettings, database_url, load_settings
@@ -102,6 +103,22 @@ def clean_run(
     return run
 
 
+def ingest_through_a_fault(
+    settings: RaglineSettings, inner: CountingEmbedder, fault: Callable[[], None], folder: Path
+) -> Counts:
+    """One PDF run with ``fault`` striking between its second embedding and that batch's commit, on the
+    background writers (several group commits: ``batch_chunks`` 8)."""
+    settings.batch_chunks = 8
+    embedder = FaultOnEmbed(inner, at=2, fault=fault)
+    svc = Services(settings, shared_embedder=embedder)
+    try:
+        counts = ingest_pdf_paths(svc.pipeline, [folder])
+    finally:
+        svc.close()
+    assert embedder.fault is None  # the fault did strike mid-run
+    return counts
+
+
 def terminate_all(url: str) -> None:
     """Kill every other connection to the database, as an operator or a failover would."""
     with psycopg.connect(url, autocommit=True) as admin:
@@ -120,14 +137,7 @@ def test_connections_killed_mid_run_reconnect_and_commit_everything_once(
 ) -> None:
     files = corpus(tmp_path / "docs")
     url = database_url(settings)
-    settings.batch_chunks = 8  # several group commits, on the background writers
-    embedder = FaultOnEmbed(counting_embedder, at=2, fault=lambda: terminate_all(url))
-    svc = Services(settings, shared_embedder=embedder)
-    try:
-        counts = ingest_pdf_paths(svc.pipeline, [tmp_path / "docs"])
-    finally:
-        svc.close()
-    assert embedder.fault is None  # the connections were killed mid-run
+    counts = ingest_through_a_fault(settings, counting_embedder, lambda: terminate_all(url), tmp_path / "docs")
     assert (counts.committed, counts.quarantined) == (len(files), 0)
     assert chunks_by_document(url) == clean_run(tmp_path / "docs")
 
@@ -160,14 +170,7 @@ def test_a_postgres_restart_mid_run_loses_and_duplicates_nothing(
 ) -> None:
     files = corpus(tmp_path / "docs")
     settings = load_settings({"RAGLINE_HOME": str(own_server)})
-    settings.batch_chunks = 8
-    embedder = FaultOnEmbed(counting_embedder, at=2, fault=lambda: restart(own_server))
-    svc = Services(settings, shared_embedder=embedder)
-    try:
-        counts = ingest_pdf_paths(svc.pipeline, [tmp_path / "docs"])
-    finally:
-        svc.close()
-    assert embedder.fault is None
+    counts = ingest_through_a_fault(settings, counting_embedder, lambda: restart(own_server), tmp_path / "docs")
     assert (counts.committed, counts.quarantined) == (len(files), 0)
     assert chunks_by_document(embedded_url(own_server)) == clean_run(tmp_path / "docs")
 
@@ -181,14 +184,8 @@ def test_a_server_that_stays_down_fails_the_run_in_one_line_and_the_next_run_fin
     # A configured URL: nobody starts that server again, so the reconnect runs out of its bound.
     env = {"RAGLINE_HOME": str(tmp_path / "state"), "RAGLINE_DATABASE_URL": url}
     settings = load_settings({**env, "RAGLINE_DATABASE__RECONNECT_SECONDS": "2"})
-    settings.batch_chunks = 8
-    embedder = FaultOnEmbed(counting_embedder, at=2, fault=lambda: restart(own_server))
-    svc = Services(settings, shared_embedder=embedder)
-    try:
-        with pytest.raises(DatabaseError, match=r"could not reconnect within 2 s \(database\.reconnect_seconds\)"):
-            ingest_pdf_paths(svc.pipeline, [tmp_path / "docs"])
-    finally:
-        svc.close()
+    with pytest.raises(DatabaseError, match=r"could not reconnect within 2 s \(database\.reconnect_seconds\)"):
+        ingest_through_a_fault(settings, counting_embedder, lambda: restart(own_server), tmp_path / "docs")
 
     assert embedded_url(own_server) == url  # back up
     svc = Services(load_settings(env), shared_embedder=counting_embedder)

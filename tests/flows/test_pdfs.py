@@ -16,6 +16,7 @@ from flows.runtime import Services
 from flows.settings import RaglineSettings
 from tests.support.embedders import CountingEmbedder
 from tests.support.pdfgen import text_pdf
+from tests.support.reads import count_reads
 
 PAGES = {
     "lava": ["Basaltic lava flows cool into columns.", "Pahoehoe has a smooth ropy surface."],
@@ -29,15 +30,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every file read through ``Path.read_bytes`` (how the PDF connector reads), in order. Files are trusted
     by their stat at once: the racy window (a write within the timestamp tick) is a clock seam, closed here."""
     monkeypatch.setattr(connectors.pdf, "RACY_SECONDS", 0.0)
-    seen: list[Path] = []
-    read_bytes = Path.read_bytes
-
-    def counting(path: Path) -> bytes:
-        seen.append(path)
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", counting)
-    return seen
+    return count_reads(monkeypatch)
 
 
 def corpus(root: Path) -> dict[str, Path]:
