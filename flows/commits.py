@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-import numpy as np
 import psycopg
 
 from flows.claims import Claims
@@ -24,12 +22,14 @@ from flows.counts import Counts, Progress
 from vectorstore import store
 from vectorstore.db import Connection, DatabaseError
 from vectorstore.ledger import DocumentVersion
-from vectorstore.store import ChunkRow
+from vectorstore.reuse import Vectors
+from vectorstore.store import ChunkRow, Committed
 from vectorstore.writers import Writers, Written
 
 log = logging.getLogger(__name__)
 
-Embed = Callable[[Sequence[ChunkRow], Counts], dict[uuid.UUID, np.ndarray]]
+Embed = Callable[[Sequence[ChunkRow], Counts], Vectors]
+"""Vectors for chunk rows (stored ones where the same text has one), the model's work counted."""
 Observe = Callable[[int, float], None]
 """Told (rows written, seconds) of every settled batch: the index-load cost model learns from it."""
 
@@ -47,7 +47,7 @@ class Prepared:
 class _InFlight:
     source_id: int
     pending: list[Prepared]
-    vectors: dict[uuid.UUID, np.ndarray]
+    vectors: Vectors
     model_id: int
     counts: Counts
     progress: Progress | None
@@ -67,7 +67,7 @@ class Commits:
         self,
         source_id: int,
         pending: list[Prepared],
-        vectors: dict[uuid.UUID, np.ndarray],
+        vectors: Vectors,
         model_id: int,
         counts: Counts,
         progress: Progress | None,
@@ -76,7 +76,7 @@ class Commits:
         """Start the group commit of ``pending`` (on ``writers`` when given, else here, at once)."""
         items = [store.DocumentCommit(p.doc, p.rows) for p in pending]
         if writers is not None:
-            future = writers.submit(source_id, items, vectors, model_id)
+            future = writers.submit(source_id, items, vectors.by_id, model_id)
         else:
             future = self._commit_here(source_id, items, vectors, model_id)
         self._inflight.append(_InFlight(source_id, pending, vectors, model_id, counts, progress, future))
@@ -103,29 +103,34 @@ class Commits:
             except Exception:  # the error already on its way out is the one raised
                 log.warning("a background commit of %d documents failed", len(flight.pending), exc_info=True)
             else:
-                self._count(flight, [c.written for c in done.committed])
+                self._count(flight, done.committed)
 
     def _settle(self, flight: _InFlight, observe: Observe | None) -> None:
         try:
             try:
                 done = flight.future.result()
-                written, seconds = [c.written for c in done.committed], done.seconds
+                committed, seconds = done.committed, done.seconds
             except (store.StaleChunksError, psycopg.Error, DatabaseError) as err:
                 log.info("group commit of %d documents failed (%s): one at a time", len(flight.pending), err)
                 started = time.perf_counter()
-                written = self._commit_each(flight)
+                committed = self._commit_each(flight)
                 seconds = time.perf_counter() - started
-            self._count(flight, written)
+            self._count(flight, committed)
             if observe is not None:
-                observe(sum(written), seconds)
+                observe(sum(c.written for c in committed), seconds)
         finally:
             self.claims.release(flight.source_id, [p.doc.external_id for p in flight.pending])
 
-    def _count(self, flight: _InFlight, written: list[int]) -> None:
-        for p, n in zip(flight.pending, written, strict=True):
-            flight.counts.committed += 1
-            flight.counts.chunks_written += n
-            flight.counts.chunks_reused += len(p.rows) - n
+    def _count(self, flight: _InFlight, committed: list[Committed]) -> None:
+        """Chunks the model embedded for a document are written; the others (kept from its stored version,
+        or written with a vector copied from a stored chunk of the same text) are reused."""
+        counts = flight.counts
+        for p, done in zip(flight.pending, committed, strict=True):
+            embedded = [r for r in p.rows if r.id in done.written_ids and r.id not in flight.vectors.copied]
+            counts.committed += 1
+            counts.chunks_written += len(embedded)
+            counts.chunks_reused += len(p.rows) - len(embedded)
+            counts.reused_tokens += sum(r.token_count for r in p.rows) - sum(r.token_count for r in embedded)
             if flight.progress:
                 flight.progress("committed", p.doc.external_id)
 
@@ -133,7 +138,7 @@ class Commits:
         self,
         source_id: int,
         items: list[store.DocumentCommit],
-        vectors: dict[uuid.UUID, np.ndarray],
+        vectors: Vectors,
         model_id: int,
     ) -> Future[Written]:
         """The group commit on the pipeline's connection, its outcome in a settled future, so it is settled
@@ -141,23 +146,24 @@ class Commits:
         future: Future[Written] = Future()
         started = time.perf_counter()
         try:
-            committed = store.commit_documents(self.conn, source_id, items, vectors, model_id)
+            committed = store.commit_documents(self.conn, source_id, items, vectors.by_id, model_id)
         except (store.StaleChunksError, psycopg.Error) as err:
             future.set_exception(err)
         else:
             future.set_result(Written(committed, time.perf_counter() - started))
         return future
 
-    def _commit_each(self, flight: _InFlight) -> list[int]:
-        """One transaction per document on the pipeline's connection: a document whose chunks a concurrent
-        writer removed is embedded whole and committed again."""
-        written: list[int] = []
+    def _commit_each(self, flight: _InFlight) -> list[Committed]:
+        """One transaction per document on the pipeline's connection: a document whose kept chunks a
+        concurrent writer removed gets vectors for them too and is committed again."""
+        committed: list[Committed] = []
+        vectors = flight.vectors
         for p in flight.pending:
             one = [store.DocumentCommit(p.doc, p.rows)]
             try:
-                [done] = store.commit_documents(self.conn, flight.source_id, one, flight.vectors, flight.model_id)
+                [done] = store.commit_documents(self.conn, flight.source_id, one, vectors.by_id, flight.model_id)
             except store.StaleChunksError:
-                flight.vectors.update(self.embed(p.rows, flight.counts))
-                [done] = store.commit_documents(self.conn, flight.source_id, one, flight.vectors, flight.model_id)
-            written.append(done.written)
-        return written
+                vectors.update(self.embed([r for r in p.rows if r.id not in vectors.by_id], flight.counts))
+                [done] = store.commit_documents(self.conn, flight.source_id, one, vectors.by_id, flight.model_id)
+            committed.append(done)
+        return committed

@@ -23,8 +23,13 @@ class Counts:
     deletions_held: int = 0
     """Documents gone from the source whose deletion the mass-delete guard holds (their chunks stay)."""
     chunks_written: int = 0
+    """Chunks embedded by the model and written."""
     chunks_reused: int = 0
+    """Chunks that took a stored vector instead: kept from the document's stored version, or written with the
+    vector of a stored chunk of the same text and model (another document, source or tenant)."""
     embedded_tokens: int = 0
+    reused_tokens: int = 0
+    """Tokens of ``chunks_reused``: the model work reuse saved."""
     bytes_read: int = 0
     """Bytes of source content read (files whose stat matched the ledger are not read at all)."""
     http_requests: int = 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -24,7 +23,6 @@ from datetime import datetime
 from functools import partial
 from typing import TypeVar
 
-import numpy as np
 import psycopg
 
 from connectors.base import DocumentError, DocumentGone, ParsedDocument, SourceDocument
@@ -42,6 +40,7 @@ from vectorstore.generations import Generation
 from vectorstore.ids import chunk_id
 from vectorstore.indexing import IndexLoad, IndexOptions
 from vectorstore.ledger import Decision, DocumentVersion
+from vectorstore.reuse import Vectors, VectorSource
 from vectorstore.store import ChunkRow
 from vectorstore.writers import Writers
 
@@ -118,8 +117,10 @@ class Pipeline:
         self.index_options = IndexOptions.from_settings(settings.database)
         self._generation: Generation | None = None
         self._load: IndexLoad | None = None
+        self.reuse = VectorSource(lambda texts, tokens: self.embedder.embed(texts, token_counts=tokens))
+        """Where chunk vectors come from: stored ones for text this generation already embedded, else the model."""
         self.claims = Claims(conn)
-        self.commits = Commits(conn, self.claims, self._embed)
+        self.commits = Commits(conn, self.claims, self._vectors)
 
     @property
     def model_key(self) -> str:
@@ -290,7 +291,7 @@ class Pipeline:
         """Go on with ``conn``: document claims died with the old session, the load keeps its registration."""
         self.conn = conn
         self.claims = Claims(conn)
-        self.commits = Commits(conn, self.claims, self._embed)
+        self.commits = Commits(conn, self.claims, self._vectors)
         self._generation = None
         if self._load is not None:
             self._load.conn = conn
@@ -420,10 +421,12 @@ class Pipeline:
         run.counts.quarantined += 1
         run.report("quarantined", doc.external_id)
 
-    def _embed(self, rows: Sequence[ChunkRow], counts: Counts) -> dict[uuid.UUID, np.ndarray]:
-        vectors = self.embedder.embed([r.text for r in rows], token_counts=[r.token_count for r in rows])
-        counts.embedded_tokens += sum(r.token_count for r in rows)
-        return {r.id: vectors[i] for i, r in enumerate(rows)}
+    def _vectors(self, rows: Sequence[ChunkRow], counts: Counts) -> Vectors:
+        """Vectors of ``rows``: a text this generation already embedded (any document, source or tenant)
+        takes the stored vector; only the rest is embedded, each distinct text once."""
+        vectors = self.reuse.vectors(self.conn, self.model_id(), rows)
+        counts.embedded_tokens += vectors.embedded_tokens
+        return vectors
 
     def _flush(self, run: _Ingest) -> None:
         """Embed the pending batch and hand it to its group commit."""
@@ -436,7 +439,7 @@ class Pipeline:
         scoped = self._load is None
         submitted = False
         try:
-            vectors = self._embed([r for p in pending for r in p.missing], counts)
+            vectors = self._vectors([r for p in pending for r in p.missing], counts)
             model_id = self.model_id()
             load = self.begin_load()
             load.before_write(sum(len(p.missing) for p in pending))

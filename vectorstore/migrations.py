@@ -222,6 +222,26 @@ def _v7_held_deletions(conn: Connection, dim: int, m: int, ef_construction: int)
     conn.execute("CREATE INDEX documents_delete_held_idx ON documents (source_id) WHERE delete_held_at IS NOT NULL")
 
 
+TEXT_LOOKUP_INDEX = "chunks_text_lookup_idx"
+
+
+def _v8_text_lookup(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
+    """Chunks found by their exact text within a model generation (``vectorstore/reuse.py``): a text already
+    embedded by that model takes its stored vector instead of being embedded again. The key is one 64-bit
+    hash of the text seeded with the generation's id, computed by the server (immutable, the same bytes on
+    both sides of the comparison, no FIPS-restricted digest); lookups compare the text itself too, so a
+    collision costs a heap fetch, never a wrong vector. One opaque key, not (model_id, hash): an index with a
+    ``model_id`` column serves any query of one generation, and the planner took it over the generation's HNSW
+    index on small stores (PostgreSQL 18 skip-scans a leading hash too). An index, not a column or a table:
+    nothing to backfill, to snapshot or to keep consistent, and no vector outlives the chunk rows (and the
+    tenant's data) it was read from."""
+    conn.execute(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON chunks (hashtextextended(text, model_id::bigint))").format(
+            sql.Identifier(TEXT_LOOKUP_INDEX)
+        )
+    )
+
+
 def full_text_present(conn: Connection) -> bool:
     """Whether chunks carry the full-text column (``database.full_text``): hybrid search needs it."""
     row = conn.execute(
@@ -289,6 +309,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (5, "chunk rows kept whole in their page up to 8 KB (no TOAST work per write)", _v5_rows_inline),
     (6, "a cheap change signal per document (stat key) to skip reading unchanged files", _v6_stat_keys),
     (7, "deletions held by the mass-delete guard until they pass it or are confirmed", _v7_held_deletions),
+    (8, "chunks found by their text within a model generation, to reuse stored vectors", _v8_text_lookup),
 ]
 
 

@@ -50,8 +50,12 @@ class DocumentCommit:
 @dataclass(frozen=True)
 class Committed:
     document_id: int
-    written: int
+    written_ids: frozenset[uuid.UUID]
     """Chunks written; the rest of the version's chunks were already stored under the same ids."""
+
+    @property
+    def written(self) -> int:
+        return len(self.written_ids)
 
 
 _COPY_CHUNKS = sql.SQL(
@@ -144,7 +148,10 @@ def commit_documents(
             vectors,
             model_id,
         )
-    by_name = {i.doc.external_id: Committed(doc_id, len(m)) for doc_id, i, m in zip(ids, ordered, missing, strict=True)}
+    by_name = {
+        i.doc.external_id: Committed(doc_id, frozenset(c.id for c in m))
+        for doc_id, i, m in zip(ids, ordered, missing, strict=True)
+    }
     return [by_name[name] for name in names]
 
 

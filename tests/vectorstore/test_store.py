@@ -12,7 +12,7 @@ from vectorstore import generations, ledger, store
 from vectorstore.db import Connection, DatabaseError, connect
 from vectorstore.ids import chunk_id
 from vectorstore.ledger import DocumentVersion
-from vectorstore.migrations import MIGRATIONS, migrate
+from vectorstore.migrations import MIGRATIONS, TEXT_LOOKUP_INDEX, migrate
 from vectorstore.search import search
 from vectorstore.settings import SearchSettings
 from vectorstore.store import ChunkRow
@@ -62,11 +62,12 @@ def test_a_v3_store_migrates_to_generations_keeping_its_vectors_and_index(empty_
                 "INSERT INTO chunks (id, document_id, chunk_index, text, token_count, model_id, embedding) "
                 "VALUES (gen_random_uuid(), 1, 0, 'x', 1, 1, '[1,0,0]')"
             )
-        assert migrate(conn, 3) == [4, 5, 6, 7]
+        assert migrate(conn, 3) == [version for version, _, _ in MIGRATIONS[3:]]
         gen = conn.execute("SELECT state FROM models WHERE id = 1").fetchone()
         assert gen is not None and gen["state"] == "active"
         indexes = {r["indexname"] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'chunks'")}
         assert "chunks_hnsw_m1" in indexes and "chunks_embedding_hnsw" not in indexes
+        assert TEXT_LOOKUP_INDEX in indexes  # built over the rows already there
         tenant = conn.execute("SELECT tenant FROM chunks").fetchone()
         assert tenant is not None and tenant["tenant"] == "default"
         hits = search(conn, np.array([1.0, 0.0, 0.0], dtype=np.float32), 1, settings=SearchSettings(exact="never"))
