@@ -1,0 +1,135 @@
+"""A folder of PDFs ingested, then copied under new names and ingested again: tokens embedded and wall time of
+the copy against the first ingest, through the real CLI in fresh processes, in one run.
+
+    python bench/reuse.py [PDF_DIR] [--repeat 3]
+
+A fresh RAGLINE_HOME is warmed first with an unrelated one-page PDF (the embedded Postgres and the Prefect
+server start there), so both measured ingests run on a running system and the ratio compares their own work:
+the first ingest parses, loads the model and embeds; a copy should only parse and write (its chunks take the
+stored vectors of the same text, docs/design.md). Each repeat copies the folder again under other names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from connectors.pdf import RACY_SECONDS
+
+WARM_UP = "Lighthouse keepers trimmed the wicks at dusk and logged every passing ship by lamplight."
+
+
+def one_page_pdf(text: str) -> bytes:
+    """A minimal PDF of one page of Helvetica text (no dependency beyond the standard library)."""
+    stream = f"BT /F1 11 Tf 72 720 Td ({text}) Tj ET".encode("latin-1")
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> "
+        b"/Contents 5 0 R >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
+    ]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class Ingest:
+    seconds: float
+    counts: dict[str, int]
+
+
+def ingest(home: Path, folder: Path) -> Ingest:
+    """``ragline ingest pdf FOLDER --json`` in a fresh process: its wall time and counts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAGLINE_"))}
+    env["RAGLINE_HOME"] = str(home)
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ragline", "ingest", "pdf", str(folder), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"ragline ingest pdf {folder} failed: {proc.stderr.strip()}")
+    # The counts are the last line: a library's progress bar on stdout (int8 export) comes before it.
+    [counts] = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1:]
+    return Ingest(seconds, json.loads(counts))
+
+
+def copy_renamed(src: Path, dest: Path, prefix: str) -> None:
+    """``src`` copied to ``dest`` with every file under a new name (new paths: new documents)."""
+    for path in sorted(src.rglob("*.pdf")):
+        target = dest / path.relative_to(src).with_name(prefix + path.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+
+def row(label: str, run: Ingest, first: Ingest) -> str:
+    c = run.counts
+    return (
+        f"| {label} | {c['committed']} | {c['embedded_tokens']} | {c['chunks_written']} | {c['chunks_reused']} "
+        f"| {c.get('reused_tokens', 0)} | {run.seconds:.2f} s | {run.seconds / first.seconds:.2f} |"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("pdfs", nargs="?", default=str(Path(__file__).parent.parent / "examples" / "pdfs"))
+    ap.add_argument("--repeat", type=int, default=3, help="copies ingested (each under other names)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        home, corpus = root / "home", root / "corpus"
+        shutil.copytree(args.pdfs, corpus)
+        files = sorted(corpus.rglob("*.pdf"))
+        size = sum(f.stat().st_size for f in files)
+        (root / "warm").mkdir()
+        (root / "warm" / "warm-up.pdf").write_bytes(one_page_pdf(WARM_UP))
+        time.sleep(RACY_SECONDS + 0.1)  # files this fresh are read again by the next run: not what is measured
+        try:
+            warm = ingest(home, root / "warm")
+            first = ingest(home, corpus)
+            copies = []
+            for i in range(args.repeat):
+                folder = root / f"copy-{i}"
+                copy_renamed(corpus, folder, f"copy {i} of ")
+                time.sleep(RACY_SECONDS + 0.1)
+                copies.append(ingest(home, folder))
+        finally:  # the embedded Postgres and the Prefect server outlive the CLI: stopped by their home
+            env = {**os.environ, "RAGLINE_HOME": str(home)}
+            subprocess.run([sys.executable, "-m", "ragline", "stop"], env=env, check=False)
+    median = statistics.median(c.seconds for c in copies)
+    print(f"corpus: {args.pdfs} ({len(files)} PDFs, {size / 1e6:.2f} MB)")
+    warm_up = "first ever run: initdb, Prefect server start, model load, precision calibration"
+    print(f"warm-up ({warm_up}): {warm.seconds:.2f} s")
+    print("| run | documents | tokens embedded | chunks embedded | chunks reused | tokens reused | wall | x first |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(row("first ingest (running system)", first, first))
+    for i, c in enumerate(copies):
+        print(row(f"copy {i} under new names", c, first))
+    embedded = max(c.counts["embedded_tokens"] for c in copies)
+    ratio = median / first.seconds
+    print(f"copies: median {median:.2f} s = {ratio:.2f}x the first ingest; most tokens embedded by one: {embedded}")
+
+
+if __name__ == "__main__":
+    main()
