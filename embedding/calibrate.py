@@ -18,9 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from embedding.backend_status import record_choice
 from embedding.budget import MemoryModel, pack
 from embedding.calibration_text import QUERIES, calibration_texts
 from embedding.devices import Device, batch_token_cap
+from embedding.gates import Gates, known_items
+from embedding.int8_support import Int8Support, versions
 from embedding.model import TextEmbedder
 from embedding.pool_settings import PoolSettings
 from embedding.precision import CalibrationCache, PrecisionChoice, Thresholds, calibrate, candidates, choose
@@ -55,6 +58,9 @@ class DeviceCalibrator:
     rounds: int = 2
     clock: Callable[[], float] = time.perf_counter
     cpu_bf16: bool | None = None
+    int8: Int8Support = field(default_factory=Int8Support)
+    gates: Gates = field(default_factory=Gates)
+    """int8's bars (the issue's by default; tests loosen them to test the choice apart from this machine)."""
     # One calibration at a time: workers on like devices then reuse the first one's result, and two
     # calibrations never compete for the same cores.
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -63,26 +69,34 @@ class DeviceCalibrator:
         """Choose the precision, load the model at it and size its memory, from the worker's thread."""
         with self._lock:
             choice = self.choose_precision(device)
+            record_choice(self.cache.directory, self.model.settings.model, device, choice)
             runner = self.make_runner(device, choice.precision)
             runner.load()
             return Calibrated(choice, runner, self.memory_model(device, choice.precision, runner))
 
     def choose_precision(self, device: Device) -> PrecisionChoice:
         if self.precision != "auto":
+            if self.precision == "int8":
+                self.int8.require()  # the error names the missing extra
             return PrecisionChoice(self.precision, "configured")
-        names = candidates(device, cuda_bf16=device.kind == "cuda" and _cuda_bf16(), cpu_bf16=self.cpu_bf16)
+        int8 = device.kind == "cpu" and self.int8.missing() is None
+        cuda_bf16 = device.kind == "cuda" and _cuda_bf16()
+        names = candidates(device, cuda_bf16=cuda_bf16, cpu_bf16=self.cpu_bf16, int8=int8)
         if len(names) == 1:
             return PrecisionChoice(names[0], "the only candidate on this device")
         texts = list(self.texts or calibration_texts())
         queries = list(self.queries if self.queries is not None else QUERIES)
-        thresholds = Thresholds(self.pool.min_cosine, self.pool.min_neighbour_overlap, self.pool.min_speedup)
+        thresholds = Thresholds(
+            self.pool.min_cosine, self.pool.min_neighbour_overlap, self.pool.min_speedup, int8=self.gates
+        )
         key = self.precision_key(device, names, queries, texts, thresholds)
         cached = self.cache.get("precision", key)
         if cached is not None:
             choice = PrecisionChoice.from_json(cached, cached=True)
             log.info("precision for %s from the calibration cache: %s", device.key, choice.summary())
             return choice
-        everything = [*queries, *texts]
+        known = known_items(texts)
+        everything = [*queries, *(item.query for item in known), *texts]
         counts = [max(1, min(c, self.model.max_seq_length)) for c in self.model.tokenizer.count(everything)]
         cap = batch_token_cap(self.pool.max_batch_tokens, device)
         batches = pack(counts, lambda _length: cap, self.pool.max_batch_items)
@@ -92,8 +106,9 @@ class DeviceCalibrator:
             runner.load()
             return runner
 
+        n_queries = len(queries) + len(known)
         measurements = calibrate(
-            make, names, everything, batches, sum(counts), len(queries), rounds=self.rounds, clock=self.clock
+            make, names, everything, batches, sum(counts), n_queries, rounds=self.rounds, clock=self.clock, known=known
         )
         choice = choose(measurements, thresholds)
         self.cache.put("precision", key, choice.to_json())
@@ -116,6 +131,15 @@ class DeviceCalibrator:
             "torch": _torch_version(),
             "candidates": list(names),
             "thresholds": [thresholds.min_cosine, thresholds.min_neighbour_overlap, thresholds.min_speedup],
+            "int8": [
+                versions(),
+                thresholds.int8.max_recall_drop,
+                thresholds.int8.min_neighbour_overlap,
+                thresholds.int8.min_mean_cosine,
+            ]
+            if "int8" in names
+            else None,
+            "known_items": True,
             "calibration": hashlib.sha256(json.dumps([list(queries), list(texts)]).encode()).hexdigest()[:16],
             "batch_tokens": self.pool.max_batch_tokens,
         }

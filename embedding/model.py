@@ -50,7 +50,9 @@ class EmbeddingSettings(BaseModel):
         "fastest precision within the quality bars against float32 on a calibration set (cached in "
         "pool.calibration_dir); for the plain Embedder, which calibrates nothing, bfloat16 on CPUs with AMX "
         "(reported 2-3x faster than float32 there) and float32 elsewhere (bfloat16 without AMX measured slower: "
-        "docs/benchmarks.md). Replaces embedding.dtype and embedding.pool.precision, still read.",
+        "docs/benchmarks.md). int8: the model quantised by NNCF and run by OpenVINO on the CPU (needs the extra "
+        "ragline[int8]; under auto the pool offers it where the extra is installed and keeps it only within the "
+        "retrieval gates against float32). Replaces embedding.dtype and embedding.pool.precision, still read.",
     )
     batch_size: int = Field(default=32, gt=0, le=4096, description="Chunks per forward pass (Embedder only).")
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
@@ -278,10 +280,29 @@ class Embedder:
         )
         return model
 
+    @cached_property
+    def _int8(self) -> Any:
+        """The int8 runner for ``precision: int8`` (torch's ``encode`` cannot run it); its export is cached
+        in ``pool.calibration_dir`` when set."""
+        from embedding.devices import Device
+        from embedding.int8_runner import Int8Runner
+
+        device = Device("cpu", "cpu", "cpu", "cpu")
+        runner = Int8Runner(
+            self.model_dir, self.revision, device, self.max_seq_length, cache_dir=self.settings.pool.calibration_dir
+        )
+        runner.load()
+        return runner
+
     def embed(self, texts: Sequence[str], *, token_counts: Sequence[int] | None = None) -> np.ndarray:
         """Unit-length float32 vectors, one per text, in order (``token_counts`` is not needed here)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.precision == "int8":
+            if self.settings.device != "cpu":
+                raise ValueError(f"embedding.precision int8 runs on CPUs only, not on {self.settings.device}")
+            size = self.settings.batch_size
+            return np.concatenate([self._int8.forward(texts[i : i + size]) for i in range(0, len(texts), size)])
         model = self.model
         with autocast(self.precision, self.settings.device.split(":")[0]):
             vectors = model.encode(

@@ -28,13 +28,15 @@ import numpy as np
 from embedding.calibrate import DeviceCalibrator
 from embedding.devices import Device, MemoryProbe, default_probe, discover_devices
 from embedding.devices import is_oom as is_oom
+from embedding.int8_runner import Int8Runner
+from embedding.int8_support import Int8Support
 from embedding.model import Embedder, EmbeddingSettings, ModelIdentity, ModelTokenizer
 from embedding.pool_queue import EmbeddingError, EmbedRequest, Item, Lane, Lanes
 from embedding.pool_settings import PoolSettings
 from embedding.pool_stats import DeviceStats, PoolStats
 from embedding.pool_worker import Worker
 from embedding.precision import CalibrationCache, PrecisionChoice
-from embedding.runner import RunnerFactory, TorchRunner
+from embedding.runner import Runner, RunnerFactory, TorchRunner
 
 __all__ = ["DeviceStats", "EmbedRequest", "EmbeddingError", "EmbeddingPool", "Lane", "PoolStats"]
 
@@ -55,10 +57,11 @@ class EmbeddingPool:
         calibration_rounds: int = 2,
         clock: Callable[[], float] = time.perf_counter,
         cpu_bf16: bool | None = None,
+        int8: Int8Support | None = None,
     ) -> None:
         """``embedder`` lends the model's metadata (identity, tokenizer) without loading it; ``devices``,
-        ``probe`` and ``runner_factory`` are seams for tests and benchmarks (default: discovered devices,
-        real memory probes, torch runners)."""
+        ``probe``, ``runner_factory`` and ``int8`` are seams for tests and benchmarks (default: discovered
+        devices, real memory probes, torch runners and the int8 runner, the int8 extra as installed)."""
         if embedder is not None and settings is not None and embedder.settings.model != settings.model:
             raise ValueError(
                 f"embedding.model {settings.model!r} differs from the given embedder's {embedder.settings.model!r}"
@@ -68,7 +71,8 @@ class EmbeddingPool:
         self.pool_settings: PoolSettings = self.settings.pool
         self._devices = list(devices) if devices is not None else None
         self._probe = probe
-        self._factory: RunnerFactory = runner_factory or (lambda d, p: TorchRunner(self.model_dir, d, p))
+        self._int8 = int8 or Int8Support()
+        self._factory: RunnerFactory = runner_factory or self._make_runner
         self._clock = clock
         self._calibrator = DeviceCalibrator(
             self._meta,
@@ -81,6 +85,7 @@ class EmbeddingPool:
             rounds=calibration_rounds,
             clock=clock,
             cpu_bf16=cpu_bf16,
+            int8=self._int8,
         )
         self._cond = threading.Condition()
         self._start_lock = threading.Lock()
@@ -90,6 +95,20 @@ class EmbeddingPool:
         self._duplicates = 0
         self._started = False
         self._closing = False
+
+    def _make_runner(self, device: Device, precision: str) -> Runner:
+        """The default runners: OpenVINO for int8 (its export cached beside the calibration results), torch
+        for the rest."""
+        if precision == "int8":
+            return Int8Runner(
+                self.model_dir,
+                self.revision,
+                device,
+                self.max_seq_length,
+                cache_dir=self.pool_settings.calibration_dir,
+                support=self._int8,
+            )
+        return TorchRunner(self.model_dir, device, precision)
 
     # The Embedder surface the pipeline uses.
     @property

@@ -9,11 +9,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Precision = Literal["float32", "bfloat16", "float16", "autocast-bfloat16", "autocast-float16"]
-"""How a model computes (``embedding.precision``): weights cast to a dtype, or float32 weights under
-``torch.autocast``."""
+Precision = Literal["float32", "bfloat16", "float16", "autocast-bfloat16", "autocast-float16", "int8"]
+"""How a model computes (``embedding.precision``): weights cast to a dtype, float32 weights under
+``torch.autocast``, or ``int8``: the model quantised by NNCF and run by OpenVINO on the CPU (the optional extra
+``ragline[int8]``; ``embedding.int8_runner``)."""
 
-PRECISIONS: tuple[Precision, ...] = ("float32", "bfloat16", "float16", "autocast-bfloat16", "autocast-float16")
+PRECISIONS: tuple[Precision, ...] = (
+    "float32",
+    "bfloat16",
+    "float16",
+    "autocast-bfloat16",
+    "autocast-float16",
+    "int8",
+)
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 

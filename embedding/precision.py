@@ -3,8 +3,10 @@ set rather than assumed (bfloat16 was 2-3.4x faster than float32 on a CPU with A
 without; docs/benchmarks.md), and cached so that start-up does not pay for it each run.
 
 Quality bars: the cosine of every vector to its float32 twin, and the overlap of the top-10 neighbours of a
-query set among the calibration texts. The decision (``choose``) is pure; ``calibrate`` times the candidates
-through an injected runner factory, round-robin, so machine noise hits all of them alike.
+query set among the calibration texts. ``int8``, a lossy backend, is held to retrieval gates instead
+(``gates``: known-item recall@5 within 0.01 of float32, top-10 overlap >= 0.90, mean cosine >= 0.99), since
+no int8 model keeps every vector within 0.999. The decision (``choose``) is pure; ``calibrate`` times the
+candidates through an injected runner factory, round-robin, so machine noise hits all of them alike.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from embedding import gates
 from embedding.devices import Device
+from embedding.gates import GateFigures, Gates, KnownItem
 from embedding.model import cpu_has_native_bf16
 from embedding.pool_settings import Precision
 
@@ -36,18 +40,21 @@ class Encoder(Protocol):
     def forward(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def candidates(device: Device, *, cuda_bf16: bool = False, cpu_bf16: bool | None = None) -> list[Precision]:
-    """Precisions worth trying on ``device`` with torch alone. float16 on CPU is left out (slow kernels);
-    the OpenVINO and ONNX backends are left out: their extras conflict with the installed transformers."""
+def candidates(
+    device: Device, *, cuda_bf16: bool = False, cpu_bf16: bool | None = None, int8: bool = False
+) -> list[Precision]:
+    """Precisions worth trying on ``device``. float16 on CPU is left out (slow kernels); ``int8`` (OpenVINO,
+    CPU only) where its extra is installed (``int8``)."""
     if device.kind == "cpu":
         # Without AMX tiles bf16 ran slower than float32 here (0.71-0.91x, docs/benchmarks.md): not worth the
         # calibration time at every first start.
         native = cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
-        return ["float32", "bfloat16", "autocast-bfloat16"] if native else ["float32"]
-    found: list[Precision] = ["float32", "float16", "autocast-float16"]
+        found: list[Precision] = ["float32", "bfloat16", "autocast-bfloat16"] if native else ["float32"]
+        return [*found, "int8"] if int8 else found
+    gpu: list[Precision] = ["float32", "float16", "autocast-float16"]
     if cuda_bf16:
-        found += ["bfloat16", "autocast-bfloat16"]
-    return found
+        gpu += ["bfloat16", "autocast-bfloat16"]
+    return gpu
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,17 @@ class Measurement:
     min_cosine: float
     neighbour_overlap: float
     error: str | None = None
+    mean_cosine: float | None = None
+    recall: float | None = None
+    reference_recall: float | None = None
+    """Known-item recall@5 of this precision and of float32 (None where no known items were measured)."""
+
+    def gate_figures(self) -> GateFigures | None:
+        if self.mean_cosine is None or self.recall is None or self.reference_recall is None:
+            return None
+        return GateFigures(
+            self.mean_cosine, self.min_cosine, self.neighbour_overlap, self.recall, self.reference_recall
+        )
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,8 @@ class Thresholds:
     min_cosine: float = 0.999
     min_neighbour_overlap: float = 0.95
     min_speedup: float = 1.1
+    int8: Gates = field(default_factory=Gates)
+    """The bars of ``int8`` instead of the two above."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +99,12 @@ class PrecisionChoice:
             f"{m.precision} {m.tokens_per_s:.0f} tok/s"
             + (f" ({m.tokens_per_s / ref:.2f}x)" if ref else "")
             + (f" cos>={m.min_cosine:.5f} top{NEIGHBOURS}={m.neighbour_overlap:.3f}" if m.error is None else "")
+            + (
+                f" mean cos={m.mean_cosine:.4f} recall@{gates.RECALL_K}={m.recall:.3f}"
+                f" (float32 {m.reference_recall:.3f})"
+                if m.precision == "int8" and m.error is None and m.gate_figures() is not None
+                else ""
+            )
             + (f" failed: {m.error}" if m.error else "")
             for m in self.measurements
         ]
@@ -131,6 +157,15 @@ def choose(measurements: Sequence[Measurement], thresholds: Thresholds) -> Preci
             continue
         if m.error is not None:
             rejected.append(f"{m.precision} failed ({m.error})")
+        elif m.precision == "int8":
+            figures = m.gate_figures()
+            failed = ["not measured on known items"] if figures is None else gates.failures(figures, thresholds.int8)
+            if failed:
+                rejected.append(f"int8 {', '.join(failed)}")
+            elif m.tokens_per_s < ref.tokens_per_s * thresholds.min_speedup:
+                rejected.append(f"int8 {m.tokens_per_s / ref.tokens_per_s:.2f}x < {thresholds.min_speedup}x")
+            else:
+                passing.append(m)
         elif m.min_cosine < thresholds.min_cosine:
             rejected.append(f"{m.precision} cosine {m.min_cosine:.5f} < {thresholds.min_cosine}")
         elif m.neighbour_overlap < thresholds.min_neighbour_overlap:
@@ -160,12 +195,14 @@ def calibrate(
     *,
     rounds: int = 2,
     clock: Callable[[], float] = time.perf_counter,
+    known: Sequence[KnownItem] = (),
 ) -> list[Measurement]:
     """Measure ``names`` (float32 first: the reference) on ``texts`` (the first ``n_queries`` are the
-    queries), run in ``batches`` of indices as the pool would pack them. Every candidate is loaded and run
-    once (the warm-up, whose vectors are compared with float32's), then timed: each batch ``rounds`` times
-    per candidate, interleaved, keeping the fastest. A candidate that fails to load or run is recorded with
-    its error, never chosen."""
+    queries, the last ``len(known)`` of them the known-item queries of ``known``, whose targets index the
+    texts after the queries), run in ``batches`` of indices as the pool would pack them. Every candidate is
+    loaded and run once (the warm-up, whose vectors are compared with float32's), then timed: each batch
+    ``rounds`` times per candidate, interleaved, keeping the fastest. A candidate that fails to load or run
+    is recorded with its error, never chosen."""
     if not names or names[0] != "float32":
         raise ValueError(f"calibration must start with float32 as the reference, got {list(names)}")
     loaded: dict[str, Encoder] = {}
@@ -201,7 +238,23 @@ def calibrate(
             continue
         cosine, overlap = quality(vectors["float32"], vectors[name], n_queries)
         elapsed = sum(times[name])
-        result.append(Measurement(name, tokens / elapsed if elapsed > 0 else 0.0, cosine, overlap))
+        speed = tokens / elapsed if elapsed > 0 else 0.0
+        if not known:
+            result.append(Measurement(name, speed, cosine, overlap))
+            continue
+        ref, cand = vectors["float32"], vectors[name]
+        figures = gates.measure(ref[:n_queries], ref[n_queries:], cand[:n_queries], cand[n_queries:], known, len(known))
+        result.append(
+            Measurement(
+                name,
+                speed,
+                cosine,
+                overlap,
+                mean_cosine=figures.mean_cosine,
+                recall=figures.recall,
+                reference_recall=figures.reference_recall,
+            )
+        )
     return result
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from flows.counts import Counts
@@ -111,8 +111,17 @@ def headline(counts: Counts, error: str | None = None) -> str:
     return "Completed"
 
 
-def counts_markdown(source: str, kind: str, counts: Counts, seconds: float, error: str | None = None) -> str:
-    """The counts artifact: how the run ended, its throughput, a table of its counts and what to do next."""
+def counts_markdown(
+    source: str,
+    kind: str,
+    counts: Counts,
+    seconds: float,
+    error: str | None = None,
+    backends: Sequence[str] = (),
+) -> str:
+    """The counts artifact: how the run ended, its throughput, a table of its counts and what to do next.
+    ``backends``: one line per embedding device, the backend and precision it runs and, where int8 was
+    calibrated, its gate figures (``embedding.backend_status.BackendStatus.describe``)."""
     rates = throughput(counts, seconds)
     lines = [
         f"## {headline(counts, error)}",
@@ -128,6 +137,8 @@ def counts_markdown(source: str, kind: str, counts: Counts, seconds: float, erro
         ),
         "",
     ]
+    if backends:
+        lines += ["Embedding: " + "; ".join(escape_markdown(line) for line in backends), ""]
     if error is not None:
         lines += [f"**Error:** {escape_markdown(short_error(error))}", ""]
         lines += ["Counts below are what the run committed before it stopped.", ""]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,19 @@ from embedding.budget import MemoryModel
 from embedding.calibrate import DeviceCalibrator
 from embedding.calibration_text import QUERIES, calibration_texts
 from embedding.devices import Device
+from embedding.int8_support import Int8Support
 from embedding.model import Embedder
 from embedding.pool_settings import PoolSettings
 from embedding.precision import CalibrationCache, Thresholds
 from embedding.runner import Runner, TorchRunner
 
 CPU = Device(key="cpu", torch_device="cpu", kind="cpu", label="test cpu", threads=2)
+
+
+def no_extra(name: str) -> ModuleType:
+    """An importer as if the int8 extra were not installed: these tests are about the torch precisions
+    (int8's calibration is tests/embedding/test_int8.py's)."""
+    raise ImportError(f"No module named {name!r}")
 
 
 class Timed(TorchRunner):
@@ -72,6 +80,7 @@ def calibrator(
         rounds=1,
         clock=lambda: factory.now[0],
         cpu_bf16=cpu_bf16,
+        int8=Int8Support(importer=no_extra),
     )
 
 
