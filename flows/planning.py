@@ -27,10 +27,13 @@ class SourceRef:
     kind: str
 
 
-def resolve_source(conn: Connection, settings: RaglineSettings, name: str, kind: str) -> SourceRef:
-    """The ledger row of source ``name`` (created on first use), with the tenant its configuration names."""
-    tenant = next((s.tenant for s in settings.sources if s.name == name), None)
-    return SourceRef(ledger.ensure_source(conn, name, kind, tenant), name, kind)
+def resolve_source(
+    conn: Connection, settings: RaglineSettings, name: str, kind: str, *, tenant: str | None = None
+) -> SourceRef:
+    """The ledger row of source ``name`` (created on first use), with the tenant its configuration names, else
+    ``tenant`` (an unconfigured source a tenant's token ingests into)."""
+    configured = next((s.tenant for s in settings.sources if s.name == name), None)
+    return SourceRef(ledger.ensure_source(conn, name, kind, configured or tenant), name, kind)
 
 
 @dataclass

@@ -32,6 +32,7 @@ class Services:
     shared_embedder: TextEmbedder | None = field(default=None, repr=False)
     _query_embedders: dict[int, TextEmbedder] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _query_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
     def embedder(self) -> TextEmbedder:
@@ -104,11 +105,13 @@ class Services:
         return open_pool(database_url(self.settings), size=size, connect_timeout=database.connect_timeout)
 
     def query_embedder(self, serving: Generation) -> TextEmbedder:
-        """The model that embeds queries for ``serving``: the configured one, or, while a new generation is
-        being built, the model of the generation that still serves (it must still be installed)."""
-        identity = self.embedder.identity
-        if (identity.name, identity.revision, identity.dim) == (serving.name, serving.revision, serving.dim):
-            return self.embedder
+        """The model that embeds queries for ``serving``: a plain float32 model of the generation that serves
+        (the configured one, or while a new generation is being built, the old one: it must still be
+        installed), loaded on first use and kept. Never the ingestion pool: a query must not start workers,
+        calibrate, or wait behind an ingestion's batches."""
+        shared = self.shared_embedder
+        if shared is not None and (shared.identity.name, shared.identity.revision) == (serving.name, serving.revision):
+            return shared  # a caller's own plain model (tests, an embedding application)
         with self._lock:
             cached = self._query_embedders.get(serving.id)
             if cached is None:
@@ -133,7 +136,9 @@ class Services:
             conn.commit()
             if serving is None:
                 return []
-            vector = self.query_embedder(serving).embed([query])[0]
+            embedder = self.query_embedder(serving)
+            with self._query_lock:  # the tokenizer is not safe from several threads; a query takes milliseconds
+                vector = embedder.embed([query])[0]
             return search.search(
                 conn,
                 vector,

@@ -71,12 +71,26 @@ class PrefectSettings(BaseModel):
     startup_timeout: float = Field(default=90.0, gt=0, description="Seconds to wait for the local server.")
 
 
-class ServeSettings(BaseModel):
-    """The on-demand trigger endpoint of ``ragline serve`` and its warm workers."""
+class TenantToken(BaseModel):
+    """A bearer token that acts for one tenant only: it searches that tenant's chunks (under row-level security
+    when ``database.row_level_security`` is on) and ingests only into that tenant's sources."""
 
     model_config = ConfigDict(extra="forbid")
 
-    host: str = Field(default="127.0.0.1", description="Address the trigger endpoint listens on.")
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="The tenant the token acts for.")
+    token_env: str = Field(min_length=1, description="Environment variable holding the token (never logged).")
+
+
+class ServeSettings(BaseModel):
+    """The warm service of ``ragline serve``: its API (triggers, search, operations) and its workers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the service listens on. A non-loopback address needs a token (serve.token_env or "
+        "serve.tenant_tokens) unless serve.allow_anonymous is set.",
+    )
     port: int = Field(default=8765, ge=0, le=65535, description="Its port; 0 picks a free one (see serve.json).")
     workers: int = Field(default=1, ge=1, le=32, description="Warm worker threads, each with its own DB connection.")
     queue_size: int = Field(
@@ -99,7 +113,37 @@ class ServeSettings(BaseModel):
     inbox_source: str = Field(default="inbox", min_length=1, description="Source of posted files and URLs.")
     token_env: str | None = Field(
         default=None,
-        description="Name of an environment variable holding a bearer token the endpoint requires (never logged).",
+        description="Name of an environment variable holding the operator's bearer token (every route, every "
+        "tenant; never logged). With it or tenant tokens set, every route but /healthz needs a token.",
+    )
+    tenant_tokens: list[TenantToken] = Field(
+        default_factory=list, description="Tokens that act for one tenant each (search and ingest its own rows)."
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Serve a non-loopback address without any token (a warning at every start). Off: refused.",
+    )
+    url_allow: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) and host names URL triggers may fetch from although they are internal "
+        "(loopback, private, link-local, unique-local): everything internal is refused unless listed here.",
+    )
+    max_redirects: int = Field(default=5, ge=0, le=20, description="Redirects a URL trigger follows (each checked).")
+    inbox_retention: float = Field(
+        default=7 * 86400.0,
+        ge=0,
+        description="Seconds a posted file whose run failed or quarantined it stays in the inbox (for a retry); "
+        "a file whose run committed it is removed at once.",
+    )
+    max_connections: int = Field(
+        default=256, ge=1, description="Requests in progress at once; beyond it 503 (load shedding)."
+    )
+    search_concurrency: int = Field(default=4, ge=1, le=256, description="Searches answered at once.")
+    search_queue: int = Field(
+        default=64, ge=0, description="Searches waiting for a slot; beyond it they get 429 (load shedding)."
+    )
+    drain_seconds: float = Field(
+        default=60.0, ge=0, description="On SIGTERM: seconds running runs may take to finish before the stop."
     )
     scheduled_runs: int = Field(
         default=2, ge=1, description="Scheduled flow runs `ragline serve` runs at once (each in its own process)."

@@ -68,13 +68,42 @@ class TriggerRequest:
     target: str = ""
     ids: tuple[str, ...] = ()
     filename: str | None = None
+    tenant: str | None = None
+    """The tenant whose token asked (None: the operator): only it may read the run."""
 
     @property
     def key(self) -> str:
         """Equal for requests that would ingest the same thing (the file name of a posted file does not
         matter: its content does)."""
-        canonical = json.dumps([self.kind, self.source, self.target, sorted(set(self.ids))], separators=(",", ":"))
+        canonical = json.dumps(
+            [self.kind, self.source, self.target, sorted(set(self.ids)), self.tenant], separators=(",", ":")
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def as_json(self) -> dict[str, Any]:
+        """Everything needed to run it again (the service's journal)."""
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "target": self.target,
+            "ids": list(self.ids),
+            "filename": self.filename,
+            "tenant": self.tenant,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TriggerRequest:
+        kind = data["kind"]
+        if kind not in ("pdf", "url", "records"):
+            raise ValueError(f"unknown request kind {kind!r}")
+        return cls(
+            kind,
+            str(data["source"]),
+            str(data.get("target", "")),
+            tuple(str(i) for i in data.get("ids", ())),
+            data.get("filename"),
+            data.get("tenant"),
+        )
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "source": self.source}
@@ -85,6 +114,8 @@ class TriggerRequest:
             out["url"] = self.target
         else:
             out["ids"] = list(self.ids)
+        if self.tenant is not None:
+            out["tenant"] = self.tenant
         return out
 
 
@@ -202,7 +233,8 @@ def retry_after(queued: int, workers: int, mean_run_s: float | None, *, low: int
 
 
 class RunBook:
-    """Thread-safe admission, queue and records. ``clock`` (wall seconds) and ``new_id`` are seams for tests."""
+    """Thread-safe admission, queue and records. ``clock`` (wall seconds) and ``new_id`` are seams for tests;
+    ``on_final`` is told every record that reaches a final state (under the book's lock: keep it short)."""
 
     def __init__(
         self,
@@ -214,6 +246,7 @@ class RunBook:
         history: int = 1000,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        on_final: Callable[[RunRecord], None] | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
@@ -224,6 +257,7 @@ class RunBook:
         self.history = history
         self._clock = clock
         self._new_id = new_id
+        self._on_final = on_final
         self._cond = threading.Condition()
         self._queue: deque[RunRecord] = deque()
         self._records: dict[str, RunRecord] = {}
@@ -283,13 +317,15 @@ class RunBook:
             return Rejected(429, f"the queue is full ({self.queue_size} runs waiting)", wait)
         return None
 
-    def submit(self, request: TriggerRequest) -> Admitted | Rejected:
+    def submit(self, request: TriggerRequest, *, recovered: bool = False) -> Admitted | Rejected:
+        """Admit ``request`` (or hand back its identical run). ``recovered``: a request admitted by an earlier
+        process and not run, queued again at start whatever the queue holds (before the book is ready)."""
         with self._cond:
             self._expire()
             existing = self._reusable(request.key)
             if existing is not None:
                 return Admitted(existing.as_json(), duplicate=True)
-            rejection = self._rejection()
+            rejection = None if recovered and not self._closing else self._rejection()
             if rejection is not None:
                 return rejection
             record = RunRecord(self._new_id(), request, self._clock())
@@ -364,6 +400,8 @@ class RunBook:
         record.state = state
         record.error = error
         record.finished_at = self._clock()
+        if self._on_final is not None:
+            self._on_final(record)
         self._finished.append(record.id)
         while len(self._finished) > self.history:
             old = self._records.pop(self._finished.popleft(), None)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from flows.runtime import Services, use_services
 from flows.settings import ConfigError, RaglineSettings, load_settings
+
+if TYPE_CHECKING:
+    from flows.runtime import Services
 
 _OUR_LOGGERS = ("ragline", "connectors", "embedding", "vectorstore", "flows")
 
@@ -49,6 +51,8 @@ class Context:
     @property
     def services(self) -> Services:
         if self._services is None:
+            from flows.runtime import Services, use_services  # the store and models: not for --help or a client
+
             self._services = Services(self.settings)
             use_services(self._services)
         return self._services

@@ -1,19 +1,21 @@
 """``ragline search``, ``ragline status`` and ``ragline quarantine list|retry``: what the store holds.
 
-Search, status and the quarantine list only read: they never import Prefect or start its server.
+Search, status and the quarantine list only read: they ask a running ``ragline serve`` first (warm model and
+pool: a search in a fraction of a second), else work in-process; either way they never import Prefect or start
+its server, and print the same.
 ``quarantine retry`` ingests the released PDFs again through ``ingest_cmd.run_pdf_ingest``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
 from flows.counts import Counts
+from ragline.client import warm_call
 from ragline.context import Context, fail
 from ragline.ingest_cmd import run_pdf_ingest
 
@@ -47,9 +49,8 @@ def search(
     exact: bool,
     as_json: bool,
 ) -> None:
-    """Semantic search over the ingested chunks (of the model generation that serves search)."""
-    from vectorstore.search import SearchFilter
-
+    """Semantic search over the ingested chunks (of the model generation that serves search): answered by a
+    running `ragline serve` when there is one, else in this process."""
     if not query.strip():
         fail("the query is empty")
     metadata: dict[str, Any] = {}
@@ -61,24 +62,34 @@ def search(
             metadata[key] = json.loads(raw)
         except json.JSONDecodeError:
             metadata[key] = raw
-    svc = obj.services
-    update: dict[str, Any] = {}
-    if mode is not None:
-        update["mode"] = mode
-    if exact:
-        update["exact"] = "always"
-    settings = svc.settings.search.model_copy(update=update)
-    scope = SearchFilter(source=source, tenant=tenant, metadata=metadata or None)
-    hits = svc.search(query, k, settings=settings, where=scope)
+    body = {"query": query, "k": k, "mode": mode, "tenant": tenant, "source": source}
+    body |= {"filters": metadata or None, "exact": exact}
+    answer = warm_call(obj, "POST", "/v1/search", json=body)
+    hits: list[dict[str, Any]] = answer["hits"] if answer is not None else _search_here(obj, body)
     if as_json:
-        click.echo(json.dumps([h.as_json() for h in hits], ensure_ascii=False))
+        click.echo(json.dumps(hits, ensure_ascii=False))
         return
     if not hits:
         click.echo("no results")
     for rank, h in enumerate(hits, start=1):
-        where = f"{h.uri}" + (f" p.{h.page}" if h.page is not None else "")
-        snippet = " ".join(h.text.split())
-        click.echo(f"{rank}. [{h.score:.3f}] {where}\n   {snippet[:300]}{'...' if len(snippet) > 300 else ''}")
+        where = f"{h['uri']}" + (f" p.{h['page']}" if h["page"] is not None else "")
+        snippet = " ".join(h["text"].split())
+        click.echo(f"{rank}. [{h['score']:.3f}] {where}\n   {snippet[:300]}{'...' if len(snippet) > 300 else ''}")
+
+
+def _search_here(obj: Context, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The search in this process: the query model alone (no worker pool, no calibration) and one connection."""
+    from vectorstore.search import SearchFilter
+
+    svc = obj.services
+    update: dict[str, Any] = {}
+    if body["mode"] is not None:
+        update["mode"] = body["mode"]
+    if body["exact"]:
+        update["exact"] = "always"
+    settings = svc.settings.search.model_copy(update=update)
+    scope = SearchFilter(source=body["source"], tenant=body["tenant"], metadata=body["filters"])
+    return [h.as_json() for h in svc.search(body["query"], body["k"], settings=settings, where=scope)]
 
 
 # -- status -----------------------------------------------------------------------------------------------
@@ -88,13 +99,12 @@ def search(
 @click.option("--json", "as_json", is_flag=True, help="Print an object with documents, chunks, quarantined, sources.")
 @click.pass_obj
 def status(obj: Context, as_json: bool) -> None:
-    """What the store holds, per source."""
-    from flows.prefect_server import running_server
-    from vectorstore.status import status as store_status
+    """What the store holds, per source (from a running `ragline serve` when there is one)."""
+    data = warm_call(obj, "GET", "/v1/status")
+    if data is None:
+        from flows.reports import status_report
 
-    data = store_status(obj.services.conn)
-    server = running_server(obj.settings.home)
-    data["prefect_ui"] = server[1].removesuffix("/api") if server else os.environ.get("PREFECT_API_URL")
+        data = status_report(obj.services.conn, obj.settings.home)
     if as_json:
         click.echo(json.dumps(data, default=str))
         return
@@ -128,9 +138,11 @@ def quarantine() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_obj
 def quarantine_list(obj: Context, as_json: bool) -> None:
-    from vectorstore import ledger
+    rows = warm_call(obj, "GET", "/v1/quarantine")
+    if rows is None:
+        from flows.reports import quarantine_report
 
-    rows = ledger.quarantined(obj.services.conn)
+        rows = quarantine_report(obj.services.conn)
     if as_json:
         click.echo(json.dumps(rows, default=str))
         return

@@ -8,27 +8,28 @@ Errors are one line on stderr and a non-zero exit, as everywhere in the CLI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from flows.trigger import RunState
+from ragline.client import auth_headers, endpoint, error_of
 from ragline.context import Context, fail
 
 if TYPE_CHECKING:
     import httpx
 
     from flows.deployments import DeploymentSpec
+    from flows.serve import Service
     from flows.settings import ServeSettings
 
 _FINAL_FAILED = (RunState.FAILED, RunState.EXPIRED, RunState.CANCELLED)
@@ -37,10 +38,9 @@ _FINAL_FAILED = (RunState.FAILED, RunState.EXPIRED, RunState.CANCELLED)
 # -- serve --------------------------------------------------------------------------------------------------
 
 
-class _ScheduledRuns:
-    """A Prefect Runner serving the deployments, on its own event loop in its own thread: the main thread
-    keeps the signal handlers (Prefect's Runner installs its own SIGTERM handler only on the main thread) and
-    stops the runner through its loop. Scheduled runs execute in subprocesses, as Prefect's runners do."""
+class _Scheduled:
+    """A Prefect Runner serving the deployments, on the service's event loop. Its scheduled runs execute in
+    subprocesses, as Prefect's runners do."""
 
     def __init__(self, specs: list[DeploymentSpec], settings: ServeSettings) -> None:
         from flows.deployments import runner_deployments
@@ -48,128 +48,142 @@ class _ScheduledRuns:
         # Built here, in a sync context: Prefect's to_deployment returns a coroutine inside an event loop.
         self.deployments = runner_deployments(specs)
         self.settings = settings
-        self.error: BaseException | None = None
-        self.started = threading.Event()
-        self.done = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: Any = None
-        self._thread = threading.Thread(target=self._main, name="prefect-runner", daemon=True)
+        self.runner: Any = None
+        self.task: asyncio.Task[None] | None = None
 
-    def start(self, timeout: float) -> None:
-        self._thread.start()
-        while not self.started.wait(0.2):
-            if self.done.is_set():
-                raise RuntimeError(f"serving the deployments failed: {self.error}") from self.error
-            timeout -= 0.2
-            if timeout <= 0:
-                raise RuntimeError("the deployments were not registered with Prefect in time")
-
-    def _main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread, which exits non-zero
-            self.error = err
-        finally:
-            loop.close()
-            self.done.set()
-
-    async def _serve(self) -> None:
+    async def start(self) -> None:
         from prefect.runner import Runner
 
         name = f"ragline-serve-{socket.gethostname()}-{os.getpid()}".replace("/", "_").replace("%", "_")
         runner = Runner(name=name, limit=self.settings.scheduled_runs, query_seconds=self.settings.poll_seconds)
         for deployment in self.deployments:
             await runner.aadd_deployment(deployment)
-        self._runner = runner
-        self.started.set()
-        await runner.start()
+        self.runner = runner
+        self.task = asyncio.create_task(runner.start(webserver=False))
+        await asyncio.sleep(0)  # its first step installs Prefect's SIGTERM handler; ours replace it after
 
-    def stop(self, timeout: float = 30.0) -> None:
-        loop, runner = self._loop, self._runner
-        if loop is not None and runner is not None and runner.started and not self.done.is_set():
-            future = asyncio.run_coroutine_threadsafe(runner.astop(), loop)
+    async def stop(self, timeout: float = 30.0) -> None:
+        if self.runner is None or self.task is None:
+            return
+        if not self.task.done():
             try:
-                future.result(timeout)
-            except Exception as err:  # noqa: BLE001 - shutting down anyway; say why it was not clean
+                await asyncio.wait_for(self.runner.astop(), timeout)
+                await asyncio.wait_for(self.task, timeout)
+            except Exception as err:  # noqa: BLE001 - stopping anyway; say why it was not clean
                 click.echo(f"ragline: warning: stopping the Prefect runner: {type(err).__name__}: {err}", err=True)
-        self._thread.join(timeout)
+
+    def failure(self) -> str | None:
+        if self.task is None or not self.task.done():
+            return None
+        error = None if self.task.cancelled() else self.task.exception()
+        return f"the Prefect runner stopped: {error!r}"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    from flows.serve import ServeError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as err:
+        raise ServeError(f"cannot listen on {host}:{port} (serve.host/serve.port): {err.strerror or err}") from err
+    return sock
+
+
+async def _run_service(
+    service: Service, serve_settings: ServeSettings, scheduled: _Scheduled | None, names: str
+) -> None:
+    """uvicorn and the Prefect runner on one event loop, until SIGTERM/SIGINT (drain, then stop) or a failure."""
+    import uvicorn
+
+    from flows.serve_api import create_app
+    from flows.serve_state import write_state
+
+    sock = _bind(serve_settings.host, serve_settings.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # the loop's handlers below decide how to stop
+
+    config = uvicorn.Config(
+        create_app(service),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        limit_concurrency=2 * serve_settings.max_connections,  # a backstop: the app sheds at max_connections
+        timeout_graceful_shutdown=int(serve_settings.read_timeout),
+    )
+    server = Server(config)
+    stopping = asyncio.Event()
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    write_state(service.services.settings.home, url)
+    click.echo(f"ragline: service {url} (warming up)", err=True)
+    if scheduled is not None:
+        await scheduled.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    failure: str | None = None
+    announced = False
+    try:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 0.25)
+            if not announced and service.book.ready:
+                announced = True
+                click.echo(f"ragline: ready: service {url}; scheduled deployments: {names}", err=True)
+            failure = service.failure or (scheduled.failure() if scheduled else None)
+            if failure is None and serving.done():
+                failure = "the HTTP server stopped"
+            if failure is not None:
+                break
+    finally:
+        click.echo("ragline: shutting down", err=True)
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await serving
+        if scheduled is not None:
+            await scheduled.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if failure is not None:
+        raise RuntimeError(failure)
 
 
 @click.command()
 @click.option("--host", default=None, help="Override serve.host.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Override serve.port (0: a free port).")
-@click.option("--no-schedules", is_flag=True, help="Only the trigger endpoint: do not serve the deployments.")
+@click.option("--no-schedules", is_flag=True, help="Only the service: do not serve the deployments.")
 @click.pass_obj
 def serve(obj: Context, host: str | None, port: int | None, no_schedules: bool) -> None:
-    """Serve the scheduled deployments and the on-demand trigger endpoint until SIGTERM or SIGINT."""
+    """Serve the API (ingestion, search, operations) and the scheduled deployments until SIGTERM or SIGINT."""
     from flows.deployments import deployment_specs
     from flows.prefect_server import configure
-    from flows.serve import ServeError, TriggerServer
+    from flows.serve import ServeError, Service
 
     settings = obj.settings
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     serve_settings = settings.serve.model_copy(update=overrides)
+    service = Service(obj.services, serve_settings)  # refuses an open non-loopback address, a missing token
     specs = [] if no_schedules else deployment_specs(settings)  # bad crons fail here, before anything starts
     configure(settings.home, settings.prefect)  # scheduled runs and source slots need the Prefect server
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    server = TriggerServer(obj.services, serve_settings)
-    scheduled = _ScheduledRuns(specs, serve_settings) if specs else None
+    scheduled = _Scheduled(specs, serve_settings) if specs else None
+    names = ", ".join(s.full_name for s in specs) or "none"
     try:
-        url = server.bind()
-        click.echo(f"ragline: trigger endpoint {url} (warming up)", err=True)
-        server.warm()
-        if scheduled is not None:
-            scheduled.start(timeout=settings.prefect.startup_timeout)
-        names = ", ".join(s.full_name for s in specs) or "none"
-        click.echo(f"ragline: ready: trigger endpoint {url}; scheduled deployments: {names}", err=True)
-        while not stop.wait(0.5):
-            if scheduled is not None and scheduled.done.is_set():
-                raise RuntimeError(f"the Prefect runner stopped: {scheduled.error}")
+        asyncio.run(_run_service(service, serve_settings, scheduled, names))
     except ServeError as err:
         fail(str(err))
-    finally:
-        click.echo("ragline: shutting down", err=True)
-        server.shutdown()
-        if scheduled is not None:
-            scheduled.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     click.echo("ragline: stopped", err=True)
 
 
 # -- trigger (client) ---------------------------------------------------------------------------------------
-
-
-def _endpoint(obj: Context, url: str | None) -> str:
-    if url:
-        return url.rstrip("/")
-    if os.environ.get("RAGLINE_SERVE_URL"):
-        return os.environ["RAGLINE_SERVE_URL"].rstrip("/")
-    from flows.serve import read_state
-
-    state = read_state(obj.settings.home)
-    if state is not None:
-        return str(state["url"]).rstrip("/")
-    serve_settings = obj.settings.serve
-    return f"http://{serve_settings.host}:{serve_settings.port}"
-
-
-def _auth(obj: Context) -> dict[str, str]:
-    name = obj.settings.serve.token_env
-    if name is None:
-        return {}
-    token = os.environ.get(name)
-    if not token:
-        fail(f"serve.token_env names {name}, which is not set in the environment")
-    return {"Authorization": f"Bearer {token}"}
 
 
 def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -183,28 +197,21 @@ def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _error_of(answer: httpx.Response) -> str:
-    try:
-        return str(answer.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        return answer.text.strip().splitlines()[0] if answer.text.strip() else answer.reason_phrase
-
-
 def _submit(obj: Context, url: str | None, wait: bool, timeout: float, as_json: bool, **post: Any) -> None:
     import httpx
 
-    base = _endpoint(obj, url)
+    base = endpoint(obj, url)
     started = time.monotonic()
-    with httpx.Client(base_url=base, timeout=30.0, headers=_auth(obj)) as client:
+    with httpx.Client(base_url=base, timeout=30.0, headers=auth_headers(obj)) as client:
         try:
             answer = client.post("/v1/runs", **post)
         except httpx.TransportError as err:
             fail(f"no trigger endpoint at {base} ({type(err).__name__}): is `ragline serve` running?")
         if answer.status_code in (429, 503):
             retry = answer.headers.get("Retry-After", "?")
-            fail(f"{base} is not taking runs now ({answer.status_code}: {_error_of(answer)}); retry after {retry} s")
+            fail(f"{base} is not taking runs now ({answer.status_code}: {error_of(answer)}); retry after {retry} s")
         if answer.status_code != 202:
-            fail(f"{base} refused the request ({answer.status_code}): {_error_of(answer)}")
+            fail(f"{base} refused the request ({answer.status_code}): {error_of(answer)}")
         record: dict[str, Any] = answer.json()
         if wait:
             record = _wait(client, base, record, timeout)
@@ -226,7 +233,7 @@ def _wait(client: httpx.Client, base: str, record: dict[str, Any], timeout: floa
         except httpx.TransportError as err:
             fail(f"lost the trigger endpoint at {base} while waiting ({type(err).__name__})")
         if answer.status_code != 200:
-            fail(f"status of run {record['run_id']}: {answer.status_code}: {_error_of(answer)}")
+            fail(f"status of run {record['run_id']}: {answer.status_code}: {error_of(answer)}")
         record = answer.json()
     return record
 

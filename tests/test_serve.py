@@ -1,9 +1,11 @@
-"""`ragline serve` as users run it: a subprocess with its own RAGLINE_HOME and local Prefect server, the trigger
-endpoint on 127.0.0.1, `ragline trigger` and `ragline search` as clients, a cron deployment that fires and
-publishes its artifact, and a clean stop on SIGTERM. One serve process is shared by the module's tests."""
+"""`ragline serve` as users run it: a subprocess (uvicorn) with its own RAGLINE_HOME and local Prefect server, the
+API on 127.0.0.1, `ragline trigger`, `search`, `status` and `quarantine list` as its clients, a burst of
+searches and triggers against small queues, a cron deployment that fires and publishes its artifact, and a
+draining stop on SIGTERM. One serve process is shared by the module's tests."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -61,7 +63,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory, pg_server: str, prefect_serv
     text_pdf(shelf / "tides.pdf", ["Spring tides at the estuary mouth rise four metres above the chart datum."])
     config = root / "ragline.yaml"
     config.write_text(
-        "serve: {port: 0, workers: 1, queue_size: 1, max_body_bytes: 3000000, poll_seconds: 2}\n"
+        "serve: {port: 0, workers: 1, queue_size: 1, max_body_bytes: 3000000, poll_seconds: 2,\n"
+        "        search_concurrency: 2, search_queue: 8}\n"
         f'sources:\n  - {{kind: pdf, name: shelf, paths: ["{shelf}"], schedule: "* * * * *"}}\n'
     )
     env = _env(home, RAGLINE_CONFIG=str(config), RAGLINE_DATABASE_URL=fresh_database(pg_server))
@@ -155,7 +158,8 @@ def test_trigger_cli_waits_and_reports(serve: Serve, tmp_path: Path) -> None:
     unknown = serve.ragline("trigger", "source", "nope", check=False)
     assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1 and "no source named 'nope'" in unknown.stderr
     down = serve.ragline("trigger", "url", "http://127.0.0.1:1/gone.pdf", "--wait", check=False)
-    assert down.returncode == 1 and "GET http://127.0.0.1:1/gone.pdf" in down.stderr
+    assert down.returncode == 1 and "(403): refused to fetch http://127.0.0.1:1/gone.pdf" in down.stderr
+    assert "127.0.0.1 is a loopback address" in down.stderr  # refused end to end, never contacted
 
 
 def test_a_full_queue_answers_429_with_retry_after(serve: Serve, tmp_path: Path) -> None:
@@ -185,11 +189,11 @@ def _raw(url: str, request: bytes) -> str:
 
 
 def test_limits_and_bad_requests(serve: Serve) -> None:
-    head = b"POST /v1/runs HTTP/1.1\r\nContent-Type: application/pdf\r\n"
+    head = b"POST /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/pdf\r\n"
     too_big = _raw(serve.url, head + b"Content-Length: 3000001\r\n\r\n")
     assert too_big.startswith("HTTP/1.1 413") and "exceeds 3000000 bytes" in too_big
-    no_length = _raw(serve.url, head + b"\r\n")
-    assert no_length.startswith("HTTP/1.1 411")
+    no_body = _raw(serve.url, head + b"Connection: close\r\n\r\n")
+    assert no_body.startswith("HTTP/1.1 400") and "the PDF body is empty" in no_body
 
     wrong_type = httpx.post(f"{serve.url}/v1/runs", content=b"hello", headers={"Content-Type": "text/plain"})
     assert wrong_type.status_code == 415
@@ -197,6 +201,83 @@ def test_limits_and_bad_requests(serve: Serve) -> None:
     assert remote_only.status_code == 422 and "no source named 'nope'" in remote_only.json()["error"]
     assert httpx.get(f"{serve.url}/v1/runs/0123").status_code == 404
     assert httpx.get(f"{serve.url}/healthz").json() == {"status": "alive"}
+
+
+def test_reading_commands_answer_from_the_warm_service_as_they_would_in_process(serve: Serve) -> None:
+    args = ("search", "spring tides at the estuary", "-k", "3", "--json")
+    serve.ragline("trigger", "source", "shelf", str(serve.shelf / "tides.pdf"), "--wait")
+    warm = serve.ragline("-v", *args)
+    assert "answered by the service at" in warm.stderr
+    alone = {**serve.env, "RAGLINE_SERVE_URL": "http://127.0.0.1:9"}  # nothing listens there: in-process
+    cold = subprocess.run(
+        [sys.executable, "-m", "ragline", "-v", *args], env=alone, capture_output=True, text=True, timeout=300
+    )
+    assert cold.returncode == 0 and "answered by the service" not in cold.stderr
+    assert json.loads(warm.stdout) and warm.stdout == cold.stdout  # the same hits, the same JSON
+    for command in (("status", "--json"), ("quarantine", "list", "--json")):
+        through = serve.ragline(*command).stdout
+        here = subprocess.run(
+            [sys.executable, "-m", "ragline", *command], env=alone, capture_output=True, text=True, timeout=300
+        ).stdout
+        assert json.loads(through) == json.loads(here)
+    text = serve.ragline("search", "spring tides at the estuary", "-k", "1").stdout
+    assert text.startswith("1. [") and "tides.pdf" in text
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_burst_of_searches_and_triggers_is_answered_and_nothing_is_lost(serve: Serve, tmp_path: Path) -> None:
+    """200 searches and 100 triggers at once against queues of 1 run and 2+8 searches: every request gets an
+    answer (2xx, 429 or 503), every admitted run completes, and the process stays within its memory bound."""
+    pdfs = [
+        text_pdf(tmp_path / f"b{i}.pdf", [f"Burst notice {i}: the sluice gate {i} opens at dawn."]) for i in range(100)
+    ]
+    before = _rss_kib(serve.proc.pid)
+
+    async def burst() -> list[tuple[str, int, dict[str, Any]]]:
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=serve.url, timeout=120, limits=limits) as client:
+
+            async def search(i: int) -> tuple[str, int, dict[str, Any]]:
+                answer = await client.post("/v1/search", json={"query": f"sluice gate {i} at dawn", "k": 5})
+                return "search", answer.status_code, answer.json()
+
+            async def trigger(pdf: Path) -> tuple[str, int, dict[str, Any]]:
+                answer = await client.post(
+                    "/v1/runs", content=pdf.read_bytes(), headers={"Content-Type": "application/pdf"}
+                )
+                return "trigger", answer.status_code, answer.json()
+
+            jobs = [search(i) for i in range(200)] + [trigger(p) for p in pdfs]
+            return list(await asyncio.gather(*jobs))
+
+    answers = asyncio.run(burst())
+    codes = {(kind, code) for kind, code, _ in answers}
+    assert {code for _, code in codes} <= {200, 202, 429, 503}, codes
+    assert ("search", 200) in codes and ("search", 429) in codes  # served and shed
+    assert ("trigger", 202) in codes and {("trigger", 429), ("trigger", 503)} & codes  # admitted and shed
+    for _, code, body in answers:
+        if code in (429, 503):
+            assert body["error"]
+    admitted = [body["run_id"] for kind, code, body in answers if kind == "trigger" and code == 202]
+    for run_id in admitted:
+        assert _wait_run(serve.url, run_id, timeout=300)["state"] == "completed"
+    grown_mib = (_rss_kib(serve.proc.pid) - before) / 1024
+    assert grown_mib < 512, f"serve grew by {grown_mib:.0f} MiB in the burst"
+    inbox = serve.home / "inbox"
+    assert list(inbox.glob("??/*/*.pdf")) == []  # shed and settled alike: no posted file is left behind
+    assert list((inbox / "journal").glob("*.json")) == []
+
+
+def test_an_open_address_without_a_token_is_refused(serve: Serve) -> None:
+    done = serve.ragline("serve", "--host", "0.0.0.0", "--port", "0", "--no-schedules", check=False)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "serve.host 0.0.0.0 is reachable from other machines" in done.stderr and "allow_anonymous" in done.stderr
 
 
 def test_scheduled_deployment_fires_and_publishes_its_artifact(serve: Serve) -> None:
@@ -229,7 +310,13 @@ def test_scheduled_deployment_fires_and_publishes_its_artifact(serve: Serve) -> 
     assert counts_key("shelf") in {a["key"] for a in artifacts}
 
 
-def test_sigterm_stops_cleanly(serve: Serve) -> None:
+def test_sigterm_drains_and_loses_nothing(serve: Serve, tmp_path: Path) -> None:
+    """A run in progress at SIGTERM finishes; whatever was admitted is committed or journaled for the next
+    start."""
+    big = text_pdf(tmp_path / "late.pdf", [f"Late survey sheet {p}. " + FILLER * 12 for p in range(20)])
+    posted = _post_pdf(serve.url, big)
+    assert posted.status_code == 202
+    time.sleep(0.5)
     serve.proc.send_signal(signal.SIGTERM)
     serve.proc.wait(120)
     assert serve.proc.returncode == 0
@@ -238,3 +325,6 @@ def test_sigterm_stops_cleanly(serve: Serve) -> None:
     assert not (serve.home / "serve.json").exists()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{serve.url}/healthz", timeout=5)
+    journaled = list((serve.home / "inbox" / "journal").glob("*.json"))
+    committed = serve.ragline("search", "Late survey sheet", "-k", "1", "--json").stdout
+    assert journaled or "Late survey sheet" in committed

@@ -48,3 +48,10 @@ def ensure_row_level_security(conn: Connection) -> None:
                     "USING (tenant = current_setting('ragline.tenant', true))"
                 ).format(policy=sql.Identifier(_POLICY), table=ident, role=role)
             )
+
+
+def source_tenant(conn: Connection, name: str) -> str | None:
+    """The tenant source ``name`` belongs to, None when the ledger has no such source yet."""
+    row = conn.execute("SELECT tenant FROM sources WHERE name = %s", (name,)).fetchone()
+    conn.commit()
+    return None if row is None else str(row["tenant"])
