@@ -130,7 +130,6 @@ class Commits:
             counts.committed += 1
             counts.chunks_written += len(embedded)
             counts.chunks_reused += len(p.rows) - len(embedded)
-            counts.reused_tokens += sum(r.token_count for r in p.rows) - sum(r.token_count for r in embedded)
             if flight.progress:
                 flight.progress("committed", p.doc.external_id)
 

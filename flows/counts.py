@@ -28,8 +28,6 @@ class Counts:
     """Chunks that took a stored vector instead: kept from the document's stored version, or written with the
     vector of a stored chunk of the same text and model (another document, source or tenant)."""
     embedded_tokens: int = 0
-    reused_tokens: int = 0
-    """Tokens of ``chunks_reused``: the model work reuse saved."""
     bytes_read: int = 0
     """Bytes of source content read (files whose stat matched the ledger are not read at all)."""
     http_requests: int = 0

@@ -67,7 +67,7 @@ def test_a_pdf_copied_under_a_new_name_embeds_nothing_and_keeps_its_own_lineage(
     assert counting_embedder.calls == []
     assert (again.new, again.committed, again.embedded_tokens, again.chunks_written) == (1, 1, 0, 0)
     rows = chunks_of(services, copy)
-    assert (again.chunks_reused, again.reused_tokens) == (len(rows), sum(r["token_count"] for r in rows))
+    assert again.chunks_reused == len(rows)
     assert_copied(rows, chunks_of(services, original))
     assert [r["page"] for r in rows] == [1, 2, 3]
 
