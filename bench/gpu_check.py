@@ -28,6 +28,7 @@ would not fit in the time left are skipped with a note.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -792,11 +793,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         oom_texts=min(args.texts or defaults.oom_texts, defaults.oom_texts),
         time_limit=args.time_limit or defaults.time_limit,
     )
+    device = resolve_device(args.device)  # exits here, before any file is written, where CUDA is missing
     report = Report(args.out)
     deadline = Deadline(sizes.time_limit, report)
     deadline.start()
     try:
-        run_checks(args, sizes, report, deadline)
+        run_checks(args, device, sizes, report, deadline)
     finally:
         deadline.cancel()
         report.write()
@@ -810,12 +812,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_checks(args: argparse.Namespace, sizes: Sizes, report: Report, deadline: Deadline) -> None:
+def run_checks(args: argparse.Namespace, device: Device, sizes: Sizes, report: Report, deadline: Deadline) -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    device = resolve_device(args.device)
     make_pool, mode = pool_factory(args.pieces)
     env = environment(device)
     report.put("environment", env)
@@ -855,11 +856,18 @@ def run_checks(args: argparse.Namespace, sizes: Sizes, report: Report, deadline:
         engines: list[Engine] = []
         with deadline.run("loading engines", 30 if device.kind == "cuda" else 25) as go:
             if go:
-                for precision in precisions:
-                    engines.append(EncodeEngine(model_dir, device.torch_device, precision))
-                for precision in precisions:
-                    engines.append(make_pool(setup, precision))
-                engines.append(make_pool(setup, fast, 2))
+                makers: list[tuple[str, Callable[[], Engine]]] = [
+                    *(
+                        (f"encode {p}", functools.partial(EncodeEngine, model_dir, device.torch_device, p))
+                        for p in precisions
+                    ),
+                    *((f"pool {p}", functools.partial(make_pool, setup, p)) for p in precisions),
+                    (f"pool {fast}, 2 workers", functools.partial(make_pool, setup, fast, 2)),
+                ]
+                for label, make in makers:
+                    engine = load_engine(label, make, report)
+                    if engine is not None:
+                        engines.append(engine)
                 if device.kind == "cuda":
                     report.put("memory_engines_loaded", cuda_memory(device))
 
@@ -906,6 +914,17 @@ def run_checks(args: argparse.Namespace, sizes: Sizes, report: Report, deadline:
             print(f"\ntwo workers on {device.key} at {fast}: {ratio:.2f}x one worker")
 
 
+def load_engine(label: str, make: Callable[[], Engine], report: Report) -> Engine | None:
+    """One engine that fails to load is recorded and left out; the others are still measured."""
+    try:
+        return make()
+    except Exception as err:  # noqa: BLE001  (recorded in the report; the run exits non-zero)
+        print(f"  FAILED to load {label}: {err!r}", file=sys.stderr, flush=True)
+        with report.lock:
+            report.data.setdefault("failed", {})[f"load {label}"] = repr(err)
+        return None
+
+
 def throughput_rows(timings: list[Timing], tokens: int, rounds: int) -> list[dict[str, Any]]:
     reference = next((t for t in timings if t.engine.name.startswith("encode float32")), timings[0])
     base = tokens / statistics.median(reference.seconds)
@@ -920,6 +939,7 @@ def throughput_rows(timings: list[Timing], tokens: int, rounds: int) -> list[dic
             "x_encode_float32": round(rate / base, 2),
             "seconds": [round(s, 3) for s in t.seconds],
             "rounds": rounds,
+            "peak_mib": round(t.peak_bytes / 2**20, 1) if t.peak_bytes else None,
         }
         if t.vectors is not None and reference.vectors is not None:
             row.update({k: round(v, 5) for k, v in agreement(t.vectors, reference.vectors).items()})
@@ -929,7 +949,7 @@ def throughput_rows(timings: list[Timing], tokens: int, rounds: int) -> list[dic
 
 def print_throughput(rows: list[dict[str, Any]]) -> None:
     print_table(
-        ["engine", "tokens/s", "x encode fp32", "min cos", "min centred cos"],
+        ["engine", "tokens/s", "x encode fp32", "min cos", "min centred cos", "peak MiB"],
         [
             [
                 r["engine"],
@@ -937,6 +957,7 @@ def print_throughput(rows: list[dict[str, Any]]) -> None:
                 f"{r['x_encode_float32']:.2f}",
                 r.get("min_cosine"),
                 r.get("min_centred_cosine"),
+                r["peak_mib"] or "n/a",
             ]
             for r in rows
         ],
@@ -945,7 +966,7 @@ def print_throughput(rows: list[dict[str, Any]]) -> None:
 
 def print_vram(rows: list[dict[str, Any]], device: Device) -> None:
     print_table(
-        ["engine", "usable MiB", "budget", "by memory", "max chunks", "predicted MiB", "measured MiB"],
+        ["engine", "usable MiB", "budget", "by memory", "max chunks", "predicted MiB", "measured MiB", "ratio"],
         [
             [
                 r["engine"],
@@ -955,6 +976,7 @@ def print_vram(rows: list[dict[str, Any]], device: Device) -> None:
                 r["max_batch_chunks"],
                 r.get("predicted_full_batch_mib"),
                 r["measured_peak_mib"] if device.kind == "cuda" else "n/a (CPU)",
+                r.get("measured_over_predicted"),
             ]
             for r in rows
         ],
