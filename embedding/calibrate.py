@@ -23,6 +23,7 @@ from embedding.budget import MemoryModel, pack
 from embedding.calibration_text import QUERIES, calibration_texts
 from embedding.devices import Device, batch_token_cap
 from embedding.gates import Gates, known_items
+from embedding.int8_export import is_cached
 from embedding.int8_support import Int8Support, versions
 from embedding.model import TextEmbedder
 from embedding.pool_settings import PoolSettings
@@ -79,7 +80,7 @@ class DeviceCalibrator:
             if self.precision == "int8":
                 self.int8.require()  # the error names the missing extra
             return PrecisionChoice(self.precision, "configured")
-        int8 = device.kind == "cpu" and self.int8.missing() is None
+        int8 = device.kind == "cpu" and self.int8.missing() is None and self._int8_exported()
         cuda_bf16 = device.kind == "cuda" and _cuda_bf16()
         names = candidates(device, cuda_bf16=cuda_bf16, cpu_bf16=self.cpu_bf16, int8=int8)
         if len(names) == 1:
@@ -114,6 +115,17 @@ class DeviceCalibrator:
         self.cache.put("precision", key, choice.to_json())
         log.info("precision for %s calibrated: %s", device.key, choice.summary())
         return choice
+
+    def _int8_exported(self) -> bool:
+        """int8 is measured only once its export is cached: making it (15-40 s here) is left to a long-lived
+        process (``ragline serve`` builds it in the background), never to a run's calibration."""
+        if is_cached(self.cache.directory, self.model.revision):
+            return True
+        log.info(
+            "int8 is not offered to embedding.precision auto yet: its export is not built (ragline serve builds it "
+            "in the background; embedding.precision: int8 builds it at once)"
+        )
+        return False
 
     def precision_key(
         self,

@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +87,48 @@ def load_int8_model(
     return model, False
 
 
+def is_cached(cache_dir: Path | None, revision: str) -> bool:
+    """Whether the export for ``revision`` (default calibration set) is in ``cache_dir``: ``auto`` offers int8
+    only then, so that no run waits for an export it did not ask for."""
+    if cache_dir is None:
+        return False
+    target = export_dir(cache_dir, export_key(revision, calibration_set()))
+    try:
+        return (target / XML).is_file() and json.loads((target / "key.json").read_text()) == json.loads(
+            json.dumps(export_key(revision, calibration_set()))
+        )
+    except (OSError, ValueError):
+        return False
+
+
+def export_in_background(
+    model_dir: Path, revision: str, max_seq_length: int, cache_dir: Path, support: Int8Support | None = None
+) -> subprocess.Popen[bytes] | None:
+    """Build the export in a child process at the lowest CPU priority, for the next start to offer int8: a
+    long-lived process (``ragline serve``) pays it while idle instead of a run paying it while it calibrates.
+    A process, not a thread: the caller stops it at will (``terminate``; a half-made export is never renamed
+    into place), and OpenVINO's native threads never outlive the interpreter. None when it is cached already
+    or cannot run here."""
+    support = support or Int8Support()
+    if support.missing() is not None or is_cached(cache_dir, revision):
+        return None
+    command = [sys.executable, "-m", "embedding.int8_export", str(model_dir), revision, str(max_seq_length)]
+    return subprocess.Popen(
+        [*command, str(cache_dir)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: os.nice(19),
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def _main(argv: Sequence[str]) -> int:
+    model_dir, revision, max_seq_length, cache_dir = Path(argv[0]), argv[1], int(argv[2]), Path(argv[3])
+    load_int8_model(model_dir, revision, BatchTokenizer(model_dir, max_seq_length), Int8Support(), cache_dir)
+    return 0
+
+
 def float_layers(model_dir: Path) -> list[str]:
     """Name patterns of the encoder layers kept in float: the first and the last, where quantisation error
     costs retrieval most (bench/int8.py, 816 known-item queries on the example PDFs: recall@5 -0.009 and
@@ -140,3 +184,7 @@ def _save(ov: Any, model: Any, target: Path, key: dict[str, Any]) -> None:
         if not (target / XML).is_file():
             raise
     log.info("int8 export cached in %s", target)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

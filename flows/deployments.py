@@ -1,10 +1,10 @@
 """Prefect deployments built from settings: one per source with a ``schedule`` (the ``ingest-source`` flow),
 the ``snapshot-store`` flow when ``snapshots`` is configured, and ``reembed-store`` when ``reembed`` is.
 
-The same specs feed two consumers: ``ragline serve`` (served in-process by a Prefect Runner) and
-``deploy/prefect.yaml`` (``prefect deploy --all`` for work pools). Crons and time zones are checked here, at the
-edge, with errors naming the config entry, so a typo fails ``ragline serve`` at start instead of a schedule
-silently never firing. Prefect is imported only to build runner deployments.
+The same specs feed two consumers: ``ragline serve`` (its scheduled runs executed in the serve process,
+``flows.scheduled``) and ``deploy/prefect.yaml`` (``prefect deploy --all`` for work pools). Crons and time
+zones are checked here, at the edge, with errors naming the config entry, so a typo fails ``ragline serve``
+at start instead of a schedule silently never firing. Prefect is imported only to build runner deployments.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from flows.settings import ConfigError, RaglineSettings
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
+    from prefect.flows import Flow
 
 SOURCE_FLOW = "ingest-source"
 SNAPSHOT_FLOW = "snapshot-store"
@@ -242,8 +243,9 @@ def render_prefect_yaml(settings: RaglineSettings, prefect_version: str | None =
     return header + body
 
 
-def runner_deployments(specs: list[DeploymentSpec]) -> list[RunnerDeployment]:
-    """Prefect runner deployments for ``ragline serve``. Prefect must be configured (flows.prefect_server)."""
+def runner_deployments(specs: list[DeploymentSpec]) -> list[tuple[RunnerDeployment, Flow[Any, Any]]]:
+    """Prefect deployments for ``ragline serve``, each with the flow it runs (``flows.scheduled`` runs them in
+    the serve process). Prefect must be configured (flows.prefect_server)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
@@ -266,5 +268,5 @@ def runner_deployments(specs: list[DeploymentSpec]) -> list[RunnerDeployment]:
             ),
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
-        built.append(deployment)
+        built.append((deployment, flows[spec.flow]))
     return built

@@ -198,8 +198,12 @@ def _final_state(result: dict[str, int]) -> Any:
 def _publish(run: Run) -> None:
     """The run's counts and throughput as a markdown artifact, failed runs included (``recorded_run`` keeps a
     failure here from hiding the run's own error)."""
+    from embedding.backend_status import backend_status
+
+    settings = services().settings
+    backends = [b.describe() for b in backend_status(settings.embedding, settings.home)]
     create_markdown_artifact(
-        artifacts.counts_markdown(run.source.name, run.source.kind, run.counts, run.seconds, run.error),
+        artifacts.counts_markdown(run.source.name, run.source.kind, run.counts, run.seconds, run.error, backends),
         key=artifacts.counts_key(run.source.name),
         description=artifacts.counts_description(run.source.name, run.counts, run.error),
     )

@@ -4,20 +4,25 @@ alike, so that both answer with the same JSON."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
+from flows.settings import RaglineSettings
 from vectorstore import ledger
 from vectorstore.db import Connection
 from vectorstore.status import status as store_status
 
 
-def status_report(conn: Connection, home: Path) -> dict[str, Any]:
-    """The store's numbers per source and generation, and where the Prefect UI is."""
+def status_report(conn: Connection, settings: RaglineSettings) -> dict[str, Any]:
+    """The store's numbers per source and generation, the embedding backend each device chose (with the int8
+    gate figures that decided it) and where the Prefect UI is."""
+    from embedding.backend_status import backend_status
     from flows.prefect_server import running_server
 
     data = store_status(conn)
-    server = running_server(home)
+    data["embedding"] = [
+        {**b.to_json(), "summary": b.describe()} for b in backend_status(settings.embedding, settings.home)
+    ]
+    server = running_server(settings.home)
     data["prefect_ui"] = server[1].removesuffix("/api") if server else os.environ.get("PREFECT_API_URL")
     return data
 

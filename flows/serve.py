@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from typing import Any
 from connectors.base import SourceDocument
 from connectors.pdf import PdfConnector
 from connectors.registry import PdfSourceSettings
+from embedding.backend_status import calibration_dir
+from embedding.int8_export import export_in_background
 from embedding.pool import EmbeddingPool
 from flows import sources
 from flows.access import Principal, Tokens, check_exposure
@@ -116,6 +119,8 @@ class Service:
         self.failure: str | None = None
         """Why warming up failed (the service then stops)."""
         self._threads: list[threading.Thread] = []
+        self._export: subprocess.Popen[bytes] | None = None
+        """The int8 export being built for the next start (stopped with the service: redone next time)."""
 
     # -- life cycle --------------------------------------------------------------------------------------
 
@@ -146,6 +151,12 @@ class Service:
             thread.start()
             self._threads.append(thread)
         self.book.set_ready()
+        if isinstance(embedder, EmbeddingPool) and svc.settings.embedding.precision == "auto":
+            tokenizer = embedder.tokenizer
+            calibration = calibration_dir(svc.settings.embedding, svc.settings.home)
+            self._export = export_in_background(
+                tokenizer.model_dir, embedder.revision, embedder.max_seq_length, calibration
+            )
 
     def warm_in_background(self) -> threading.Thread:
         def run() -> None:
@@ -163,6 +174,8 @@ class Service:
         """Refuse new requests (503); queued runs stay journaled for the next start; running ones finish (up
         to ``grace`` s, else the ledger lets the next start redo them)."""
         grace = self.settings.drain_seconds if grace is None else grace
+        if self._export is not None and self._export.poll() is None:
+            self._export.terminate()
         cancelled = self.book.close()
         if cancelled:
             log.warning("stopping: %d queued run(s) left for the next start", len(cancelled))
@@ -245,7 +258,7 @@ class Service:
     def status(self, principal: Principal) -> dict[str, Any]:
         self._operator_only(principal, "status")
         with self.services.pool.connection() as conn:
-            return status_report(conn, self.services.settings.home)
+            return status_report(conn, self.services.settings)
 
     def quarantine(self, principal: Principal) -> list[dict[str, Any]]:
         self._operator_only(principal, "the quarantine list")

@@ -35,6 +35,7 @@ from connectors.pdf_settings import PdfSettings
 from connectors.registry import SourceSettings
 from embedding.model import EmbeddingSettings
 from flows.sandbox import ParseSettings
+from flows.serve_state import resolve_home
 from vectorstore.settings import DatabaseSettings, SearchSettings
 
 ENV_PREFIX = "RAGLINE_"
@@ -146,9 +147,9 @@ class ServeSettings(BaseModel):
         default=60.0, ge=0, description="On SIGTERM: seconds running runs may take to finish before the stop."
     )
     scheduled_runs: int = Field(
-        default=2, ge=1, description="Scheduled flow runs `ragline serve` runs at once (each in its own process)."
+        default=2, ge=1, description="Scheduled flow runs `ragline serve` runs at once (in its process, warm)."
     )
-    poll_seconds: float = Field(default=10.0, gt=0, description="How often the runner asks Prefect for due runs.")
+    poll_seconds: float = Field(default=10.0, gt=0, description="How often the service asks Prefect for due runs.")
 
 
 class SnapshotScheduleSettings(BaseModel):
@@ -251,12 +252,6 @@ class RaglineSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
-
-
-def default_home() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("ragline", appauthor=False))
 
 
 class ConfigFile(PydanticBaseSettingsSource):
@@ -392,7 +387,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> RaglineSettings:
     """Settings from ``env`` (default ``os.environ``; a given mapping is the only environment read) and the
     config file it names."""
     environ: Mapping[str, str] = os.environ if env is None else env
-    home = Path(environ.get("RAGLINE_HOME") or default_home()).expanduser().absolute()
+    home = resolve_home(environ)
     config_path: Path | None = None
     if environ.get("RAGLINE_CONFIG"):
         config_path = Path(environ["RAGLINE_CONFIG"]).expanduser().absolute()

@@ -1,6 +1,6 @@
-"""The CLI's way to a running ``ragline serve``: the URL it recorded under ``RAGLINE_HOME`` (or
-``RAGLINE_SERVE_URL``, or ``--url``), and the operator's token. Reading commands ask it first, when there is one,
-and answer from the warm process; they work in-process when there is none."""
+"""The CLI's way to a running ``ragline serve``: the URL and token variable it recorded under ``RAGLINE_HOME``
+(or ``RAGLINE_SERVE_URL``, or ``--url``). Reading commands ask it first, when there is one, and answer from the
+warm process without loading the settings, the store or a model; they work in-process when there is none."""
 
 from __future__ import annotations
 
@@ -20,59 +20,59 @@ log = logging.getLogger("ragline.client")
 _FALLBACK = frozenset({401, 403, 404, 429, 503})
 
 
-def recorded_url(obj: Context) -> str | None:
-    """The URL of the service running for this ``RAGLINE_HOME`` (its process still alive), if any."""
-    if os.environ.get("RAGLINE_SERVE_URL"):
-        return os.environ["RAGLINE_SERVE_URL"].rstrip("/")
-    from flows.serve_state import read_state
+def running_service() -> dict[str, Any] | None:
+    """The service running for this ``RAGLINE_HOME`` (its process alive): ``{"url", "token_env"}``, found
+    without loading the settings. ``RAGLINE_SERVE_URL`` overrides it."""
+    from flows.serve_state import read_state, resolve_home
 
-    state = read_state(obj.settings.home)
+    if os.environ.get("RAGLINE_SERVE_URL"):
+        return {"url": os.environ["RAGLINE_SERVE_URL"].rstrip("/"), "token_env": None}
+    state = read_state(resolve_home(os.environ))
     if state is None:
         return None
     try:
         os.kill(int(state.get("pid", 0)), 0)
     except (OSError, ValueError):
         return None
-    return str(state["url"]).rstrip("/")
+    return {"url": str(state["url"]).rstrip("/"), "token_env": state.get("token_env")}
 
 
 def endpoint(obj: Context, url: str | None) -> str:
     """Where ``ragline trigger`` sends: ``--url``, the running service, else the configured address."""
     if url:
         return url.rstrip("/")
-    recorded = recorded_url(obj)
-    if recorded is not None:
-        return recorded
+    running = running_service()
+    if running is not None:
+        return str(running["url"])
     serve_settings = obj.settings.serve
     return f"http://{serve_settings.host}:{serve_settings.port}"
 
 
-def auth_headers(obj: Context, *, required: bool = True) -> dict[str, str]:
+def auth_headers(obj: Context) -> dict[str, str]:
     """The operator's bearer token (``serve.token_env``), never printed."""
     name = obj.settings.serve.token_env
     if name is None:
         return {}
     token = os.environ.get(name)
     if not token:
-        if required:
-            fail(f"serve.token_env names {name}, which is not set in the environment")
-        return {}
+        fail(f"serve.token_env names {name}, which is not set in the environment")
     return {"Authorization": f"Bearer {token}"}
 
 
-def warm_call(obj: Context, method: str, path: str, *, json: Any = None, timeout: float = 30.0) -> Any | None:
+def warm_call(method: str, path: str, *, json: Any = None, timeout: float = 30.0) -> Any | None:
     """The running service's JSON answer to a reading request, or None when the command should do the work
     itself (no service, not reachable, not ready, not for this caller). A refusal of the request itself (400,
     422) is the user's error either way: it fails here with the service's message."""
-    base = recorded_url(obj)
-    if base is None:
+    running = running_service()
+    if running is None:
         return None
     import httpx
 
+    base = str(running["url"])
+    token = os.environ.get(running["token_env"]) if running["token_env"] else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        answer = httpx.request(
-            method, base + path, json=json, headers=auth_headers(obj, required=False), timeout=timeout
-        )
+        answer = httpx.request(method, base + path, json=json, headers=headers, timeout=timeout)
     except httpx.HTTPError as err:
         log.info("no answer from the service at %s (%s): working in-process", base, type(err).__name__)
         return None

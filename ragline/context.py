@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from flows.settings import ConfigError, RaglineSettings, load_settings
-
 if TYPE_CHECKING:
     from flows.runtime import Services
+    from flows.settings import RaglineSettings
 
 _OUR_LOGGERS = ("ragline", "connectors", "embedding", "vectorstore", "flows")
 
@@ -45,6 +44,8 @@ class Context:
     @property
     def settings(self) -> RaglineSettings:
         if self._settings is None:
+            from flows.settings import load_settings  # validated once, here: not for a command the service answers
+
             self._settings = load_settings()
         return self._settings
 
@@ -66,6 +67,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from embedding.chunking import ChunkTooLongError
     from embedding.model import ModelNotFoundError
     from flows.prefect_server import PrefectServerError
+    from flows.settings import ConfigError
     from vectorstore.db import DatabaseError
     from vectorstore.ledger import SourceKindMismatchError
 

@@ -64,7 +64,7 @@ def search(
             metadata[key] = raw
     body = {"query": query, "k": k, "mode": mode, "tenant": tenant, "source": source}
     body |= {"filters": metadata or None, "exact": exact}
-    answer = warm_call(obj, "POST", "/v1/search", json=body)
+    answer = warm_call("POST", "/v1/search", json=body)
     hits: list[dict[str, Any]] = answer["hits"] if answer is not None else _search_here(obj, body)
     if as_json:
         click.echo(json.dumps(hits, ensure_ascii=False))
@@ -100,11 +100,11 @@ def _search_here(obj: Context, body: dict[str, Any]) -> list[dict[str, Any]]:
 @click.pass_obj
 def status(obj: Context, as_json: bool) -> None:
     """What the store holds, per source (from a running `ragline serve` when there is one)."""
-    data = warm_call(obj, "GET", "/v1/status")
+    data = warm_call("GET", "/v1/status")
     if data is None:
         from flows.reports import status_report
 
-        data = status_report(obj.services.conn, obj.settings.home)
+        data = status_report(obj.services.conn, obj.settings)
     if as_json:
         click.echo(json.dumps(data, default=str))
         return
@@ -122,6 +122,8 @@ def status(obj: Context, as_json: bool) -> None:
             f"  model {g['name']} ({g['revision']}, dim {g['dim']}): {g['state']}, {g['chunks']} chunks, "
             f"{index}{pending}"
         )
+    for b in data.get("embedding", []):
+        click.echo(f"  embedding {b['summary']}")
     if data["prefect_ui"]:
         click.echo(f"Prefect UI: {data['prefect_ui']}")
 
@@ -138,7 +140,7 @@ def quarantine() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_obj
 def quarantine_list(obj: Context, as_json: bool) -> None:
-    rows = warm_call(obj, "GET", "/v1/quarantine")
+    rows = warm_call("GET", "/v1/quarantine")
     if rows is None:
         from flows.reports import quarantine_report
 

@@ -1,4 +1,4 @@
-"""``ragline serve`` (scheduled deployments + the on-demand trigger endpoint on warm workers),
+"""``ragline serve`` (the warm service: its API on uvicorn, and the scheduled deployments run in-process),
 ``ragline trigger pdf|url|source`` (its client), ``ragline deploy render`` (``deploy/prefect.yaml``) and
 ``ragline stop`` (the background services under RAGLINE_HOME).
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import sys
@@ -21,62 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from flows.trigger import RunState
 from ragline.client import auth_headers, endpoint, error_of
 from ragline.context import Context, fail
 
 if TYPE_CHECKING:
     import httpx
 
-    from flows.deployments import DeploymentSpec
+    from flows.scheduled import ScheduledRuns
     from flows.serve import Service
     from flows.settings import ServeSettings
 
-_FINAL_FAILED = (RunState.FAILED, RunState.EXPIRED, RunState.CANCELLED)
-
-
 # -- serve --------------------------------------------------------------------------------------------------
-
-
-class _Scheduled:
-    """A Prefect Runner serving the deployments, on the service's event loop. Its scheduled runs execute in
-    subprocesses, as Prefect's runners do."""
-
-    def __init__(self, specs: list[DeploymentSpec], settings: ServeSettings) -> None:
-        from flows.deployments import runner_deployments
-
-        # Built here, in a sync context: Prefect's to_deployment returns a coroutine inside an event loop.
-        self.deployments = runner_deployments(specs)
-        self.settings = settings
-        self.runner: Any = None
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        from prefect.runner import Runner
-
-        name = f"ragline-serve-{socket.gethostname()}-{os.getpid()}".replace("/", "_").replace("%", "_")
-        runner = Runner(name=name, limit=self.settings.scheduled_runs, query_seconds=self.settings.poll_seconds)
-        for deployment in self.deployments:
-            await runner.aadd_deployment(deployment)
-        self.runner = runner
-        self.task = asyncio.create_task(runner.start(webserver=False))
-        await asyncio.sleep(0)  # its first step installs Prefect's SIGTERM handler; ours replace it after
-
-    async def stop(self, timeout: float = 30.0) -> None:
-        if self.runner is None or self.task is None:
-            return
-        if not self.task.done():
-            try:
-                await asyncio.wait_for(self.runner.astop(), timeout)
-                await asyncio.wait_for(self.task, timeout)
-            except Exception as err:  # noqa: BLE001 - stopping anyway; say why it was not clean
-                click.echo(f"ragline: warning: stopping the Prefect runner: {type(err).__name__}: {err}", err=True)
-
-    def failure(self) -> str | None:
-        if self.task is None or not self.task.done():
-            return None
-        error = None if self.task.cancelled() else self.task.exception()
-        return f"the Prefect runner stopped: {error!r}"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -95,7 +49,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 async def _run_service(
-    service: Service, serve_settings: ServeSettings, scheduled: _Scheduled | None, names: str
+    service: Service, serve_settings: ServeSettings, scheduled: ScheduledRuns | None, names: str
 ) -> None:
     """uvicorn and the Prefect runner on one event loop, until SIGTERM/SIGINT (drain, then stop) or a failure."""
     import uvicorn
@@ -123,7 +77,7 @@ async def _run_service(
     server = Server(config)
     stopping = asyncio.Event()
     serving = asyncio.create_task(server.serve(sockets=[sock]))
-    write_state(service.services.settings.home, url)
+    write_state(service.services.settings.home, url, serve_settings.token_env)
     click.echo(f"ragline: service {url} (warming up)", err=True)
     if scheduled is not None:
         await scheduled.start()
@@ -150,7 +104,7 @@ async def _run_service(
         with contextlib.suppress(Exception):
             await serving
         if scheduled is not None:
-            await scheduled.stop()
+            await scheduled.stop(serve_settings.drain_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     if failure is not None:
@@ -174,7 +128,19 @@ def serve(obj: Context, host: str | None, port: int | None, no_schedules: bool) 
     service = Service(obj.services, serve_settings)  # refuses an open non-loopback address, a missing token
     specs = [] if no_schedules else deployment_specs(settings)  # bad crons fail here, before anything starts
     configure(settings.home, settings.prefect)  # scheduled runs and source slots need the Prefect server
-    scheduled = _Scheduled(specs, serve_settings) if specs else None
+    scheduled = None
+    if specs:
+        from flows.deployments import runner_deployments
+        from flows.scheduled import ScheduledRuns
+
+        # Built here, in a sync context: Prefect's to_deployment returns a coroutine inside an event loop.
+        deployments = runner_deployments(specs)
+        scheduled = ScheduledRuns(
+            deployments,
+            limit=serve_settings.scheduled_runs,
+            poll_seconds=serve_settings.poll_seconds,
+            ready=lambda: service.book.ready,
+        )
     names = ", ".join(s.full_name for s in specs) or "none"
     try:
         asyncio.run(_run_service(service, serve_settings, scheduled, names))
@@ -221,6 +187,8 @@ def _submit(obj: Context, url: str | None, wait: bool, timeout: float, as_json: 
 def _wait(client: httpx.Client, base: str, record: dict[str, Any], timeout: float) -> dict[str, Any]:
     import httpx
 
+    from flows.trigger import RunState
+
     deadline = time.monotonic() + timeout
     delay = 0.05
     while record["state"] in (RunState.QUEUED, RunState.RUNNING):
@@ -239,6 +207,8 @@ def _wait(client: httpx.Client, base: str, record: dict[str, Any], timeout: floa
 
 
 def _report(record: dict[str, Any], as_json: bool, waited: bool, seconds: float) -> None:
+    from flows.trigger import RunState
+
     if as_json:
         click.echo(json.dumps(record))
     elif not waited:
@@ -251,7 +221,7 @@ def _report(record: dict[str, Any], as_json: bool, waited: bool, seconds: float)
         )
     if record.get("note"):
         click.echo(f"ragline: note: {record['note']}", err=True)
-    if record["state"] in _FINAL_FAILED:
+    if record["state"] in (RunState.FAILED, RunState.EXPIRED, RunState.CANCELLED):
         fail(f"run {record['run_id']} {record['state']}: {record.get('error') or 'no reason given'}")
     if record["state"] == RunState.COMPLETED_WITH_QUARANTINE:
         click.echo("ragline: some documents were quarantined: see `ragline quarantine list`", err=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,7 +73,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory, pg_server: str, prefect_serv
     log = root / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ragline", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+            [sys.executable, "-m", "ragline", "-v", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True
         )
     try:
         url = _wait_ready(proc, home, log)
@@ -280,8 +281,17 @@ def test_an_open_address_without_a_token_is_refused(serve: Serve) -> None:
     assert "serve.host 0.0.0.0 is reachable from other machines" in done.stderr and "allow_anonymous" in done.stderr
 
 
-def test_scheduled_deployment_fires_and_publishes_its_artifact(serve: Serve) -> None:
+def _model_loads(serve: Serve) -> int:
+    return sum(1 for line in serve.log.read_text().splitlines() if re.search(r"INFO: loaded .* on cpu", line))
+
+
+def test_scheduled_deployment_fires_in_the_warm_process_and_publishes_its_artifact(serve: Serve) -> None:
+    """The cron run is a Prefect flow run (states, artifact) executed by the serve process itself: no model is
+    loaded for it."""
     from flows.artifacts import counts_key
+
+    loads = _model_loads(serve)
+    assert loads >= 1  # the warm-up's
 
     prefect = json.loads((serve.home / "prefect" / "server.json").read_text())["url"]
     deadline = time.monotonic() + 150
@@ -308,6 +318,7 @@ def test_scheduled_deployment_fires_and_publishes_its_artifact(serve: Serve) -> 
         timeout=10,
     ).json()
     assert counts_key("shelf") in {a["key"] for a in artifacts}
+    assert "in this process" in serve.log.read_text() and _model_loads(serve) == loads
 
 
 def test_sigterm_drains_and_loses_nothing(serve: Serve, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ gates, and the missing-extra paths through the import seam."""
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +25,7 @@ from embedding.calibration_text import QUERIES
 from embedding.chunking import ChunkingSettings, chunk_pages
 from embedding.devices import Device
 from embedding.gates import GateFigures, Gates, KnownItem
+from embedding.int8_export import export_in_background, is_cached
 from embedding.int8_runner import Int8Runner
 from embedding.int8_support import EXTRA, Int8Support, Int8Unavailable
 from embedding.model import Embedder, EmbeddingSettings
@@ -189,6 +191,10 @@ class Clocked:
 def calibrator(
     embedder: Embedder, runner: Int8Runner, chunks: list[str], directory: Path, thresholds: Thresholds
 ) -> tuple[DeviceCalibrator, list[str]]:
+    """A calibrator whose cache already holds the int8 export (as after ``ragline serve`` built it)."""
+    assert runner.cache_dir is not None
+    for export in runner.cache_dir.glob("openvino-int8-*"):
+        shutil.copytree(export, directory / export.name, dirs_exist_ok=True)
     clock = [0.0]
     built: list[str] = []
 
@@ -240,6 +246,30 @@ def test_auto_chooses_int8_on_real_chunks_and_status_shows_its_gates(
     assert status.int8.top10_overlap == pytest.approx(measured.neighbour_overlap, abs=1e-4)
     assert status.int8.recall_at_5 == pytest.approx(measured.recall or 0.0, abs=1e-4)
     assert "int8 (openvino-int8), 2.00x float32; int8 gates " in status.describe()
+
+
+@pytest.mark.slow  # a second real export (~15-40 s)
+def test_auto_offers_int8_only_once_exported_and_serve_builds_it_in_the_background(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    """No run waits for an export: without one, auto measures torch precisions only; the background build
+    (what ``ragline serve`` starts when warm) caches it for the next start."""
+    directory = tmp_path / "calibration"
+    cal = DeviceCalibrator(
+        embedder,
+        "auto",
+        PoolSettings(),
+        lambda d, p: TorchRunner(Path("unused"), d, p, model=embedder.model),
+        CalibrationCache(directory),
+        cpu_bf16=False,
+    )
+    assert cal.choose_precision(CPU).precision == "float32"  # the only candidate: nothing was exported
+    assert not is_cached(directory, embedder.revision)
+    process = export_in_background(embedder.model_dir, embedder.revision, embedder.max_seq_length, directory)
+    assert process is not None
+    assert process.wait(600) == 0
+    assert is_cached(directory, embedder.revision)
+    assert export_in_background(embedder.model_dir, embedder.revision, embedder.max_seq_length, directory) is None
 
 
 def test_auto_keeps_float32_when_int8_fails_a_gate(

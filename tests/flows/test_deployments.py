@@ -173,7 +173,9 @@ def test_committed_prefect_yaml_matches_the_example_config(monkeypatch: pytest.M
 
 def test_runner_deployments_carry_schedule_limits_and_module_entrypoints(tmp_path: Path) -> None:
     specs = deployment_specs(settings_from(tmp_path, CONFIG))
-    built = runner_deployments(specs)
+    pairs = runner_deployments(specs)
+    built = [d for d, _ in pairs]
+    assert [f.name for _, f in pairs] == [d.flow_name for d in built]  # each served with the flow it runs
     assert [d.name for d in built] == ["manuals", "wiki", "scheduled", "background"]
     assert [d.flow_name for d in built] == [SOURCE_FLOW, SOURCE_FLOW, SNAPSHOT_FLOW, "reembed-store"]
     assert built[3].entrypoint == "flows.reembed_flow.reembed_store"
