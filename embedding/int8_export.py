@@ -16,6 +16,7 @@ so a reader sees a complete export or none.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -159,13 +160,15 @@ def quantise(
         converted = ov.convert_model(module, example_input=example)
     nncf.set_log_level(logging.WARNING)
     patterns = list(float_layers(model_dir) if keep_float is None else keep_float)
-    quantised = nncf.quantize(
-        converted,
-        nncf.Dataset(batches),
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(batches),
-        ignored_scope=nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None,
-    )
+    # NNCF draws progress bars on stdout, where `ragline ... --json` prints its answer: they go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        quantised = nncf.quantize(
+            converted,
+            nncf.Dataset(batches),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(batches),
+            ignored_scope=nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None,
+        )
     log.info("quantised %s to int8 with NNCF on %d calibration texts", model_dir.name, len(texts))
     return quantised
 
