@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -83,15 +85,43 @@ def _summary(counts: dict[str, int], seconds: float) -> str:
 _ALLOW_HELP = "Apply deletions the mass-delete guard holds (more than `deletes.max_share` of a source gone)."
 
 
+def _prefect_in_background(obj: Context) -> Callable[[], None]:
+    """Point Prefect at its server on a thread, starting the local one if it is not running (a first run's
+    ~9 s), so that the start overlaps opening the store, planning and loading the model; returns the wait for
+    it. A run with nothing to do never waits (the server it started serves the next run)."""
+    from flows.prefect_server import configure
+
+    settings = obj.settings
+    failure: list[BaseException] = []
+
+    def point() -> None:
+        try:
+            configure(settings.home, settings.prefect)
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread, which raises it
+            failure.append(err)
+
+    thread = threading.Thread(target=point, name="prefect-server", daemon=True)
+    thread.start()
+
+    def ready() -> None:
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    return ready
+
+
 def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delete: bool = False) -> dict[str, int]:
     """Plan without Prefect (no file is read whose stat matches the ledger); run the flow, handing it this
     plan, only when there is something to do. A run with nothing to do is still recorded (and settles
     deletions earlier runs held)."""
+    from embedding.pool import EmbeddingPool
     from flows.pdfs import plan_pdfs, run_pdf_plan, write_plan
     from flows.planning import resolve_source
     from flows.runs import recorded_run
 
     svc = obj.services
+    prefect_ready = _prefect_in_background(obj)  # a first run's server starts while the store opens and plans
     ref = resolve_source(svc.conn, svc.settings, source, "pdf")
     plan = plan_pdfs(svc.pipeline, ref, paths)
     if plan.empty:
@@ -99,9 +129,9 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delet
             run_pdf_plan(svc.pipeline, plan, run.counts, allow_mass_delete=allow_mass_delete)
         return run.counts.as_dict()
 
-    from flows.prefect_server import configure
-
-    configure(svc.settings.home, svc.settings.prefect)
+    if isinstance(svc.embedder, EmbeddingPool):
+        svc.embedder.start()  # the model loads (and calibrates) on its worker threads while Prefect gets ready
+    prefect_ready()
     from flows.ingest import ingest_pdf
 
     plan_file = write_plan(svc.settings.home, plan)
@@ -148,12 +178,12 @@ def _run_sources(
     obj: Context, names: list[str], allow_mass_delete: bool
 ) -> list[tuple[str, dict[str, int] | None, str | None]]:
     from flows.delete_guard import DeletionsHeld
-    from flows.prefect_server import configure
 
     for name in names:
         obj.settings.source(name)  # unknown names fail before anything runs
-    svc = obj.services
-    configure(svc.settings.home, svc.settings.prefect)
+    prefect_ready = _prefect_in_background(obj)
+    _ = obj.services.conn  # the store opens (and migrates) while Prefect gets ready; the model loads on demand
+    prefect_ready()
     from flows.ingest import ingest_source
 
     results: list[tuple[str, dict[str, int] | None, str | None]] = []
