@@ -415,9 +415,13 @@ def page_of(name: str) -> str:
     return CASES[name](random.Random(name))
 
 
+# The real-text cases exercise overlap too, so they pin a setting with one (the default has none).
+REAL = ChunkingSettings(chunk_tokens=160, overlap_tokens=32)
+
+
 @pytest.fixture(scope="module")
 def chunked(tokenizer: ModelTokenizer) -> dict[str, list[Chunk]]:
-    return {name: chunk_pages([(1, page_of(name))], tokenizer, ChunkingSettings(), MAX_TOKENS) for name in CASES}
+    return {name: chunk_pages([(1, page_of(name))], tokenizer, REAL, MAX_TOKENS) for name in CASES}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -444,9 +448,9 @@ def test_real_chunks_make_progress(name: str, chunked: dict[str, list[Chunk]]) -
     assert len(spans) == 1 if name == "one_50k_word" else len(spans) >= 5, len(spans)
     for (a0, a1), (b0, b1) in itertools.pairwise(spans):
         assert b0 > a0 and b1 > a1, f"chunk at {b0}:{b1} adds nothing to the one at {a0}:{a1}"
-    # no slivers: every chunk but the page's last is at least a third of the target size (160 tokens); a
-    # cut pulled back to the word boundary before a long unbreakable run may make it that short
-    assert all(c.token_count >= 160 // 3 for c in chunks[:-1]), [c.token_count for c in chunks]
+    # no slivers: every chunk but the page's last is at least a third of the target size; a cut pulled back
+    # to the word boundary before a long unbreakable run may make it that short
+    assert all(c.token_count >= REAL.chunk_tokens // 3 for c in chunks[:-1]), [c.token_count for c in chunks]
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -484,5 +488,17 @@ def test_real_consecutive_chunks_overlap(name: str, chunked: dict[str, list[Chun
     for (a0, a1), (b0, _) in itertools.pairwise(spans):
         shared = page[b0:a1]
         assert b0 < a1 and shared.strip(), f"no overlap between chunks at {a0}:{a1} and {b0}"
-        # at most the configured overlap (32 tokens), give or take a re-tokenised edge
-        assert tokenizer.count([shared])[0] - 2 <= 32 + 2
+        # at most the configured overlap, give or take a re-tokenised edge
+        assert tokenizer.count([shared])[0] - 2 <= REAL.overlap_tokens + 2
+
+
+def test_default_chunks_embed_prose_once(tokenizer: ModelTokenizer) -> None:
+    """The default (no overlap, docs/benchmarks.md) tiles a page: consecutive chunks share no text, and the
+    tokens embedded are the page's own plus each chunk's two special tokens."""
+    page = page_of("prose")
+    chunks = chunk_pages([(1, page)], tokenizer, ChunkingSettings(), MAX_TOKENS)
+
+    spans = locate(page, chunks)
+    assert all(b0 >= a1 for (_, a1), (b0, _) in itertools.pairwise(spans)), spans
+    assert all(c.token_count <= ChunkingSettings().chunk_tokens + 2 for c in chunks)
+    assert sum(c.token_count for c in chunks) <= len(tokenizer.offsets(page)) + 2 * len(chunks) + 2
