@@ -77,7 +77,7 @@ def grow(rows: int, rng: np.random.Generator) -> tuple[int, list[str]]:
     assert gen is not None
     real = conn.execute("SELECT text, embedding FROM chunks WHERE model_id = %s ORDER BY id", (gen.id,)).fetchall()
     conn.commit()
-    base = np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in real])
+    base = np.stack([np.asarray(r["embedding"].to_numpy(), dtype=np.float32) for r in real])
     words = [r["text"].split() for r in real]
     prand = random.Random(7)
     passages = []

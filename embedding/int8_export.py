@@ -111,7 +111,8 @@ def export_in_background(
     into place), and OpenVINO's native threads never outlive the interpreter. None when it is cached already
     or cannot run here."""
     support = support or Int8Support()
-    if support.missing() is not None or is_cached(cache_dir, revision):
+    done = is_cached(cache_dir, revision) and (float_dir(cache_dir, revision) / XML).is_file()
+    if support.missing() is not None or done:
         return None
     command = [sys.executable, "-m", "embedding.int8_export", str(model_dir), revision, str(max_seq_length)]
     return subprocess.Popen(
@@ -126,6 +127,7 @@ def export_in_background(
 
 def _main(argv: Sequence[str]) -> int:
     model_dir, revision, max_seq_length, cache_dir = Path(argv[0]), argv[1], int(argv[2]), Path(argv[3])
+    export_float(model_dir, revision, max_seq_length, cache_dir, Int8Support())  # seconds: the query model's
     load_int8_model(model_dir, revision, BatchTokenizer(model_dir, max_seq_length), Int8Support(), cache_dir)
     return 0
 
@@ -138,6 +140,43 @@ def float_layers(model_dir: Path) -> list[str]:
     return [rf".*\.layer\.{i}\..*" for i in sorted({0, layers - 1})]
 
 
+def convert(model_dir: Path, example: dict[str, Any], support: Int8Support) -> Any:
+    """The float32 model as an OpenVINO model, converted from its safetensors (torch, no hub)."""
+    ov = support.openvino()
+    import torch
+    from transformers import AutoModel
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    module = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    inputs = {k: torch.from_numpy(example[k]) for k in INPUTS}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # tracer warnings about shapes: the converted model is dynamic
+        return ov.convert_model(module, example_input=inputs)
+
+
+FLOAT_RECIPE = "float32-ir-v1"
+
+
+def float_dir(cache_dir: Path, revision: str) -> Path:
+    """Where the float32 OpenVINO model of ``revision`` is kept: the query model's fast path
+    (``embedding.query``), exact to float32, loaded without torch or transformers."""
+    key = {"model": revision, "versions": versions(), "recipe": FLOAT_RECIPE}
+    return cache_dir / f"openvino-float32-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}"
+
+
+def export_float(model_dir: Path, revision: str, max_seq_length: int, cache_dir: Path, support: Int8Support) -> Path:
+    target = float_dir(cache_dir, revision)
+    if not (target / XML).is_file():
+        example = BatchTokenizer(model_dir, max_seq_length)(["an example to trace the model with"])
+        _save(
+            support.openvino(),
+            convert(model_dir, example, support),
+            target,
+            {"model": revision, "recipe": FLOAT_RECIPE},
+        )
+    return target / XML
+
+
 def quantise(
     model_dir: Path,
     tokenizer: BatchTokenizer,
@@ -147,17 +186,9 @@ def quantise(
 ) -> Any:
     """Convert the float32 model from its safetensors (torch, no hub) and quantise it on ``texts``, but for
     the operations matching ``keep_float`` (default: ``float_layers``)."""
-    ov, nncf = support.openvino(), support.nncf()
-    import torch
-    from transformers import AutoModel
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    nncf = support.nncf()
     batches = [tokenizer(texts[i : i + CALIBRATION_BATCH]) for i in range(0, len(texts), CALIBRATION_BATCH)]
-    module = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
-    example = {k: torch.from_numpy(batches[0][k]) for k in INPUTS}
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")  # tracer warnings about shapes: the converted model is dynamic
-        converted = ov.convert_model(module, example_input=example)
+    converted = convert(model_dir, batches[0], support)
     nncf.set_log_level(logging.WARNING)
     patterns = list(float_layers(model_dir) if keep_float is None else keep_float)
     # NNCF draws progress bars on stdout, where `ragline ... --json` prints its answer: they go to stderr.
@@ -186,7 +217,7 @@ def _save(ov: Any, model: Any, target: Path, key: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # another process got there first: its export is as good
         if not (target / XML).is_file():
             raise
-    log.info("int8 export cached in %s", target)
+    log.info("OpenVINO export cached in %s", target)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from embedding.model import Embedder, TextEmbedder
+from embedding.backend_status import calibration_dir
+from embedding.model import TextEmbedder
 from embedding.pool import EmbeddingPool
+from embedding.query import query_embedder
 from flows.pipeline import Pipeline
 from flows.sandbox import ParseSandbox
 from flows.settings import RaglineSettings, database_url, load_settings
@@ -33,6 +36,7 @@ class Services:
     _query_embedders: dict[int, TextEmbedder] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _query_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _conn_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
     def embedder(self) -> TextEmbedder:
@@ -105,18 +109,20 @@ class Services:
         return open_pool(database_url(self.settings), size=size, connect_timeout=database.connect_timeout)
 
     def query_embedder(self, serving: Generation) -> TextEmbedder:
-        """The model that embeds queries for ``serving``: a plain float32 model of the generation that serves
-        (the configured one, or while a new generation is being built, the old one: it must still be
-        installed), loaded on first use and kept. Never the ingestion pool: a query must not start workers,
-        calibrate, or wait behind an ingestion's batches."""
+        """The model that embeds queries for ``serving``: a float32 query model (``embedding.query``) of the
+        generation that serves (the configured one, or while a new generation is being built, the old one: it
+        must still be installed), loaded on first use and kept. Never the ingestion pool: a query must not
+        start workers, calibrate, or wait behind an ingestion's batches."""
         shared = self.shared_embedder
         if shared is not None and (shared.identity.name, shared.identity.revision) == (serving.name, serving.revision):
             return shared  # a caller's own plain model (tests, an embedding application)
         with self._lock:
             cached = self._query_embedders.get(serving.id)
             if cached is None:
-                settings = self.settings.embedding.model_copy(update={"model": serving.name, "precision": "float32"})
-                cached = Embedder(settings)
+                embedding = self.settings.embedding
+                cached = query_embedder(
+                    embedding.model_copy(update={"model": serving.name}), calibration_dir(embedding, self.settings.home)
+                )
                 if cached.identity.revision != serving.revision or cached.dimension != serving.dim:
                     raise DatabaseError(
                         f"search is served by {serving.label}, but the installed {serving.name} is "
@@ -126,12 +132,23 @@ class Services:
                 self._query_embedders[serving.id] = cached
         return cached
 
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Connection]:
+        """A pooled connection once the pool is open (the service, several threads), else the process's own:
+        one search from the CLI opens no pool."""
+        if "pool" in self.__dict__:
+            with self.pool.connection() as conn:
+                yield conn
+            return
+        with self._conn_lock:
+            yield self.conn
+
     def search(
         self, query: str, k: int, *, settings: SearchSettings | None = None, where: SearchFilter | None = None
     ) -> list[SearchHit]:
         """Embed ``query`` with the serving generation's model and search it; safe from many threads."""
         settings = settings or self.settings.search
-        with self.pool.connection() as conn:
+        with self._reader() as conn:
             serving = generations.active(conn)
             conn.commit()
             if serving is None:
