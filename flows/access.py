@@ -9,7 +9,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flows.settings import ConfigError, ServeSettings
 
@@ -38,7 +38,7 @@ class Unauthorized(PermissionError):
 class Tokens:
     """The configured tokens: (token bytes, principal) pairs; empty when the service is open."""
 
-    entries: tuple[tuple[bytes, Principal], ...] = ()
+    entries: tuple[tuple[bytes, Principal], ...] = field(default=(), repr=False)
 
     @classmethod
     def from_settings(cls, settings: ServeSettings, environ: Mapping[str, str] | None = None) -> Tokens:
