@@ -185,7 +185,7 @@ def main() -> None:
     ap.add_argument("--append", type=Path, default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(11)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:  # Postgres may still be stopping
         home = Path(tmp) / "home"
         config = Path(tmp) / "ragline.yaml"
         config.write_text("serve:\n  port: 0\n  search_concurrency: 4\n")
