@@ -2,15 +2,15 @@
 load shedding; the work belongs to ``flows.serve.Service``. The schema is at ``/openapi.json``.
 
 Every answer is JSON; an error is ``{"error": "...", "status": N}`` whose message names the field or reason.
-With a token configured (``serve.token_env``, ``serve.tenant_tokens``) every route but ``/healthz`` needs
-``Authorization: Bearer``. 503 while warming up or stopping; 429 with ``Retry-After`` when a queue is full.
+With a token configured (``serve.token_env``, ``serve.tenant_tokens``) every route but the probes needs
+``Authorization: Bearer`` (``/readyz`` shows its figures to the operator only). 503 while warming up or stopping; 429 with ``Retry-After`` when a queue is full.
 
 - ``POST /v1/runs``: ``application/pdf`` body (query ``source``, ``filename``), or JSON ``{"url": ...}`` /
   ``{"source": ..., "ids": [...]}``: 202 with the run (the same run for an identical request).
 - ``GET /v1/runs/{run_id}``: the run's record.
 - ``POST /v1/search``: the best chunks for a query (the same JSON as ``ragline search --json``, under ``hits``).
 - ``GET /v1/status``, ``GET /v1/quarantine``: as ``ragline status --json`` and ``quarantine list --json``.
-- ``GET /healthz`` (alive), ``GET /readyz`` (200 once warm, else 503, with the queue's numbers).
+- ``GET /healthz`` (alive), ``GET /readyz`` (200 once warm, else 503; the queue's numbers for the operator).
 """
 
 import json
@@ -232,12 +232,19 @@ def create_app(service: Service, *, on_started: Callable[[], Awaitable[None]] | 
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", summary="200 once warm, 503 while warming up or stopping.")
-    async def readyz(caller: Caller) -> JSONResponse:
+    @app.get("/readyz", summary="200 once warm, 503 while warming up or stopping (the queue's figures: operator).")
+    async def readyz(request: Request) -> JSONResponse:
         stats = service.book.stats()
+        status = 200 if stats["ready"] else 503
+        try:  # a probe needs no token; the figures do
+            caller = service.tokens.authenticate(request.headers.get("Authorization"))
+        except Unauthorized:
+            return JSONResponse({"ready": stats["ready"]}, status_code=status)
+        if not caller.operator:
+            return JSONResponse({"ready": stats["ready"]}, status_code=status)
         if service.failure:
             stats["error"] = service.failure
-        return JSONResponse(stats, status_code=200 if stats["ready"] else 503)
+        return JSONResponse(stats, status_code=status)
 
     # -- runs --------------------------------------------------------------------------------------------
 

@@ -115,7 +115,7 @@ class ServeSettings(BaseModel):
     token_env: str | None = Field(
         default=None,
         description="Name of an environment variable holding the operator's bearer token (every route, every "
-        "tenant; never logged). With it or tenant tokens set, every route but /healthz needs a token.",
+        "tenant; never logged). With it or tenant tokens set, every route but the probes needs a token.",
     )
     tenant_tokens: list[TenantToken] = Field(
         default_factory=list, description="Tokens that act for one tenant each (search and ingest its own rows)."

@@ -36,7 +36,7 @@ PREFECT_YAML = DEPLOY / "prefect.yaml"
 GUIDE = DEPLOY / "README.md"
 K8S = DEPLOY / "k8s"
 # What a compose run needs set for the interpolation; the value is never used.
-COMPOSE_ENV = {"POSTGRES_PASSWORD": "lint-only"}
+COMPOSE_ENV = {"POSTGRES_PASSWORD": "lint-only", "RAGLINE_SERVE_TOKEN": "lint-only"}
 # The environment the app reads (flows/settings.py, flows/prefect_server.py).
 APP_ENV = ("RAGLINE_DATABASE_URL", "RAGLINE_HOME", "RAGLINE_CONFIG", "PREFECT_API_URL")
 PREFECT_WORKER_HEALTH_PORT = 8080  # PREFECT_WORKER_WEBSERVER_PORT's default, served by --with-healthcheck

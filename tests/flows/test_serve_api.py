@@ -105,10 +105,12 @@ def api(tmp_path_factory: pytest.TempPathFactory, pg_server: str, embedder: Embe
 def test_probes_schema_and_tokens(api: Api) -> None:
     c = api.client
     assert c.get("/healthz").json() == {"status": "alive"}  # no token needed to be alive
-    missing = c.get("/readyz")
+    assert c.get("/readyz").json() == {"ready": True}  # a probe needs no token, and gets no figures
+    assert c.get("/readyz", headers=ACME).json() == {"ready": True}
+    assert c.get("/readyz", headers=OPERATOR).json()["queue_size"] == 8
+    missing = c.get("/v1/runs/0123")
     assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
     assert c.post("/v1/search", json={"query": "x"}, headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert c.get("/readyz", headers=ACME).json()["ready"] is True
     schema = c.get("/openapi.json", headers=OPERATOR).json()
     assert {"/v1/runs", "/v1/runs/{run_id}", "/v1/search", "/v1/status", "/v1/quarantine"} <= set(schema["paths"])
     search_body = schema["components"]["schemas"]["SearchBody"]["properties"]
