@@ -3,7 +3,8 @@ load shedding; the work belongs to ``flows.serve.Service``. The schema is at ``/
 
 Every answer is JSON; an error is ``{"error": "...", "status": N}`` whose message names the field or reason.
 With a token configured (``serve.token_env``, ``serve.tenant_tokens``) every route but the probes needs
-``Authorization: Bearer`` (``/readyz`` shows its figures to the operator only). 503 while warming up or stopping; 429 with ``Retry-After`` when a queue is full.
+``Authorization: Bearer`` (``/readyz`` shows its figures to the operator only). 503 while warming up or
+stopping; 429 with ``Retry-After`` when a queue is full.
 
 - ``POST /v1/runs``: ``application/pdf`` body (query ``source``, ``filename``), or JSON ``{"url": ...}`` /
   ``{"source": ..., "ids": [...]}``: 202 with the run (the same run for an identical request).
