@@ -51,9 +51,10 @@ def _bind(host: str, port: int) -> socket.socket:
 async def _run_service(
     service: Service, serve_settings: ServeSettings, scheduled: ScheduledRuns | None, names: str
 ) -> None:
-    """uvicorn and the Prefect runner on one event loop, until SIGTERM/SIGINT (drain, then stop) or a failure."""
+    """uvicorn and the scheduled runs on one event loop, until SIGTERM/SIGINT (drain, then stop) or a failure."""
     import uvicorn
 
+    from flows.serve import ServeError
     from flows.serve_api import create_app
     from flows.serve_state import write_state
 
@@ -108,7 +109,7 @@ async def _run_service(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     if failure is not None:
-        raise RuntimeError(failure)
+        raise ServeError(failure)  # one line, exit 1
 
 
 @click.command()
