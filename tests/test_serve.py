@@ -216,11 +216,17 @@ def test_reading_commands_answer_from_the_warm_service_as_they_would_in_process(
     assert cold.returncode == 0 and "answered by the service" not in cold.stderr
     assert json.loads(warm.stdout) and warm.stdout == cold.stdout  # the same hits, the same JSON
     for command in (("status", "--json"), ("quarantine", "list", "--json")):
-        through = serve.ragline(*command).stdout
-        here = subprocess.run(
-            [sys.executable, "-m", "ragline", *command], env=alone, capture_output=True, text=True, timeout=300
-        ).stdout
-        assert json.loads(through) == json.loads(here)
+        through = json.loads(serve.ragline(*command).stdout)
+        here = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "ragline", *command], env=alone, capture_output=True, text=True, timeout=300
+            ).stdout
+        )
+        if command[0] == "status":  # the cron deployment may finish a run of `shelf` between the two calls
+            for data in (through, here):
+                for source in data["sources"].values():
+                    source.pop("last_run")
+        assert through == here
     text = serve.ragline("search", "spring tides at the estuary", "-k", "1").stdout
     assert text.startswith("1. [") and "tides.pdf" in text
 

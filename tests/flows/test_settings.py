@@ -40,7 +40,7 @@ def _load(tmp_path: Path, env: dict[str, str], config: str | None = None) -> Rag
     [
         # The environment sets nested values.
         ({"RAGLINE_DATABASE__WRITERS": "0"}, None, "database.writers", 0),
-        ({"RAGLINE_EMBEDDING__CHUNKING__CHUNK_TOKENS": "128"}, None, "embedding.chunking.chunk_tokens", 128),
+        ({"RAGLINE_EMBEDDING__CHUNKING__CHUNK_TOKENS": "96"}, None, "embedding.chunking.chunk_tokens", 96),
         ({"RAGLINE_SEARCH__MODE": "vector"}, None, "search.mode", "vector"),
         ({"RAGLINE_BATCH_CHUNKS": "8"}, None, "batch_chunks", 8),
         ({"ragline_prefect__port": "4300"}, None, "prefect.port", 4300),
