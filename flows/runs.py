@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from flows import metrics
 from flows.counts import Counts
 from flows.pipeline import Pipeline
 from flows.planning import SourceRef
@@ -75,6 +76,7 @@ def recorded_run(
     except BaseException as err:
         run.error = f"{type(err).__name__}: {first_line(err)}"
         run.status = outcome(run.counts, run.error)
+        metrics.record_run(source.name, run.status.value, run.counts, run.seconds)
         try:
             pipeline.retrying(lambda: _finish(pipeline.conn, run))
             if report is not None:
@@ -83,6 +85,7 @@ def recorded_run(
             log.warning("could not record the end of failed run %d of %s", run.id, source.name, exc_info=True)
         raise
     run.status = outcome(run.counts)
+    metrics.record_run(source.name, run.status.value, run.counts, run.seconds)
     pipeline.retrying(lambda: _finish(pipeline.conn, run))
     if report is not None:
         report(run)

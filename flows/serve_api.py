@@ -11,6 +11,7 @@ stopping; 429 with ``Retry-After`` when a queue is full.
 - ``GET /v1/runs/{run_id}``: the run's record.
 - ``POST /v1/search``: the best chunks for a query (the same JSON as ``ragline search --json``, under ``hits``).
 - ``GET /v1/status``, ``GET /v1/quarantine``: as ``ragline status --json`` and ``quarantine list --json``.
+- ``GET /metrics``: Prometheus metrics (``flows.metrics``).
 - ``GET /healthz`` (alive), ``GET /readyz`` (200 once warm, else 503; the queue's numbers for the operator).
 """
 
@@ -25,9 +26,11 @@ import anyio
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flows import metrics
 from flows.access import Principal, Unauthorized
 from flows.serve import Forbidden, Service
 from flows.trigger import Admitted, BadRequest, TriggerRequest, parse_json_request, pdf_request
@@ -141,6 +144,40 @@ class RequestLimit:
             self.in_progress -= 1
 
 
+class RequestMetrics:
+    """Count and time every answer by route template (``/v1/runs/{run_id}``, not each id) and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def noted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noted)
+        finally:
+            route = scope.get("route")
+            template = str(getattr(route, "path", "unmatched"))
+            metrics.HTTP_REQUESTS.labels(scope["method"], template, str(status)).inc()
+            metrics.HTTP_SECONDS.labels(template).observe(time.perf_counter() - started)
+            if status in (429, 503):
+                metrics.SHED.labels(_what(scope["path"]), str(status)).inc()
+
+
+def _what(path: str) -> str:
+    return "search" if path.startswith("/v1/search") else "run" if path.startswith("/v1/runs") else "other"
+
+
 class SearchGate:
     """At most ``concurrency`` searches at once and ``queue`` waiting; beyond, 429 at once (load shedding)."""
 
@@ -181,8 +218,12 @@ def create_app(service: Service, *, on_started: Callable[[], Awaitable[None]] | 
     )
     settings = service.settings
     app.add_middleware(BodyLimit, pdf_max=settings.max_body_bytes, timeout=settings.read_timeout)
-    app.add_middleware(RequestLimit, limit=settings.max_connections)  # outermost: shed before anything else
+    app.add_middleware(RequestLimit, limit=settings.max_connections)  # shed before anything else
+    app.add_middleware(RequestMetrics)  # outermost: every answer counted, shed ones included
     gate = SearchGate(settings.search_concurrency, settings.search_queue)
+    metrics.watch_service(
+        lambda: service.book.stats()["queued"], lambda: service.book.stats()["running"], lambda: gate.in_flight
+    )
 
     # -- errors ----------------------------------------------------------------------------------------------
 
@@ -246,6 +287,12 @@ def create_app(service: Service, *, on_started: Callable[[], Awaitable[None]] | 
         if service.failure:
             stats["error"] = service.failure
         return JSONResponse(stats, status_code=status)
+
+    @app.get("/metrics", summary="Prometheus metrics (the operator's token when tokens are configured).")
+    async def prometheus_metrics(caller: Caller) -> Response:
+        if not caller.operator:
+            raise Forbidden("metrics cover every tenant: they need the operator's token (serve.token_env)")
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     # -- runs --------------------------------------------------------------------------------------------
 

@@ -274,6 +274,8 @@ def test_a_burst_of_searches_and_triggers_is_answered_and_nothing_is_lost(serve:
     admitted = [body["run_id"] for kind, code, body in answers if kind == "trigger" and code == 202]
     for run_id in admitted:
         assert _wait_run(serve.url, run_id, timeout=300)["state"] == "completed"
+    shed = httpx.get(f"{serve.url}/metrics", timeout=30).text
+    assert 'ragline_shed_requests_total{status="429",what="search"}' in shed  # an autoscaler sees the shedding
     grown_mib = (_rss_kib(serve.proc.pid) - before) / 1024
     assert grown_mib < 512, f"serve grew by {grown_mib:.0f} MiB in the burst"
     inbox = serve.home / "inbox"

@@ -265,3 +265,30 @@ def test_unavailable_until_warm_and_journaled_requests_survive_a_restart(api: Ap
         cold.drain(grace=30)
     hits = api.search("ferryman's ledger crossings in the fog", k=1).json()["hits"]
     assert "ferryman" in hits[0]["text"]
+
+
+def test_metrics_count_runs_requests_and_shedding(api: Api, tmp_path: Path) -> None:
+    pdf = text_pdf(tmp_path / "owl.pdf", ["A barn owl hunts the water meadows below the lock keeper's cottage."])
+    run = api.post_pdf(pdf, OPERATOR).json()
+    assert api.wait(run["run_id"])["state"] == "completed"
+    api.search("barn owl over the water meadows", k=1)
+    assert api.client.get("/metrics").status_code == 401
+    assert api.client.get("/metrics", headers=ACME).status_code == 403  # every tenant's figures: operator only
+    scraped = api.client.get("/metrics", headers=OPERATOR)
+    assert scraped.status_code == 200 and scraped.headers["Content-Type"].startswith("text/plain")
+    text = scraped.text
+    for line in (
+        'ragline_runs_total{outcome="completed",source="inbox"}',
+        'ragline_documents_total{event="committed",source="inbox"}',
+        'ragline_chunks_total{how="embedded",source="inbox"}',
+        'ragline_embedded_tokens_total{source="inbox"}',
+        'ragline_http_requests_total{method="POST",route="/v1/search",status="200"}',
+        'ragline_http_requests_total{method="GET",route="/v1/runs/{run_id}",status="200"}',
+        "ragline_trigger_queue_length ",
+        "ragline_searches_in_flight ",
+        'ragline_run_duration_seconds_bucket{le="+Inf",source="inbox"}',
+    ):
+        assert line in text, line
+    prefix = 'ragline_documents_total{event="committed",source="inbox"}'
+    committed = next(row for row in text.splitlines() if row.startswith(prefix))
+    assert float(committed.rsplit(" ", 1)[1]) >= 2  # heron and owl, at least
