@@ -96,6 +96,11 @@ class DeviceCalibrator:
             choice = PrecisionChoice.from_json(cached, cached=True)
             log.info("precision for %s from the calibration cache: %s", device.key, choice.summary())
             return choice
+        if self.pool.calibrate == "cached_only":
+            # resolve_precision's rule, on the candidates (which already know whether this CPU has AMX)
+            default = "bfloat16" if device.kind == "cpu" and "bfloat16" in names else "float32"
+            log.info("precision for %s not calibrated yet: %s, the device's default", device.key, default)
+            return PrecisionChoice(default, "not calibrated yet: the device's default (ragline serve calibrates)")
         known = known_items(texts)
         everything = [*queries, *(item.query for item in known), *texts]
         counts = [max(1, min(c, self.model.max_seq_length)) for c in self.model.tokenizer.count(everything)]

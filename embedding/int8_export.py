@@ -103,20 +103,27 @@ def is_cached(cache_dir: Path | None, revision: str) -> bool:
 
 
 def export_in_background(
-    model_dir: Path, revision: str, max_seq_length: int, cache_dir: Path, support: Int8Support | None = None
+    model_dir: Path,
+    revision: str,
+    max_seq_length: int,
+    cache_dir: Path,
+    support: Int8Support | None = None,
+    *,
+    calibrate: str | None = None,
 ) -> subprocess.Popen[bytes] | None:
     """Build the export in a child process at the lowest CPU priority, for the next start to offer int8: a
     long-lived process (``ragline serve``) pays it while idle instead of a run paying it while it calibrates.
     A process, not a thread: the caller stops it at will (``terminate``; a half-made export is never renamed
     into place), and OpenVINO's native threads never outlive the interpreter. None when it is cached already
-    or cannot run here."""
+    or cannot run here. ``calibrate``: the embedding settings (JSON) to calibrate afterwards, int8 included,
+    so that the next process finds the choice cached instead of starting at the device's default."""
     support = support or Int8Support()
     done = is_cached(cache_dir, revision) and (float_dir(cache_dir, revision) / XML).is_file()
     if support.missing() is not None or done:
         return None
     command = [sys.executable, "-m", "embedding.int8_export", str(model_dir), revision, str(max_seq_length)]
     return subprocess.Popen(
-        [*command, str(cache_dir)],
+        [*command, str(cache_dir), *([calibrate] if calibrate else [])],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -129,6 +136,15 @@ def _main(argv: Sequence[str]) -> int:
     model_dir, revision, max_seq_length, cache_dir = Path(argv[0]), argv[1], int(argv[2]), Path(argv[3])
     export_float(model_dir, revision, max_seq_length, cache_dir, Int8Support())  # seconds: the query model's
     load_int8_model(model_dir, revision, BatchTokenizer(model_dir, max_seq_length), Int8Support(), cache_dir)
+    if len(argv) > 4:  # calibrate each device now that int8 is offered: the choice is cached for the next start
+        from embedding.model import EmbeddingSettings
+        from embedding.pool import EmbeddingPool
+
+        settings = EmbeddingSettings.model_validate_json(argv[4])
+        pool = settings.pool.model_copy(update={"calibrate": "at_start", "calibration_dir": cache_dir})
+        with EmbeddingPool(settings.model_copy(update={"pool": pool})) as embedder:
+            embedder.start()
+            embedder.wait_ready(1800)
     return 0
 
 

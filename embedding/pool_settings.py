@@ -74,6 +74,13 @@ class PoolSettings(BaseModel):
         description="Where calibration results (precision choice, memory per token) are cached, keyed by model "
         "revision, device and torch version. None: calibrate at every start.",
     )
+    calibrate: Literal["at_start", "cached_only"] = Field(
+        default="at_start",
+        description="precision auto on a device without a cached calibration: at_start measures it when the "
+        "worker starts (seconds to a minute; what `ragline serve` does); cached_only starts at the device's "
+        "default (bfloat16 on CPUs with AMX, float32 elsewhere) and leaves measuring to a later serve (the "
+        "CLI's and workers' runs, unless set here).",
+    )
     min_cosine: float = Field(
         default=0.999, gt=0, le=1, description="Quality floor of a precision: cosine to float32, every vector."
     )

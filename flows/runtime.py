@@ -33,6 +33,9 @@ from vectorstore.writers import Writers
 class Services:
     settings: RaglineSettings
     shared_embedder: TextEmbedder | None = field(default=None, repr=False)
+    calibrate_at_start: bool = False
+    """Whether the pool measures an uncalibrated device's precision when it starts (``ragline serve``, which
+    lives long enough to profit); runs start at the device's default and use a calibration once cached."""
     _query_embedders: dict[int, TextEmbedder] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _query_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -45,9 +48,13 @@ class Services:
         if self.shared_embedder is not None:
             return self.shared_embedder
         embedding = self.settings.embedding
+        update: dict[str, object] = {}
         if embedding.pool.calibration_dir is None:
-            pool = embedding.pool.model_copy(update={"calibration_dir": self.settings.home / "calibration"})
-            embedding = embedding.model_copy(update={"pool": pool})
+            update["calibration_dir"] = self.settings.home / "calibration"
+        if not self.calibrate_at_start and "calibrate" not in embedding.pool.model_fields_set:
+            update["calibrate"] = "cached_only"  # a run does not wait for a measurement: serve makes it
+        if update:
+            embedding = embedding.model_copy(update={"pool": embedding.pool.model_copy(update=update)})
         return EmbeddingPool(embedding)
 
     @cached_property

@@ -155,7 +155,11 @@ class Service:
             tokenizer = embedder.tokenizer
             calibration = calibration_dir(svc.settings.embedding, svc.settings.home)
             self._export = export_in_background(
-                tokenizer.model_dir, embedder.revision, embedder.max_seq_length, calibration
+                tokenizer.model_dir,
+                embedder.revision,
+                embedder.max_seq_length,
+                calibration,
+                calibrate=svc.settings.embedding.model_dump_json(),
             )
 
     def warm_in_background(self) -> threading.Thread:

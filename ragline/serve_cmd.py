@@ -126,6 +126,7 @@ def serve(obj: Context, host: str | None, port: int | None, no_schedules: bool) 
     settings = obj.settings
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     serve_settings = settings.serve.model_copy(update=overrides)
+    obj.services.calibrate_at_start = True  # a long-lived process: measure the device's precision once
     service = Service(obj.services, serve_settings)  # refuses an open non-loopback address, a missing token
     specs = [] if no_schedules else deployment_specs(settings)  # bad crons fail here, before anything starts
     configure(settings.home, settings.prefect)  # scheduled runs and source slots need the Prefect server

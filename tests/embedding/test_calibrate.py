@@ -67,12 +67,18 @@ class Built:
 
 
 def calibrator(
-    embedder: Embedder, factory: Built, cache: Path | None, *, precision: str = "auto", cpu_bf16: bool = True
+    embedder: Embedder,
+    factory: Built,
+    cache: Path | None,
+    *,
+    precision: str = "auto",
+    cpu_bf16: bool = True,
+    pool: PoolSettings | None = None,
 ) -> DeviceCalibrator:
     return DeviceCalibrator(
         embedder,
         precision,
-        PoolSettings(),
+        pool or PoolSettings(),
         factory,
         CalibrationCache(cache),
         texts=[t for t in calibration_texts() if len(t) < 400][:40],
@@ -139,3 +145,23 @@ def test_cache_keys_change_with_what_changes_the_answer(embedder: Embedder) -> N
     assert key["model"] == embedder.revision
     assert cal.memory_key(CPU, "float32") != cal.memory_key(CPU, "bfloat16")
     assert cal.memory_key(CPU, "float32")["max_seq_length"] == embedder.max_seq_length
+
+
+@pytest.mark.parametrize(("cpu_bf16", "default"), [(True, "bfloat16"), (False, "float32")])
+def test_cached_only_starts_at_the_default_and_uses_a_calibration_once_cached(
+    embedder: Embedder, tmp_path: Path, cpu_bf16: bool, default: str
+) -> None:
+    """A run does not wait for a measurement: without a cached choice it starts at the device's default;
+    once a calibration is cached (by ``ragline serve``) it uses it."""
+    lazy = PoolSettings(calibrate="cached_only")
+    factory = Built(embedder, {"float32": 1.0, "bfloat16": 0.4, "autocast-bfloat16": 0.5})
+    first = calibrator(embedder, factory, tmp_path / "cal", cpu_bf16=cpu_bf16, pool=lazy).prepare(CPU)
+    reason = "not calibrated yet" if cpu_bf16 else "the only candidate"  # no AMX: nothing to measure anyway
+    assert first.choice.precision == default and reason in first.choice.reason
+    assert factory.precisions == [default] and factory.now == [0.0]  # nothing measured
+    assert not list((tmp_path / "cal").glob("precision-*.json"))
+    if cpu_bf16:
+        calibrator(embedder, Built(embedder, factory.cost), tmp_path / "cal").prepare(CPU)  # serve measures
+        after = Built(embedder, factory.cost)
+        cached = calibrator(embedder, after, tmp_path / "cal", pool=lazy).prepare(CPU)
+        assert (cached.choice.precision, cached.choice.cached, after.precisions) == ("bfloat16", True, ["bfloat16"])
