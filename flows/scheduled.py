@@ -48,8 +48,6 @@ class ScheduledRuns:
         self.poll_seconds = poll_seconds
         self.flows: dict[UUID, Flow[Any, Any]] = {}
         self.running: set[asyncio.Task[None]] = set()
-        self.completed = 0
-        """Flow runs this process has run to an end (any final state)."""
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -103,11 +101,7 @@ class ScheduledRuns:
             return
         task = asyncio.create_task(asyncio.to_thread(self._execute, flow, flow_run), name=f"flow-run-{flow_run.name}")
         self.running.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.running.discard(task)
-        self.completed += 1
+        task.add_done_callback(self.running.discard)
 
     @staticmethod
     def _execute(flow: Flow[Any, Any], flow_run: FlowRun) -> None:
