@@ -131,7 +131,7 @@ def cuda_free_bytes(torch_device: str) -> int:
         return int(free + idle_cache)
     except RuntimeError as err:
         try:
-            import pynvml  # type: ignore[import-not-found]
+            import pynvml
         except ImportError:
             raise RuntimeError(f"cannot read the free memory of {torch_device}: {err}") from err
         pynvml.nvmlInit()

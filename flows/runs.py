@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from flows import metrics
+from flows import drift, metrics
 from flows.counts import Counts
 from flows.pipeline import Pipeline
 from flows.planning import SourceRef
+from telemetry import push
 from vectorstore import runs
 from vectorstore.db import Connection, first_line
 from vectorstore.runs import RunStatus
@@ -76,19 +77,28 @@ def recorded_run(
     except BaseException as err:
         run.error = f"{type(err).__name__}: {first_line(err)}"
         run.status = outcome(run.counts, run.error)
-        metrics.record_run(source.name, run.status.value, run.counts, run.seconds)
         try:
             pipeline.retrying(lambda: _finish(pipeline.conn, run))
+            _watch_end(pipeline, run)
             if report is not None:
                 report(run)
         except Exception:  # the run's own error is the one to raise
             log.warning("could not record the end of failed run %d of %s", run.id, source.name, exc_info=True)
         raise
     run.status = outcome(run.counts)
-    metrics.record_run(source.name, run.status.value, run.counts, run.seconds)
     pipeline.retrying(lambda: _finish(pipeline.conn, run))
+    _watch_end(pipeline, run)
     if report is not None:
         report(run)
+
+
+def _watch_end(pipeline: Pipeline, run: Run) -> None:
+    """What watches a run's end, once its row is final: its metrics, its drift against its source's embedding
+    baseline (kept on the run's row), and a push of the process's metrics to the Pushgateway when one is set
+    (runs outside ``ragline serve``, which is scraped)."""
+    metrics.record_run(run.source.name, run.status.value, run.counts, run.seconds)
+    drift.check_run(pipeline, run)
+    push.after_run(pipeline.settings, run.source.name)
 
 
 def _finish(conn: Connection, run: Run) -> None:

@@ -188,6 +188,23 @@ class ReembedScheduleSettings(BaseModel):
     batch_documents: int = Field(default=32, ge=1, le=10_000, description="Documents re-embedded per transaction.")
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics. ``ragline serve`` serves them at ``/metrics``; runs outside it (the CLI, Prefect
+    workers) push theirs to a Pushgateway when one is set. Either way each run's figures stay in ``runs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pushgateway: str | None = Field(
+        default=None, description="URL of a Prometheus Pushgateway that runs outside `ragline serve` push to."
+    )
+
+
+class DriftSettings(BaseModel):
+    """Embedding drift baselines per source, and the model canary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class RaglineSettings(BaseSettings):
     """Built by ``load_settings``, which gives it its sources; constructed directly it reads nothing."""
 
@@ -224,6 +241,8 @@ class RaglineSettings(BaseSettings):
         default=None, description="Scheduled background re-embedding into a newly configured model, if any."
     )
     deployments: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
 
     @field_validator("sources")
     @classmethod

@@ -242,6 +242,14 @@ def _v8_text_lookup(conn: Connection, dim: int, m: int, ef_construction: int) ->
     )
 
 
+def _v9_observability(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
+    """What operators watch, kept in Postgres beside the run (W2 5/5): the run's OpenTelemetry trace id (to
+    find its spans from ``ragline status`` or a Prefect log), its figures (phase times, tokens/s, batch sizes,
+    retries: what a Pushgateway would have had, for runs no Prometheus scraped), and its drift against its
+    source's embedding baseline."""
+    conn.execute("ALTER TABLE runs ADD COLUMN trace_id text, ADD COLUMN figures jsonb, ADD COLUMN drift jsonb")
+
+
 def full_text_present(conn: Connection) -> bool:
     """Whether chunks carry the full-text column (``database.full_text``): hybrid search needs it."""
     row = conn.execute(
@@ -310,6 +318,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (6, "a cheap change signal per document (stat key) to skip reading unchanged files", _v6_stat_keys),
     (7, "deletions held by the mass-delete guard until they pass it or are confirmed", _v7_held_deletions),
     (8, "chunks found by their text within a model generation, to reuse stored vectors", _v8_text_lookup),
+    (9, "trace id, figures and drift of each run", _v9_observability),
 ]
 
 

@@ -113,8 +113,8 @@ def test_home_and_its_config_file(tmp_path: Path) -> None:
             {"RAGLINE_DATABSE__URL": "postgresql://db/x"},
             None,
             "environment RAGLINE_DATABSE__URL: not a ragline setting; settings are RAGLINE_<NAME>, nested with __ "
-            "(e.g. RAGLINE_DATABASE__WRITERS), NAME one of: batch_chunks, database, deletes, deployments, embedding, "
-            "parsing, pdf, prefect, reembed, search, serve, snapshots, sources",
+            "(e.g. RAGLINE_DATABASE__WRITERS), NAME one of: batch_chunks, database, deletes, deployments, drift, "
+            "embedding, metrics, parsing, pdf, prefect, reembed, search, serve, snapshots, sources",
         ),
         (
             {"RAGLINE_CONFIG_PATH": "/x.yaml"},
