@@ -1,40 +1,12 @@
-"""ragline's Prometheus metrics (``prometheus_client``, the process's default registry), named and unitised by
-Prometheus' conventions: what runs did, per source, recorded where every run ends (``flows.runs``), and the
-warm service's requests, queues and load shedding (``flows.serve_api``). ``ragline serve`` serves them at
-``/metrics``.
-"""
+"""Recording into ragline's metrics (``telemetry.metrics``) what only flows know: a run's counts as it ends
+(``flows.runs``), and the warm service's queues, read when scraped."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge, Histogram
-
 from flows.counts import Counts
-
-RUNS = Counter("ragline_runs", "Runs ended, by source and outcome.", ["source", "outcome"])
-DOCUMENTS = Counter("ragline_documents", "Documents a run settled, by what happened to them.", ["source", "event"])
-CHUNKS = Counter(
-    "ragline_chunks", "Chunks written: embedded by the model, or reused stored vectors.", ["source", "how"]
-)
-TOKENS = Counter("ragline_embedded_tokens", "Tokens the model embedded.", ["source"])
-RUN_SECONDS = Histogram(
-    "ragline_run_duration_seconds",
-    "Wall time of runs.",
-    ["source"],
-    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
-)
-HTTP_REQUESTS = Counter("ragline_http_requests", "Requests answered by the service.", ["method", "route", "status"])
-HTTP_SECONDS = Histogram(
-    "ragline_http_request_duration_seconds",
-    "Time to answer a request (a posted file's whole upload included).",
-    ["route"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-SHED = Counter("ragline_shed_requests", "Requests refused for load (429, 503), by what they asked.", ["what", "status"])
-QUEUED = Gauge("ragline_trigger_queue_length", "On-demand runs admitted and waiting for a worker.")
-RUNNING = Gauge("ragline_trigger_running", "On-demand runs running now.")
-SEARCHES = Gauge("ragline_searches_in_flight", "Searches running or waiting for a slot.")
+from telemetry.metrics import CHUNKS, DOCUMENTS, QUEUED, RUN_SECONDS, RUNNING, RUNS, SEARCHES, TOKENS
 
 _EVENTS = ("committed", "quarantined", "deleted", "unchanged")
 

@@ -11,7 +11,7 @@ stopping; 429 with ``Retry-After`` when a queue is full.
 - ``GET /v1/runs/{run_id}``: the run's record.
 - ``POST /v1/search``: the best chunks for a query (the same JSON as ``ragline search --json``, under ``hits``).
 - ``GET /v1/status``, ``GET /v1/quarantine``: as ``ragline status --json`` and ``quarantine list --json``.
-- ``GET /metrics``: Prometheus metrics (``flows.metrics``).
+- ``GET /metrics``: Prometheus metrics (``telemetry.metrics``).
 - ``GET /healthz`` (alive), ``GET /readyz`` (200 once warm, else 503; the queue's numbers for the operator).
 """
 
@@ -35,6 +35,7 @@ from flows.access import Principal, Unauthorized
 from flows.serve import Forbidden, Service
 from flows.trigger import Admitted, BadRequest, TriggerRequest, parse_json_request, pdf_request
 from flows.urlguard import UrlRefused
+from telemetry.metrics import HTTP_REQUESTS, HTTP_SECONDS, SHED
 from vectorstore.search import SearchFilter
 
 log = logging.getLogger(__name__)
@@ -168,10 +169,10 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             template = str(getattr(route, "path", "unmatched"))
-            metrics.HTTP_REQUESTS.labels(scope["method"], template, str(status)).inc()
-            metrics.HTTP_SECONDS.labels(template).observe(time.perf_counter() - started)
+            HTTP_REQUESTS.labels(scope["method"], template, str(status)).inc()
+            HTTP_SECONDS.labels(template).observe(time.perf_counter() - started)
             if status in (429, 503):
-                metrics.SHED.labels(_what(scope["path"]), str(status)).inc()
+                SHED.labels(_what(scope["path"]), str(status)).inc()
 
 
 def _what(path: str) -> str:
