@@ -33,3 +33,114 @@ SHED = Counter("ragline_shed_requests", "Requests refused for load (429, 503), b
 QUEUED = Gauge("ragline_trigger_queue_length", "On-demand runs admitted and waiting for a worker.")
 RUNNING = Gauge("ragline_trigger_running", "On-demand runs running now.")
 SEARCHES = Gauge("ragline_searches_in_flight", "Searches running or waiting for a slot.")
+
+# -- sources ---------------------------------------------------------------------------------------------------
+# Recorded by the one resilient HTTP layer (connectors/http.py, connectors/breaker.py), per attempt, so a source
+# that throttles or flakes shows here even when its run ends well. Label children are looked up once per client.
+SOURCE_REQUESTS = Counter(
+    "ragline_source_requests",
+    "HTTP attempts sent to a source, retries included, by outcome: the HTTP status code, or the transport "
+    "error that left none (timeout, connect, transport).",
+    ["source", "status"],
+)
+SOURCE_RETRIES = Counter(
+    "ragline_source_retries",
+    "Attempts to a source that failed transiently (429, 5xx, reset, timeout, unparseable 2xx body) and were "
+    "retried after a backoff.",
+    ["source"],
+)
+SOURCE_THROTTLED = Counter(
+    "ragline_source_throttled",
+    "Answers in which a source pushed back on our rate: 429, or 503 with Retry-After. Waits ragline imposes on "
+    "itself (token bucket, shared quota) are not counted here: see ragline_source_wait_seconds_total.",
+    ["source"],
+)
+SOURCE_WAIT_SECONDS = Counter(
+    "ragline_source_wait_seconds",
+    "Seconds calls to a source spent waiting instead of sending, by why: backoff (between retries, Retry-After "
+    "included), bucket (the source's token bucket, provider rate-limit headers included), quota (the quota "
+    "shared with other processes).",
+    ["source", "why"],
+)
+SOURCE_BREAKER_OPEN = Gauge(
+    "ragline_source_breaker_open",
+    "State of the source's circuit breaker, set on every transition: 1 open (calls refused), 0.5 half-open "
+    "(one probe call let through), 0 closed. Keeps the last state after a run ends; a new run starts closed.",
+    ["source"],
+)
+
+# -- embedding pool ----------------------------------------------------------------------------------------------
+# Recorded by embedding/pool.py per batch (never per chunk) or read when scraped. A lane is one of the pool's two
+# queues (interactive: small requests served first; bulk); a device is a pool worker's key (cpu, cuda:0).
+EMBEDDING_QUEUE_DEPTH = Gauge(
+    "ragline_embedding_queue_depth",
+    "Chunks queued for embedding and not yet taken by a worker, per lane (the scaling signal, with "
+    "ragline_embedding_in_flight_chunks). Read when scraped, over the process's open pools.",
+    ["lane"],
+)
+EMBEDDING_IN_FLIGHT = Gauge(
+    "ragline_embedding_in_flight_chunks",
+    "Chunks in batches being embedded now, per lane of their request. Read when scraped.",
+    ["lane"],
+)
+EMBEDDING_TOKENS_PER_SECOND = Gauge(
+    "ragline_embedding_tokens_per_second",
+    "Tokens a device embeds per second of batch time, exponentially weighted over its recent batches (each "
+    "new batch weighs 0.1); padding not counted. Set after each batch.",
+    ["device"],
+)
+EMBEDDING_BATCH_TOKENS = Gauge(
+    "ragline_embedding_batch_tokens",
+    "Padded tokens (chunks x longest chunk) of the last batch a device embedded: what its memory budget limits.",
+    ["device"],
+)
+EMBEDDING_OOM_SHRINKS = Counter(
+    "ragline_embedding_oom_shrinks",
+    "Out-of-memory errors on a device, each of which halved its batch budget (the batch was re-queued).",
+    ["device"],
+)
+EMBEDDING_REGROWS = Counter(
+    "ragline_embedding_regrows",
+    "Times a device's batch budget grew back after a streak of successful batches following a shrink.",
+    ["device"],
+)
+EMBEDDING_BUDGET_BYTES = Gauge(
+    "ragline_embedding_budget_bytes",
+    "Device memory the pool allows one batch now: its padded-token budget at the model's full window priced by "
+    "the calibrated memory model (within the free memory last probed x embedding.pool.memory_fraction). Set "
+    "when the budget moves (calibration, shrink, regrow, memory probe).",
+    ["device"],
+)
+EMBEDDING_ALLOCATED_BYTES = Gauge(
+    "ragline_embedding_allocated_bytes",
+    "Device memory the pool's worker holds in tensors now (torch.cuda.memory_allocated), read when scraped; "
+    "GPU devices only (a CPU worker's memory is not told apart from the process's).",
+    ["device"],
+)
+
+# -- index builds and snapshots ------------------------------------------------------------------------------------
+INDEX_BUILDS = Counter(
+    "ragline_index_builds",
+    "Indexes built on chunks (after a bulk load dropped them, or by repair): kind hnsw (a generation's vector "
+    "index) or full_text (the GIN index).",
+    ["kind"],
+)
+INDEX_BUILD_SECONDS = Histogram(
+    "ragline_index_build_duration_seconds",
+    "Wall time of index builds (either kind); writes to chunks wait meanwhile.",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+SNAPSHOT_LAST_SUCCESS = Gauge(
+    "ragline_snapshot_last_success_timestamp_seconds",
+    "Unix time of the consistent view of the newest verified snapshot under snapshots.destination (its "
+    "manifest's created_at); 0 when there is none. Read from the destination when scraped (cached 30 s).",
+)
+SNAPSHOT_SIZE = Gauge(
+    "ragline_snapshot_size_bytes",
+    "Bytes of the newest verified snapshot's files (as its manifest lists them); 0 when there is none.",
+)
+SNAPSHOT_SCHEDULE = Gauge(
+    "ragline_snapshot_schedule_seconds",
+    "Longest interval between two runs of snapshots.cron (over its next 64 runs): a snapshot older than this "
+    "(plus the time one takes) means a scheduled snapshot was missed or failed. 0 when unscheduled.",
+)
