@@ -14,13 +14,17 @@ class SourceError(Exception):
 
 
 class TransientError(SourceError):
-    """Throttled (429), server error (5xx), reset or timed out: retried with backoff."""
+    """Throttled (429), server error (5xx), reset or timed out: retried with backoff. ``reason`` is a short
+    stable cause (``HTTP 503``, ``ReadTimeout``) that telemetry may carry where the message may not."""
 
     retryable = True
 
-    def __init__(self, source: str, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, source: str, message: str, *, retry_after: float | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(source, message)
         self.retry_after = retry_after
+        self.reason = reason
 
 
 class RequestRejectedError(SourceError):

@@ -6,6 +6,11 @@ by tenacity with exponential backoff and full jitter ("Exponential Backoff And J
 Blog, 2015), except that a ``Retry-After`` (seconds or HTTP-date) is honoured as given; providers'
 rate-limit headers pause the bucket until their reset. Other 4xx are surfaced at once with the provider's
 message. Clock, sleep and randomness are injectable.
+
+What operators see (``telemetry.metrics``, labelled by source): every attempt by status, retries, throttling
+answers and the seconds spent waiting, the breaker's state; and one OpenTelemetry client span per logical call
+(``request``/``get_json``/``post_json``, all its attempts) with each retry as an event. Spans carry the URL
+without query string or credentials and no provider message: secrets never leave in telemetry.
 """
 
 from __future__ import annotations
@@ -17,17 +22,24 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 import tenacity
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.breaker import CircuitBreaker
 from connectors.errors import CircuitOpenError, RequestRejectedError, TransientError, UnparseableBodyError
 from connectors.ratelimit import TokenBucket
+from telemetry.metrics import SOURCE_REQUESTS, SOURCE_RETRIES, SOURCE_THROTTLED, SOURCE_WAIT_SECONDS
 
 log = logging.getLogger(__name__)
+# A proxy until telemetry.tracing installs a provider (when OTEL_EXPORTER_OTLP_ENDPOINT is set): a no-op till then.
+_tracer = trace.get_tracer("ragline.connectors")
+
+T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 
@@ -104,6 +116,44 @@ def rate_limit_reset(headers: Mapping[str, str], now: float) -> float | None:
     return None
 
 
+def span_url(url: httpx.URL) -> str:
+    """``url`` as spans may carry it: no query string (tokens and cursors travel there), fragment or userinfo."""
+    return str(url.copy_with(query=None, fragment=None, userinfo=b""))
+
+
+def transport_status(err: httpx.TransportError) -> str:
+    """The ``status`` label of an attempt that got no HTTP answer."""
+    if isinstance(err, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(err, httpx.ConnectError):
+        return "connect"
+    return "transport"
+
+
+def throttling(status: int, retry_after: str | None) -> bool:
+    """The source pushed back on our rate: 429, or 503 with a Retry-After (how several APIs say "slow down");
+    a bare 503 is an outage, counted as a failure by the breaker instead."""
+    return status == 429 or (status == 503 and retry_after is not None)
+
+
+class _SourceMetrics:
+    """The source's metric children, looked up once per client (``labels`` takes a lock and hashes the labels);
+    one child per status met, created on first use."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.retries = SOURCE_RETRIES.labels(source)
+        self.throttled = SOURCE_THROTTLED.labels(source)
+        self.waited = {why: SOURCE_WAIT_SECONDS.labels(source, why) for why in ("backoff", "bucket", "quota")}
+        self._requests: dict[str, Any] = {}
+
+    def request(self, status: str) -> None:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests[status] = SOURCE_REQUESTS.labels(self.source, status)
+        child.inc()
+
+
 def _provider_message(response: httpx.Response) -> str:
     """The provider's own error text, shortened: what an operator needs to fix a rejected request."""
     try:
@@ -138,7 +188,9 @@ class ResilientClient:
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
         gate: Callable[[], None] | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        """``tracer`` is a seam for tests; by default spans go to the process's provider (none: no-op)."""
         self.source = source
         self.policy = policy
         self._clock = clock
@@ -146,6 +198,8 @@ class ResilientClient:
         self._sleep = sleep
         self._rng = rng
         self.stats = HttpStats()
+        self._metrics = _SourceMetrics(source)
+        self._tracer = tracer or _tracer
         # Called before each attempt, blocking until a quota shared with other processes allows it (given by
         # the orchestration layer; a connector does not know who else calls its API).
         self.gate = gate
@@ -190,23 +244,68 @@ class ResilientClient:
     def _pause(self, seconds: float) -> None:
         self.stats.waited_seconds += seconds
         self.stats.retries += 1
+        self._metrics.retries.inc()
+        self._metrics.waited["backoff"].inc(seconds)
         self._sleep(seconds)
+
+    def _retry_event(self, state: tenacity.RetryCallState) -> None:
+        """Each retry as an event of the call's span: which attempt failed, how long until the next, and why
+        (the error's first words: ``HTTP 429``, ``ReadTimeout``; never the provider's message)."""
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        exc = state.outcome.exception() if state.outcome else None
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        wait = state.next_action.sleep if state.next_action else 0.0
+        span.add_event(
+            "retry",
+            {"attempt": state.attempt_number, "wait_seconds": float(wait), "reason": str(reason)},
+        )
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """Send with retries; returns a 2xx/3xx response or raises a ``SourceError``."""
-        return self._retrying()(self._attempt, method, url, **kwargs)
+        return self._call(self._attempt, method, url, **kwargs)
 
     def get_json(self, url: str, **kwargs: Any) -> Any:
-        return self._retrying()(self._json_attempt, "GET", url, **kwargs)
+        return self._call(self._json_attempt, "GET", url, **kwargs)
 
     def post_json(self, url: str, **kwargs: Any) -> Any:
-        return self._retrying()(self._json_attempt, "POST", url, **kwargs)
+        return self._call(self._json_attempt, "POST", url, **kwargs)
+
+    def _call(self, attempt: Callable[..., T], method: str, url: str, **kwargs: Any) -> T:
+        """One logical call, all its attempts, in one client span (a no-op span without a tracer provider)."""
+        with self._tracer.start_as_current_span(
+            method, kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False
+        ) as span:
+            if span.is_recording():
+                self._describe(span, method, url)
+            try:
+                return self._retrying()(attempt, method, url, **kwargs)
+            except Exception as err:
+                # The class only: messages may quote the provider, and the logs have them.
+                span.set_attribute("error.type", type(err).__name__)
+                span.set_status(StatusCode.ERROR, type(err).__name__)
+                raise
+
+    def _describe(self, span: Span, method: str, url: str) -> None:
+        full = self._http.build_request(method, url).url  # base_url merged as httpx merges it
+        span.set_attributes(
+            {
+                "http.request.method": method,
+                "url.full": span_url(full),
+                "server.address": full.host,
+                "ragline.source": self.source,
+            }
+        )
+        if full.port is not None:
+            span.set_attribute("server.port", full.port)
 
     def _retrying(self) -> tenacity.Retrying:
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.policy.max_attempts),
             wait=self._backoff,
             retry=tenacity.retry_if_exception_type(TransientError),
+            before_sleep=self._retry_event,
             sleep=self._pause,
             reraise=True,
         )
@@ -220,29 +319,43 @@ class ResilientClient:
             return response.json()
         except ValueError as err:
             message = f"response of {method} {response.request.url.path} is not JSON ({err}): {response.text[:80]!r}"
-            raise UnparseableBodyError(self.source, message) from err
+            raise UnparseableBodyError(self.source, message, reason="unparseable body") from err
 
     def _attempt(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         self.breaker.before_call()
         if self.gate is not None:
+            started = self._clock()
             self.gate()
+            self._metrics.waited["quota"].inc(max(0.0, self._clock() - started))
         if self.bucket is not None:
-            self.stats.waited_seconds += self.bucket.acquire()
+            waited = self.bucket.acquire()
+            self.stats.waited_seconds += waited
+            if waited:
+                self._metrics.waited["bucket"].inc(waited)
         with self._slots:
             self.stats.requests += 1
             try:
                 response = self._http.request(method, url, **kwargs)
-            except (httpx.TimeoutException, httpx.TransportError) as err:
+            except httpx.TransportError as err:  # timeouts included
                 self.breaker.record_failure()
-                raise TransientError(self.source, f"{type(err).__name__} on {method} {url}: {err}") from err
+                self._metrics.request(transport_status(err))
+                raise TransientError(
+                    self.source, f"{type(err).__name__} on {method} {url}: {err}", reason=type(err).__name__
+                ) from err
+        status = response.status_code
+        self._metrics.request(str(status))
+        trace.get_current_span().set_attribute("http.response.status_code", status)
         reset = rate_limit_reset(response.headers, self._wall_clock())
         if reset is not None and self.bucket is not None:
             self.bucket.pause_until(self._clock() + reset)
-        status = response.status_code
         if status in RETRYABLE_STATUS:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
-            if status == 429:
+            header = response.headers.get("Retry-After")
+            retry_after = parse_retry_after(header, self._wall_clock())
+            if throttling(status, header):
                 self.stats.throttled += 1
+                self._metrics.throttled.inc()
+            if status == 429:
+                self.breaker.record_throttled()
                 if retry_after is None:
                     retry_after = reset
             else:
@@ -251,6 +364,7 @@ class ResilientClient:
                 self.source,
                 f"HTTP {status} on {method} {response.request.url.path}: {_provider_message(response)}",
                 retry_after=retry_after,
+                reason=f"HTTP {status}",
             )
         self.breaker.record_success()
         if status >= 400:
@@ -285,4 +399,5 @@ __all__ = [
     "ResilientClient",
     "parse_retry_after",
     "rate_limit_reset",
+    "span_url",
 ]
