@@ -32,6 +32,9 @@ Embed = Callable[[Sequence[ChunkRow], Counts], Vectors]
 """Vectors for chunk rows (stored ones where the same text has one), the model's work counted."""
 Observe = Callable[[int, float], None]
 """Told (rows written, seconds) of every settled batch: the index-load cost model learns from it."""
+Settled = Callable[[float, int, str | None], None]
+"""Told of one batch as it is settled: (seconds its transaction took, when it was committed as
+``time.time_ns()``, the error when it could not be): the batch's trace span and phase time."""
 
 
 @dataclass
@@ -52,6 +55,12 @@ class _InFlight:
     counts: Counts
     progress: Progress | None
     future: Future[Written]
+    settled: Settled | None
+    done_ns: list[int]
+    """When the future completed (stamped by its done callback, on the thread that committed)."""
+
+    def stamp(self, _: Future[Written]) -> None:
+        self.done_ns.append(time.time_ns())
 
 
 class Commits:
@@ -72,14 +81,18 @@ class Commits:
         counts: Counts,
         progress: Progress | None,
         writers: Writers | None,
+        settled: Settled | None = None,
     ) -> None:
-        """Start the group commit of ``pending`` (on ``writers`` when given, else here, at once)."""
+        """Start the group commit of ``pending`` (on ``writers`` when given, else here, at once); ``settled``
+        is told how it went once it is settled."""
         items = [store.DocumentCommit(p.doc, p.rows) for p in pending]
         if writers is not None:
             future = writers.submit(source_id, items, vectors.by_id, model_id)
         else:
             future = self._commit_here(source_id, items, vectors, model_id)
-        self._inflight.append(_InFlight(source_id, pending, vectors, model_id, counts, progress, future))
+        flight = _InFlight(source_id, pending, vectors, model_id, counts, progress, future, settled, [])
+        future.add_done_callback(flight.stamp)
+        self._inflight.append(flight)
 
     def settle_beyond(self, limit: int, observe: Observe | None) -> None:
         """Settle the oldest batches until at most ``limit`` are in flight."""
@@ -100,22 +113,29 @@ class Commits:
             flight = self._inflight.popleft()
             try:
                 done = flight.future.result()
-            except Exception:  # the error already on its way out is the one raised
+            except Exception as err:  # the error already on its way out is the one raised
                 log.warning("a background commit of %d documents failed", len(flight.pending), exc_info=True)
+                if flight.settled is not None:
+                    flight.settled(0.0, time.time_ns(), f"{type(err).__name__}: {err}")
             else:
                 self._count(flight, done.committed)
+                if flight.settled is not None:
+                    flight.settled(done.seconds, flight.done_ns[0] if flight.done_ns else time.time_ns(), None)
 
     def _settle(self, flight: _InFlight, observe: Observe | None) -> None:
         try:
             try:
                 done = flight.future.result()
                 committed, seconds = done.committed, done.seconds
+                done_ns = flight.done_ns[0] if flight.done_ns else time.time_ns()
             except (store.StaleChunksError, psycopg.Error, DatabaseError) as err:
                 log.info("group commit of %d documents failed (%s): one at a time", len(flight.pending), err)
                 started = time.perf_counter()
                 committed = self._commit_each(flight)
-                seconds = time.perf_counter() - started
+                seconds, done_ns = time.perf_counter() - started, time.time_ns()
             self._count(flight, committed)
+            if flight.settled is not None:
+                flight.settled(seconds, done_ns, None)
             if observe is not None:
                 observe(sum(c.written for c in committed), seconds)
         finally:

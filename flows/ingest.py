@@ -32,6 +32,7 @@ from flows.pdfs import PdfPlan
 from flows.planning import SourceRef, resolve_source
 from flows.runs import Run, recorded_run
 from flows.runtime import services
+from telemetry import tracing
 
 
 @dataclass
@@ -105,6 +106,7 @@ def _ingest_pdf(paths: list[str], source: str, plan_file: str | None, allow_mass
     svc = services()
     ref = resolve_source(svc.conn, svc.settings, source, "pdf")
     with recorded_run(svc.pipeline, ref, flow_run_id=_flow_run_id(), report=_publish) as run:
+        _log_trace(run)
         # The CLI planned already (to know whether a flow was needed): its plan is used, not made again.
         plan = pdfs.read_plan(plan_file) if plan_file else plan_pdf_changes(paths, ref)
         _start_progress(source, len(plan.work))
@@ -140,6 +142,7 @@ def ingest_pdf(
     """Ingest PDF files and directories (recursive) into the vector store. ``plan_file``: a plan the caller
     made already (``flows.pdfs.write_plan``), consumed by this run; without one the run plans itself.
     ``allow_mass_delete``: apply deletions the mass-delete guard would hold."""
+    tracing.setup()  # a worker's first flow: its runs are traced from here
     run_tags = artifacts.run_tags(source, "pdf")
     _tag_run(run_tags)
     try:
@@ -160,6 +163,7 @@ def sync_source(source: str, allow_mass_delete: bool = False) -> dict[str, int]:
         flow_run_id=_flow_run_id(),
         report=_publish,
         progress=_report,
+        started=_log_trace,
         allow_mass_delete=allow_mass_delete,
     )
     return run.counts.as_dict()
@@ -170,6 +174,7 @@ def ingest_source(source: str, allow_mass_delete: bool = False) -> Any:
     """Ingest one configured source; a source that fails (its circuit open, its API refusing us, deletions
     held by the mass-delete guard) fails the run, visibly, after committing what it could.
     ``allow_mass_delete``: apply deletions the guard would hold."""
+    tracing.setup()  # a worker's first flow: its runs are traced from here
     settings = services().settings.source(source)
     run_tags = artifacts.run_tags(source, settings.kind)
     _tag_run(run_tags)
@@ -193,6 +198,12 @@ def _final_state(result: dict[str, int]) -> Any:
     )
     _tag_run([artifacts.QUARANTINE_TAG])
     return Completed(message=f"{quarantined} document(s) quarantined", name="CompletedWithQuarantine", data=result)
+
+
+def _log_trace(run: Run) -> None:
+    """The run's trace id in its Prefect logs (the UI shows it), to find its spans in the tracing backend."""
+    if run.trace_id is not None:
+        get_run_logger().info("run %d traced: trace id %s", run.id, run.trace_id)
 
 
 def _publish(run: Run) -> None:

@@ -24,6 +24,7 @@ from functools import partial
 from typing import TypeVar
 
 import psycopg
+from opentelemetry.trace import Span
 
 from connectors.base import DocumentError, DocumentGone, ParsedDocument, SourceDocument
 from embedding.model import TextEmbedder
@@ -34,6 +35,7 @@ from flows.planning import Plan, SourceRef, count_decision, pipeline_fingerprint
 from flows.preparing import Chunked, parse_and_chunk
 from flows.sandbox import ParseSandbox, ParseSettings
 from flows.settings import RaglineSettings
+from flows.watch import RunWatch, current
 from vectorstore import generations, indexing, ledger, store
 from vectorstore.db import Connection, disconnected, first_line
 from vectorstore.generations import Generation
@@ -61,6 +63,7 @@ class _Ingest:
     since: datetime
     counts: Counts
     progress: Progress | None
+    watch: RunWatch
     parsing: deque[tuple[SourceDocument, Future[Chunked]]] = field(default_factory=deque)
     pending: list[Prepared] = field(default_factory=list)
     pending_chunks: int = 0
@@ -68,6 +71,8 @@ class _Ingest:
     """Documents whose decision (new, changed...) is counted: a retry after a reconnect counts none twice."""
     settled: set[str] = field(default_factory=set)
     """Documents whose outcome is recorded (committed, quarantined, found done): a retry skips them."""
+    spans: dict[str, Span] = field(default_factory=dict)
+    """The trace spans of documents claimed and not settled yet (none when tracing is off)."""
 
     def holds(self, external_id: str) -> bool:
         return any(d.external_id == external_id for d, _ in self.parsing) or any(
@@ -80,8 +85,10 @@ class _Ingest:
             count_decision(self.counts, decision)
 
     def report(self, event: str, external_id: str) -> None:
-        """A document's outcome: settled for this run, and told to the caller's progress."""
+        """A document's outcome: settled for this run, its span ended, and told to the caller's progress."""
         self.settled.add(external_id)
+        if self.spans:
+            self.watch.settled(self.spans.pop(external_id, None), event)
         if self.progress is not None:
             self.progress(event, external_id)
 
@@ -217,7 +224,7 @@ class Pipeline:
         ``planned_at`` (default: now) was done by another run, or by an earlier batch of this one.
         """
         since = planned_at or self.retrying(lambda: ledger.now(self.conn))
-        run = _Ingest(source, since, Counts(), progress)
+        run = _Ingest(source, since, Counts(), progress, current(source))
         remaining = list(documents)
         for attempt in range(MAX_RECONNECTS + 1):
             try:
@@ -265,6 +272,9 @@ class Pipeline:
             run.pending, run.pending_chunks = [], 0
             self.commits.abandon()  # batches an error left in flight: waited for, never half-settled
             self.claims.release_all()  # whatever an error left claimed
+            for span in run.spans.values():
+                run.watch.settled(span, "abandoned")
+            run.spans.clear()
 
     def retrying(self, work: Callable[[], T]) -> T:
         """``work`` (which uses ``self.conn``), done again on a new connection if the database went away."""
@@ -302,6 +312,9 @@ class Pipeline:
         if doc is None:
             self.claims.release(run.source.id, [listed.external_id])
             return
+        span = run.watch.document(doc)
+        if span is not None:
+            run.spans[doc.external_id] = span
         tokenizer_dir = str(self.embedder.tokenizer.model_dir)
         chunking, window = self.settings.embedding.chunking, self.embedder.max_seq_length
         run.parsing.append(
@@ -393,6 +406,7 @@ class Pipeline:
             error = DocumentError("internal", f"{type(err).__name__}: {err}", retryable=True)
             self._quarantine(run, doc, None, error)
             return None
+        run.watch.prepared(run.spans.get(doc.external_id), chunked)
         version = self._version(doc, parsed, self.fingerprints.committed)
         rows = [
             ChunkRow(
@@ -418,6 +432,7 @@ class Pipeline:
             err.message,
             retryable=err.retryable,
         )
+        run.watch.quarantined(run.spans.get(doc.external_id), err)
         run.counts.quarantined += 1
         run.report("quarantined", doc.external_id)
 
@@ -438,13 +453,20 @@ class Pipeline:
         # trigger endpoint) must never leave an index dropped for a load nobody finishes.
         scoped = self._load is None
         submitted = False
+        spans = [run.spans[p.doc.external_id] for p in pending if p.doc.external_id in run.spans]
         try:
-            vectors = self._vectors([r for p in pending for r in p.missing], counts)
+            missing = [r for p in pending for r in p.missing]
+            started = time.time_ns()
+            vectors = self._vectors(missing, counts)
+            embedded = len(missing) - len(vectors.copied)
+            run.watch.embedded(started, time.time_ns(), len(missing), embedded, vectors.embedded_tokens, spans)
             model_id = self.model_id()
             load = self.begin_load()
-            load.before_write(sum(len(p.missing) for p in pending))
+            load.before_write(len(missing))
             writers = None if scoped else self.writers  # a load of its own is settled before it finishes
-            self.commits.submit(source.id, pending, vectors, model_id, counts, run.report, writers)
+            span = run.watch.committing(time.time_ns(), spans)
+            settled = partial(run.watch.committed, span)
+            self.commits.submit(source.id, pending, vectors, model_id, counts, run.report, writers, settled)
             submitted = True
             self.commits.settle_beyond(writers.count if writers is not None else 0, self._observe)
         finally:

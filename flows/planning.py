@@ -13,18 +13,20 @@ from connectors.base import SourceDocument
 from embedding.model import TextEmbedder
 from flows.counts import Counts
 from flows.settings import RaglineSettings
-from vectorstore import ledger
+from vectorstore import ledger, tenancy
 from vectorstore.db import Connection
 from vectorstore.ledger import Decision, Fingerprints, LedgerEntry
 
 
 @dataclass(frozen=True)
 class SourceRef:
-    """A source as a run knows it: its ledger id, resolved once at the start of the run, its name and kind."""
+    """A source as a run knows it: its ledger id, resolved once at the start of the run, its name and kind,
+    and the tenant it belongs to (what its metrics are labelled with)."""
 
     id: int
     name: str
     kind: str
+    tenant: str = "default"
 
 
 def resolve_source(
@@ -33,7 +35,9 @@ def resolve_source(
     """The ledger row of source ``name`` (created on first use), with the tenant its configuration names, else
     ``tenant`` (an unconfigured source a tenant's token ingests into)."""
     configured = next((s.tenant for s in settings.sources if s.name == name), None)
-    return SourceRef(ledger.ensure_source(conn, name, kind, configured or tenant), name, kind)
+    source_id = ledger.ensure_source(conn, name, kind, configured or tenant)
+    recorded = configured or tenant or tenancy.source_tenant(conn, name)
+    return SourceRef(source_id, name, kind, recorded or "default")
 
 
 @dataclass

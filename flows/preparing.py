@@ -6,6 +6,7 @@ and it runs beside the embedding instead of before it. Kept light to import: par
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,14 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Chunked:
-    """A document parsed and chunked."""
+    """A document parsed and chunked, with when each step started and ended (``time.time_ns()``: wall clock,
+    comparable across the host's processes), for its trace and phase times."""
 
     document: ParsedDocument
     chunks: list[Chunk]
+    started_ns: int = 0
+    parsed_ns: int = 0
+    chunked_ns: int = 0
 
 
 def _tokenizer(model_dir: str) -> ModelTokenizer:
@@ -36,9 +41,11 @@ def _tokenizer(model_dir: str) -> ModelTokenizer:
 
 def parse_and_chunk(load: Load, model_dir: str, chunking: ChunkingSettings, max_tokens: int) -> Chunked:
     """Parse with ``load`` and chunk the pages for the model in ``model_dir`` (its window: ``max_tokens``)."""
+    started = time.time_ns()
     document = load()
+    parsed = time.time_ns()
     try:
         chunks = chunk_pages([(p.number, p.text) for p in document.pages], _tokenizer(model_dir), chunking, max_tokens)
     except ChunkTooLongError as err:
         raise DocumentError("oversize_text", str(err)) from err
-    return Chunked(document, chunks)
+    return Chunked(document, chunks, started, parsed, time.time_ns())

@@ -42,6 +42,7 @@ from flows.serve_state import clear_state
 from flows.settings import ConfigError, ServeSettings
 from flows.trigger import Admitted, BadRequest, Rejected, RunBook, RunRecord, RunState, TriggerRequest
 from flows.urlguard import Resolver, UrlPolicy, check, fetch_pdf, redact, system_resolver
+from telemetry import tracing
 from vectorstore import generations, ledger
 from vectorstore.db import first_line
 from vectorstore.runs import RunStatus
@@ -127,6 +128,7 @@ class Service:
     def warm(self) -> None:
         """Load the models and open the database before the service says ready: the first request must not
         pay for either. Then queue what the last process left unsettled, and start the workers."""
+        tracing.setup()  # runs on the workers are traced when OTEL_EXPORTER_OTLP_ENDPOINT is set
         svc = self.services
         embedder = svc.embedder
         if isinstance(embedder, EmbeddingPool):

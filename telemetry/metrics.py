@@ -8,18 +8,35 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-# What runs did, per source (recorded where every run ends: flows/runs.py).
-RUNS = Counter("ragline_runs", "Runs ended, by source and outcome.", ["source", "outcome"])
-DOCUMENTS = Counter("ragline_documents", "Documents a run settled, by what happened to them.", ["source", "event"])
-CHUNKS = Counter(
-    "ragline_chunks", "Chunks written: embedded by the model, or reused stored vectors.", ["source", "how"]
+# What runs did, per source and its tenant (recorded where every run ends: flows/runs.py; quarantines and
+# phase times as the pipeline meets them: flows/pipeline.py).
+RUNS = Counter("ragline_runs", "Runs ended, by source and outcome.", ["source", "tenant", "outcome"])
+DOCUMENTS = Counter(
+    "ragline_documents", "Documents a run settled, by what happened to them.", ["source", "tenant", "event"]
 )
-TOKENS = Counter("ragline_embedded_tokens", "Tokens the model embedded.", ["source"])
+QUARANTINED = Counter(
+    "ragline_quarantined_documents",
+    "Documents quarantined, by the reason recorded in the ledger (encrypted, truncated, parse_timeout...).",
+    ["source", "tenant", "reason"],
+)
+CHUNKS = Counter(
+    "ragline_chunks",
+    "Chunks written: embedded by the model, or reused stored vectors.",
+    ["source", "tenant", "how"],
+)
+TOKENS = Counter("ragline_embedded_tokens", "Tokens the model embedded.", ["source", "tenant"])
 RUN_SECONDS = Histogram(
     "ragline_run_duration_seconds",
     "Wall time of runs.",
     ["source"],
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+PHASE_SECONDS = Histogram(
+    "ragline_phase_duration_seconds",
+    "Time of a pipeline phase: parse and chunk per document (in the parser process), embed and commit per batch"
+    " of documents (commit: the group commit's transaction).",
+    ["source", "phase"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 # The warm service (flows/serve_api.py): requests, queues and load shedding.
 HTTP_REQUESTS = Counter("ragline_http_requests", "Requests answered by the service.", ["method", "route", "status"])

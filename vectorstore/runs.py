@@ -56,25 +56,36 @@ def abandon_dead(conn: Connection, source_id: int) -> list[uuid.UUID]:
 
 
 def start_run(
-    conn: Connection, source_id: int, flow_run_id: str | None = None, lease_id: uuid.UUID | None = None
+    conn: Connection,
+    source_id: int,
+    flow_run_id: str | None = None,
+    lease_id: uuid.UUID | None = None,
+    trace_id: str | None = None,
 ) -> int:
-    """Open a run (dead runs of the source are abandoned first)."""
+    """Open a run (dead runs of the source are abandoned first); ``trace_id``: its OpenTelemetry trace, when
+    traced."""
     abandon_dead(conn, source_id)
     with conn.transaction():
         row = conn.execute(
-            "INSERT INTO runs (source_id, flow_run_id, pid, host, lease_id, status)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-            (source_id, flow_run_id, os.getpid(), socket.gethostname(), lease_id, RunStatus.RUNNING),
+            "INSERT INTO runs (source_id, flow_run_id, pid, host, lease_id, status, trace_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (source_id, flow_run_id, os.getpid(), socket.gethostname(), lease_id, RunStatus.RUNNING, trace_id),
         ).fetchone()
     assert row is not None
     return int(row["id"])
 
 
 def finish_run(
-    conn: Connection, run_id: int, status: RunStatus, counts: dict[str, Any], error: str | None = None
+    conn: Connection,
+    run_id: int,
+    status: RunStatus,
+    counts: dict[str, Any],
+    error: str | None = None,
+    figures: dict[str, Any] | None = None,
 ) -> None:
+    """Close a run with its counts and ``figures`` (phase times, throughput, batches: ``flows.watch``)."""
     with conn.transaction():
         conn.execute(
-            "UPDATE runs SET status = %s, counts = %s, error = %s, finished_at = now() WHERE id = %s",
-            (status, Jsonb(counts), error, run_id),
+            "UPDATE runs SET status = %s, counts = %s, error = %s, figures = %s, finished_at = now() WHERE id = %s",
+            (status, Jsonb(counts), error, None if figures is None else Jsonb(figures), run_id),
         )

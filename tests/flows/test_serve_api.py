@@ -278,10 +278,12 @@ def test_metrics_count_runs_requests_and_shedding(api: Api, tmp_path: Path) -> N
     assert scraped.status_code == 200 and scraped.headers["Content-Type"].startswith("text/plain")
     text = scraped.text
     for line in (
-        'ragline_runs_total{outcome="completed",source="inbox"}',
-        'ragline_documents_total{event="committed",source="inbox"}',
-        'ragline_chunks_total{how="embedded",source="inbox"}',
-        'ragline_embedded_tokens_total{source="inbox"}',
+        'ragline_runs_total{outcome="completed",source="inbox",tenant="default"}',
+        'ragline_documents_total{event="committed",source="inbox",tenant="default"}',
+        'ragline_chunks_total{how="embedded",source="inbox",tenant="default"}',
+        'ragline_embedded_tokens_total{source="inbox",tenant="default"}',
+        'ragline_phase_duration_seconds_bucket{le="+Inf",phase="parse",source="inbox"}',
+        'ragline_phase_duration_seconds_bucket{le="+Inf",phase="commit",source="inbox"}',
         'ragline_http_requests_total{method="POST",route="/v1/search",status="200"}',
         'ragline_http_requests_total{method="GET",route="/v1/runs/{run_id}",status="200"}',
         "ragline_trigger_queue_length ",
@@ -289,6 +291,6 @@ def test_metrics_count_runs_requests_and_shedding(api: Api, tmp_path: Path) -> N
         'ragline_run_duration_seconds_bucket{le="+Inf",source="inbox"}',
     ):
         assert line in text, line
-    prefix = 'ragline_documents_total{event="committed",source="inbox"}'
+    prefix = 'ragline_documents_total{event="committed",source="inbox",tenant="default"}'
     committed = next(row for row in text.splitlines() if row.startswith(prefix))
     assert float(committed.rsplit(" ", 1)[1]) >= 2  # heron and owl, at least
