@@ -4,6 +4,7 @@ so a rate-limited source and the model both stay busy. The producer thread owns 
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Generator, Iterator
@@ -51,7 +52,10 @@ def prefetch(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=produce, name="ragline-prefetch", daemon=True)
+    # In a copy of the caller's context: the source's calls nest under the run's trace span, current there.
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(produce,), name="ragline-prefetch", daemon=True
+    )
     thread.start()
     try:
         while True:
