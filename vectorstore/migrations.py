@@ -250,6 +250,52 @@ def _v9_observability(conn: Connection, dim: int, m: int, ef_construction: int) 
     conn.execute("ALTER TABLE runs ADD COLUMN trace_id text, ADD COLUMN figures jsonb, ADD COLUMN drift jsonb")
 
 
+def _v10_drift_canary(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
+    """Embedding drift baselines per source and model generation, and the model canary's stored vectors
+    (``vectorstore/baselines.py``). A baseline keeps a sample's statistics, not its vectors: the mean and
+    per-dimension variance, the sorted cosines of the sample to its centroid and its chunks' token lengths
+    (enough for two-sample tests); a reset keeps the replaced one (``replaced_at``) for the record. Arrays, not
+    ``vector``: statistics are not searched, and a generation's dimension is its own."""
+    conn.execute(
+        """
+        CREATE TABLE drift_baselines (
+            id             bigserial PRIMARY KEY,
+            source_id      bigint NOT NULL REFERENCES sources (id) ON DELETE CASCADE,
+            model_id       integer NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+            origin         text NOT NULL,
+            run_id         bigint REFERENCES runs (id) ON DELETE SET NULL,
+            chunks         integer NOT NULL,
+            sample_size    integer NOT NULL,
+            mean           float8[] NOT NULL,
+            variance       float8[] NOT NULL,
+            cosines        float4[] NOT NULL,
+            token_lengths  float4[] NOT NULL,
+            created_at     timestamptz NOT NULL DEFAULT now(),
+            replaced_at    timestamptz
+        )
+        """
+    )
+    conn.execute(
+        "CREATE UNIQUE INDEX drift_baselines_current ON drift_baselines (source_id, model_id) WHERE replaced_at IS NULL"
+    )
+    conn.execute(
+        """
+        CREATE TABLE model_canaries (
+            model_id      integer PRIMARY KEY REFERENCES models (id) ON DELETE CASCADE,
+            texts_digest  text NOT NULL,
+            vectors       float4[] NOT NULL,
+            stored_at     timestamptz NOT NULL DEFAULT now(),
+            status        text NOT NULL DEFAULT 'ok' CHECK (status IN ('ok', 'mismatch')),
+            checked_at    timestamptz,
+            checked_by    text,
+            min_cosine    double precision,
+            mean_cosine   double precision,
+            worst_text    text
+        )
+        """
+    )
+
+
 def full_text_present(conn: Connection) -> bool:
     """Whether chunks carry the full-text column (``database.full_text``): hybrid search needs it."""
     row = conn.execute(
@@ -319,6 +365,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (7, "deletions held by the mass-delete guard until they pass it or are confirmed", _v7_held_deletions),
     (8, "chunks found by their text within a model generation, to reuse stored vectors", _v8_text_lookup),
     (9, "trace id, figures and drift of each run", _v9_observability),
+    (10, "embedding drift baselines per source and the model canary", _v10_drift_canary),
 ]
 
 
