@@ -200,9 +200,51 @@ class MetricsSettings(BaseModel):
 
 
 class DriftSettings(BaseModel):
-    """Embedding drift baselines per source, and the model canary."""
+    """Embedding drift baselines per source, and the model canary (``embedding.drift``, ``flows.drift``,
+    ``flows.canary``). The defaults were set on real PDFs (docs/benchmarks.md): more pages of the same manual
+    scored ~0.2-0.3 against its baseline, another paper of the same field ~1.4, recipes ~2."""
 
     model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="Measure each run's drift against its source's baseline.")
+    threshold: float = Field(
+        default=0.6,
+        gt=0,
+        description="Drift score over which a run raises an alert (score: centroid shift in units of the "
+        "baseline's spread + KS statistic of the cosines to the baseline's centroid + 0.25 x KS statistic of the "
+        "chunk token lengths).",
+    )
+    alpha: float = Field(
+        default=0.001,
+        gt=0,
+        lt=1,
+        description="An alert also needs the cosine test significant at this level: a small, noisy run never "
+        "raises one on its score alone.",
+    )
+    min_chunks: int = Field(
+        default=20, ge=2, description="Chunks a run must have committed for a drift score; fewer: 'insufficient'."
+    )
+    baseline_min_chunks: int = Field(
+        default=50,
+        ge=2,
+        description="Chunks a source must hold before its baseline is anchored (small first runs accumulate: the "
+        "baseline is taken from the source's stored chunks once there are this many).",
+    )
+    sample: int = Field(
+        default=5000,
+        ge=10,
+        description="Most chunks read back for a baseline or a run's drift (a deterministic sample by chunk id).",
+    )
+    canary: bool = Field(
+        default=True, description="Check the model canary when a process's embedding pool first embeds."
+    )
+    canary_min_cosine: float = Field(
+        default=0.98,
+        gt=0,
+        le=1,
+        description="Lowest cosine of any canary text to its stored vector (int8 and bfloat16 stay near 0.997 "
+        "to float32; the int8 gates ask a mean of 0.99); below it, writes into the generation stop.",
+    )
 
 
 class RaglineSettings(BaseSettings):
