@@ -9,7 +9,9 @@ once and kept warm, pulling token-budget batches from a two-lane queue.
   of attempts, after which its request fails with the error, never silently.
 - Requests of few tokens take the low-latency lane, served before bulk work: at worst they wait for the batch
   each worker has in hand.
-- ``stats()`` gives the scaling signal (queued and in-flight chunks) and per-device throughput and batch sizes.
+- ``stats()`` gives the scaling signal (queued and in-flight chunks) and per-device throughput and batch sizes;
+  the same figures go to Prometheus (``embedding.pool_metrics``): per batch, per budget change, or read when
+  scraped, never per chunk.
 
 Threads suffice: torch releases the GIL in its kernels. The pool offers the ``Embedder`` surface the pipeline
 uses (``embed``, ``identity``, ``tokenizer``, ``max_seq_length``, ``dimension``, ``settings``, ``revision``).
@@ -31,6 +33,7 @@ from embedding.devices import is_oom as is_oom
 from embedding.int8_runner import Int8Runner
 from embedding.int8_support import Int8Support
 from embedding.model import Embedder, EmbeddingSettings, ModelIdentity, ModelTokenizer
+from embedding.pool_metrics import unwatch_lanes, watch_lanes
 from embedding.pool_queue import EmbeddingError, EmbedRequest, Item, Lane, Lanes
 from embedding.pool_settings import PoolSettings
 from embedding.pool_stats import DeviceStats, PoolStats
@@ -95,6 +98,7 @@ class EmbeddingPool:
         self._duplicates = 0
         self._started = False
         self._closing = False
+        watch_lanes(self)
 
     def _make_runner(self, device: Device, precision: str) -> Runner:
         """The default runners: OpenVINO for int8 (its export cached beside the calibration results), torch
@@ -190,6 +194,7 @@ class EmbeddingPool:
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the workers after their current batch; requests still queued fail with an error."""
+        unwatch_lanes(self)
         with self._cond:
             self._closing = True
             self._fail_all(EmbeddingError("the embedding pool was closed before this request was embedded"))
@@ -237,6 +242,16 @@ class EmbeddingPool:
                 devices=devices,
             )
 
+    def lane_load(self) -> dict[Lane, tuple[int, int]]:
+        """Per lane: chunks queued, and chunks in batches being embedded (by their request's lane). What the
+        lane gauges read when scraped; cheap: counts, no lists of the queue."""
+        with self._cond:
+            in_flight = dict.fromkeys(Lane, 0)
+            for worker in self._workers:
+                for item in worker.in_flight or ():
+                    in_flight[item.request.lane] += 1
+            return {lane: (self._lanes.count(lane), in_flight[lane]) for lane in Lane}
+
     # Workers.
     def _spawn(self, worker: Worker) -> None:
         worker.thread = threading.Thread(
@@ -271,6 +286,7 @@ class EmbeddingPool:
         usable = self._probe(device) * pool.memory_fraction
         with self._cond:
             worker.ready(calibrated, usable, pool)
+            worker.metrics.budget(worker.budget_bytes(self.max_seq_length))
             self._cond.notify_all()
         log.info(
             "embedding worker %s ready: %s; memory %s; %.0f MiB usable, budget %d padded tokens at %d tokens",
@@ -330,9 +346,14 @@ class EmbeddingPool:
                     log.error("chunk %d embedded twice on %s", item.index, worker.device.key)
                 elif request.done():
                     self._requests.discard(request)
-            worker.counters.record_batch(len(batch), sum(item.tokens for item in batch), padded, elapsed)
+            tokens = sum(item.tokens for item in batch)
+            worker.counters.record_batch(len(batch), tokens, padded, elapsed)
+            worker.metrics.batch(tokens, padded, elapsed)
             worker.in_flight = None
-            return worker.controller.on_success()
+            grew = worker.controller.on_success()
+            if grew:
+                worker.metrics.regrew(worker.budget_bytes(self.max_seq_length))
+            return grew
 
     def _out_of_memory(self, worker: Worker, batch: list[Item], padded: int, err: str) -> None:
         assert worker.controller is not None and worker.runner is not None
@@ -341,6 +362,7 @@ class EmbeddingPool:
             worker.counters.ooms += 1
             before = worker.controller.limit
             after = worker.controller.on_oom(padded)
+            worker.metrics.shrank(worker.budget_bytes(self.max_seq_length))
             log.warning(
                 "out of memory on %s with %d chunks (%d padded tokens): budget %d -> %d padded tokens "
                 "(shrink %d on this device): %s",
@@ -364,6 +386,7 @@ class EmbeddingPool:
         usable = self._probe(worker.device) * self.pool_settings.memory_fraction
         with self._cond:
             worker.set_usable(usable, self.pool_settings)
+            worker.metrics.budget(worker.budget_bytes(self.max_seq_length))
 
     def _requeue(self, batch: list[Item], cause: str) -> None:
         """Put ``batch`` back at the head of its lanes (callers hold the lock); chunks out of attempts fail

@@ -128,6 +128,10 @@ class Lanes:
         for units in self._units.values():
             units.clear()
 
+    def count(self, lane: Lane) -> int:
+        """Chunks waiting in ``lane``, without listing them."""
+        return sum(len(unit) for unit in self._units[lane])
+
     def queued(self, lane: Lane | None = None) -> list[Item]:
         """The chunks waiting, in ``lane`` or in both."""
         lanes = list(Lane) if lane is None else [lane]

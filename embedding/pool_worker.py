@@ -11,6 +11,7 @@ from typing import Literal
 from embedding.budget import BudgetController, MemoryModel
 from embedding.calibrate import Calibrated
 from embedding.devices import Device, batch_token_cap
+from embedding.pool_metrics import DeviceMetrics
 from embedding.pool_queue import Item
 from embedding.pool_settings import PoolSettings
 from embedding.pool_stats import Counters, DeviceStats, device_stats
@@ -31,11 +32,23 @@ class Worker:
     in_flight: list[Item] | None = None
     counters: Counters = field(default_factory=Counters)
     error: str | None = None
+    metrics: DeviceMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = DeviceMetrics(self.device.key)
 
     def budget(self, length: int) -> int:
         """Padded tokens a batch of chunks padded to ``length`` may have now."""
         assert self.controller is not None and self.memory is not None
         return max(1, min(self.controller.limit, self.memory.max_padded_tokens(self.usable_bytes, length)))
+
+    def budget_bytes(self, length: int) -> float:
+        """Memory one batch may take now, by the memory model: the budget at padded length ``length`` (the
+        model's window: the most a batch is planned for), priced per token and per token and position."""
+        assert self.memory is not None
+        tokens = self.budget(length)
+        m = self.memory
+        return m.fixed_bytes + tokens * (m.per_token + m.per_token_position * length)
 
     def ready(self, calibrated: Calibrated, usable: float, pool: PoolSettings) -> None:
         """Calibrated, with ``usable`` bytes free for batches: its budget starts at the ceiling."""
@@ -43,6 +56,8 @@ class Worker:
         self.usable_bytes = usable
         self.controller = BudgetController(self._ceiling(pool), pool.regrow_after, pool.regrow_factor)
         self.state = "ready"
+        if self.device.kind == "cuda":
+            self.metrics.watch_cuda(self.device.torch_device)
 
     def set_usable(self, usable: float, pool: PoolSettings) -> None:
         """Free memory probed again (others may have taken or freed some): the ceiling moves with it."""

@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from embedding.budget import MemoryModel
 from embedding.devices import Device
 from embedding.model import Embedder, EmbeddingSettings, TextEmbedder
 from embedding.pool import EmbeddingError, EmbeddingPool, Lane
+from embedding.pool_worker import Worker
 from embedding.runner import Runner, TorchRunner
 
 WAIT = 120.0  # generous bound on waits on a shared 2-core machine; never reached when things work
@@ -377,3 +379,100 @@ def test_two_real_cpu_workers_from_settings(embedder: Embedder, reference: np.nd
     assert sum(d.chunks for d in stats.devices) == len(TEXTS)
     for device in stats.devices:
         assert device.state == "ready" and device.budget_ceiling == 1024
+
+
+# -- Prometheus metrics (telemetry.metrics), read from the process's registry: compared before/after, since
+# other tests in this process record into the same children.
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def lane_gauges() -> dict[str, float]:
+    return {
+        f"{what}:{lane}": sample(f"ragline_embedding_{what}", lane=lane)
+        for what in ("queue_depth", "in_flight_chunks")
+        for lane in ("interactive", "bulk")
+    }
+
+
+class Ticks:
+    """A clock that moves one second per reading: each batch takes exactly 1 s."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_device_gauges_after_a_real_embed(embedder: Embedder) -> None:
+    device = cpu("cpu#metrics")
+    runner = Wrapped(embedder.model, device)
+    runner.memory = MemoryModel(fixed_bytes=1_000_000, per_token=1000.0, per_token_position=0.0, source="test")
+    settings = EmbeddingSettings.model_validate({"precision": "float32", "pool": {"memory_fraction": 0.5}})
+    with EmbeddingPool(
+        settings,
+        embedder=embedder,
+        devices=[device],
+        probe=lambda _d: 6_000_000,
+        runner_factory=lambda _device, _precision: runner,
+        clock=Ticks(),
+    ) as pool:
+        pool.embed(TEXTS, token_counts=[100] * len(TEXTS))
+    assert [len(b) for b in runner.batches] == [20, 20, 8]
+    key = {"device": "cpu#metrics"}
+    assert sample("ragline_embedding_batch_tokens", **key) == 800  # the last batch: 8 chunks x 100 tokens
+    # weighted sums: tokens 2000, 2000, then 2000 + 0.1 x (800 - 2000); seconds 1 each
+    assert sample("ragline_embedding_tokens_per_second", **key) == pytest.approx(1880.0)
+    # (6 MB x 0.5 - 1 MB) / 1000 bytes = 2000 padded tokens, priced back: 1 MB + 2000 x 1000 bytes
+    assert sample("ragline_embedding_budget_bytes", **key) == 3_000_000
+    assert REGISTRY.get_sample_value("ragline_embedding_allocated_bytes", key) is None  # GPU workers only
+
+
+def test_lane_gauges_are_the_scaling_signal_while_work_waits(embedder: Embedder, reference: np.ndarray) -> None:
+    runner = Gated(embedder.model, cpu())
+    before = lane_gauges()
+    with make_pool(embedder, {"cpu": runner}, max_batch_items=4, small_request_tokens=64) as pool:
+        bulk = pool.submit(TEXTS)
+        assert runner.entered.wait(WAIT)  # the worker holds the first bulk batch of 4
+        urgent = pool.submit(["where is the on-demand document?"])
+        during = lane_gauges()
+        runner.release.set()
+        urgent.result(WAIT)
+        assert_same(bulk.result(WAIT), reference)
+        after = lane_gauges()
+    assert {k: during[k] - before[k] for k in during} == {
+        "queue_depth:interactive": 1,
+        "queue_depth:bulk": len(TEXTS) - 4,
+        "in_flight_chunks:interactive": 0,
+        "in_flight_chunks:bulk": 4,
+    }
+    assert after == before
+
+
+def test_oom_shrinks_and_regrows_are_counted_with_the_budget(embedder: Embedder) -> None:
+    device = cpu("cpu#oom-metrics")
+    runner = OomAbove(embedder.model, device, max_items=6, error=torch.OutOfMemoryError("out of memory"))
+    key = {"device": "cpu#oom-metrics"}
+    shrinks = sample("ragline_embedding_oom_shrinks_total", **key)
+    regrows = sample("ragline_embedding_regrows_total", **key)
+    with make_pool(
+        embedder, {device.key: runner}, devices=[device], max_batch_tokens=8192, regrow_after=2, regrow_factor=2
+    ) as pool:
+        pool.embed(TEXTS)
+        (stats,) = pool.stats().devices
+    assert stats.shrinks >= 2 and stats.regrows >= 1
+    assert sample("ragline_embedding_oom_shrinks_total", **key) - shrinks == stats.shrinks
+    assert sample("ragline_embedding_regrows_total", **key) - regrows == stats.regrows
+    # the runner's memory model: 16 kB per padded token, nothing fixed, far below the probed 64 GiB
+    assert sample("ragline_embedding_budget_bytes", **key) == stats.budget_tokens * 16_000
+
+
+def test_a_gpu_worker_reports_what_torch_holds_when_scraped() -> None:
+    worker = Worker(Device(key="cuda:9", torch_device="cuda:9", kind="cuda", label="test gpu"))
+    worker.metrics.watch_cuda(worker.device.torch_device)
+    value = REGISTRY.get_sample_value("ragline_embedding_allocated_bytes", {"device": "cuda:9"})
+    assert value == (torch.cuda.memory_allocated("cuda:9") if torch.cuda.is_available() else 0.0)
