@@ -161,3 +161,22 @@ SNAPSHOT_SCHEDULE = Gauge(
     "Longest interval between two runs of snapshots.cron (over its next 64 runs): a snapshot older than this "
     "(plus the time one takes) means a scheduled snapshot was missed or failed. 0 when unscheduled.",
 )
+
+# -- drift: embedding drift per source against its baseline, and the model canary (flows/drift.py, flows/canary.py)
+DRIFT_SCORE = Gauge(
+    "ragline_drift_score",
+    "Embedding drift score of the source's latest run that measured one, against the source's baseline "
+    "(centroid shift in units of the baseline's spread + KS statistics; drift.threshold is the alert line).",
+    ["source", "tenant"],
+)
+DRIFT_ALERT = Gauge(
+    "ragline_drift_alert",
+    "1 when the source's latest measured run drifted over drift.threshold (and significantly), else 0.",
+    ["source", "tenant"],
+)
+CANARY_OK = Gauge(
+    "ragline_canary_ok",
+    "1 when the model canary's texts embed as stored for the model (name@revision), 0 on a mismatch: writes "
+    "into that generation are stopped until resolved (`ragline canary accept`).",
+    ["model"],
+)
