@@ -8,6 +8,9 @@ crash never leaves a generation without its index for longer than the next run's
 Such a load drops the full-text GIN index too (every row enters it with ~60 words; one build after the load
 costs half of that: 0.6 s against 1.2-1.3 s of inserts per 40k rows here). It is shared by all
 generations, so it is built again when the last holder of any generation finishes, or by ``repair``.
+
+Every build that happens (not a no-op) counts in ``ragline_index_builds_total{kind}`` (hnsw, full_text) and
+its time in ``ragline_index_build_duration_seconds``: writes to chunks wait while one runs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from telemetry.metrics import INDEX_BUILD_SECONDS, INDEX_BUILDS
 from vectorstore import bulk, generations
 from vectorstore.db import Connection
 from vectorstore.generations import Generation
@@ -127,8 +131,14 @@ def build_full_text_index(conn: Connection, options: IndexOptions) -> float:
         _maintenance(conn, options)
         conn.execute(full_text_ddl())
     seconds = time.perf_counter() - started
+    _built("full_text", seconds)
     log.info("built the full-text index in %.1f s", seconds)
     return seconds
+
+
+def _built(kind: str, seconds: float) -> None:
+    INDEX_BUILDS.labels(kind).inc()
+    INDEX_BUILD_SECONDS.observe(seconds)
 
 
 def build_index(conn: Connection, generation: Generation, options: IndexOptions) -> float:
@@ -145,6 +155,7 @@ def build_index(conn: Connection, generation: Generation, options: IndexOptions)
         n = int(rows["n"]) if rows else 0
         conn.execute(index_ddl(generation.id, generation.dim, options.index_type, options.m, options.ef_construction))
     seconds = time.perf_counter() - started
+    _built("hnsw", seconds)
     with conn.transaction():
         conn.execute("ANALYZE chunks")  # searches judge the table's size by the planner's estimate
     record_cost(conn, "build", seconds, n)

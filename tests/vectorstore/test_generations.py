@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from vectorstore import bulk, generations, indexing, ledger, search, store
 from vectorstore.db import Connection, connect
@@ -269,3 +270,29 @@ def test_halfvec_index_answers_like_the_full_precision_scan(conn: Connection) ->
     exact = texts(search.search(conn, q, 10, settings=SearchSettings(exact="always")))
     indexed = texts(search.search(conn, q, 10, settings=SearchSettings(exact="never", ef_search=200)))
     assert len(set(exact) & set(indexed)) >= 9
+
+
+def test_index_builds_are_counted_and_timed_and_no_ops_are_not(conn: Connection) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def read() -> tuple[float, float, float, float]:
+        return (
+            sample("ragline_index_builds_total", kind="hnsw"),
+            sample("ragline_index_builds_total", kind="full_text"),
+            sample("ragline_index_build_duration_seconds_count"),
+            sample("ragline_index_build_duration_seconds_sum"),
+        )
+
+    gen = generations.register(conn, OLD)
+    indexing.build_index(conn, gen, OPTIONS)
+    before = read()
+    assert indexing.build_index(conn, gen, OPTIONS) == 0.0  # present: nothing built, nothing counted
+    assert read() == before
+    load = IndexLoad(conn, gen, IndexOptions(min_rows=10), expected=5000)
+    assert load.before_write(100) is bulk.Strategy.DEFERRED  # drops both indexes
+    commit(conn, "s", "d", np.random.default_rng(2).normal(size=(20, 3)).tolist(), gen.id)
+    seconds = load.finish()  # the last holder builds both again
+    hnsw, full_text, count, total = (a - b for a, b in zip(read(), before, strict=True))
+    assert (hnsw, full_text, count) == (1, 1, 2)
+    assert total == pytest.approx(seconds) and seconds > 0
