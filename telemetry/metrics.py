@@ -6,7 +6,10 @@ outside it push them to a Pushgateway when one is set (``telemetry.push``).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.registry import Collector
 
 # What runs did, per source and its tenant (recorded where every run ends: flows/runs.py; quarantines and
 # phase times as the pipeline meets them: flows/pipeline.py).
@@ -147,20 +150,39 @@ INDEX_BUILD_SECONDS = Histogram(
     "Wall time of index builds (either kind); writes to chunks wait meanwhile.",
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
+# The snapshot gauges are exported only by a process that watches the snapshot destination (``expose``): a CLI
+# run or a worker that knows nothing of snapshots must not report (or push) "no snapshot since 1970".
 SNAPSHOT_LAST_SUCCESS = Gauge(
     "ragline_snapshot_last_success_timestamp_seconds",
-    "Unix time of the consistent view of the newest verified snapshot under snapshots.destination (its "
-    "manifest's created_at); 0 when there is none. Read from the destination when scraped (cached 30 s).",
+    "Unix time the newest verified snapshot under snapshots.destination was written (its manifest's "
+    "created_at); 0 when there is none. Read from the destination when scraped (cached 30 s), so it is right "
+    "whoever took the snapshot and after a restart.",
+    registry=None,
 )
 SNAPSHOT_SIZE = Gauge(
     "ragline_snapshot_size_bytes",
-    "Bytes of the newest verified snapshot's files (as its manifest lists them); 0 when there is none.",
+    "Bytes of the newest verified snapshot's table files (as its manifest lists them); 0 when there is none.",
+    registry=None,
 )
 SNAPSHOT_SCHEDULE = Gauge(
     "ragline_snapshot_schedule_seconds",
-    "Longest interval between two runs of snapshots.cron (over its next 64 runs): a snapshot older than this "
-    "(plus the time one takes) means a scheduled snapshot was missed or failed. 0 when unscheduled.",
+    "Longest interval between two consecutive runs of snapshots.cron (over a year of its runs, wall clock): a "
+    "newest snapshot older than this plus the time one takes means a scheduled snapshot was missed or failed. "
+    "Exported only when snapshots are scheduled.",
+    registry=None,
 )
+_exposed: set[int] = set()
+_exposing = threading.Lock()
+
+
+def expose(*metrics: Collector) -> None:
+    """Register metrics defined with ``registry=None`` in the default registry, once each (idempotent)."""
+    with _exposing:
+        for metric in metrics:
+            if id(metric) not in _exposed:
+                REGISTRY.register(metric)
+                _exposed.add(id(metric))
+
 
 # -- drift: embedding drift per source against its baseline, and the model canary (flows/drift.py, flows/canary.py)
 DRIFT_SCORE = Gauge(
