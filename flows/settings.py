@@ -194,9 +194,39 @@ class MetricsSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pushgateway: str | None = Field(
-        default=None, description="URL of a Prometheus Pushgateway that runs outside `ragline serve` push to."
+    pushgateway: SecretStr | None = Field(
+        default=None,
+        description="URL of a Prometheus Pushgateway (http or https; user:password@ for Basic auth, never "
+        "logged) that runs outside `ragline serve` push to when they end (job ragline, grouped by instance and "
+        "source).",
     )
+    push_timeout: float = Field(
+        default=3.0, gt=0, le=60, description="Seconds a push may take; a slow or dead gateway never holds a run."
+    )
+    instance: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The instance label of pushed metrics (default: the host name). Set a stable name where "
+        "every run gets a new host (Kubernetes job pods), or the gateway keeps a group per pod.",
+    )
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value.get_secret_value())
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as err:
+            raise ValueError(f"not a URL ({err})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://pushgateway:9091")
+        if parts.query or parts.fragment:
+            raise ValueError("takes no query or fragment (pushes go to <url>/metrics/job/...)")
+        return value
 
 
 class DriftSettings(BaseModel):

@@ -122,11 +122,14 @@ def serve(obj: Context, host: str | None, port: int | None, no_schedules: bool) 
     from flows.deployments import deployment_specs
     from flows.prefect_server import configure
     from flows.serve import ServeError, Service
+    from telemetry import gpu, push
 
     settings = obj.settings
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     serve_settings = settings.serve.model_copy(update=overrides)
     obj.services.calibrate_at_start = True  # a long-lived process: measure the device's precision once
+    push.scraped()  # served at /metrics, with the GPU telemetry: runs in this process never push
+    gpu.register()
     service = Service(obj.services, serve_settings)  # refuses an open non-loopback address, a missing token
     specs = [] if no_schedules else deployment_specs(settings)  # bad crons fail here, before anything starts
     configure(settings.home, settings.prefect)  # scheduled runs and source slots need the Prefect server
