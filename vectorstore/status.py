@@ -27,7 +27,8 @@ def status(conn: Connection) -> dict[str, Any]:
                 AS quarantined,
             (SELECT coalesce(sum(d.chunk_count), 0) FROM documents d WHERE d.source_id = s.id) AS chunks,
             (SELECT json_build_object('id', r.id, 'status', r.status, 'started_at', r.started_at,
-                                      'finished_at', r.finished_at, 'counts', r.counts, 'error', r.error)
+                                      'finished_at', r.finished_at, 'counts', r.counts, 'error', r.error,
+                                      'trace_id', r.trace_id)
              FROM runs r WHERE r.source_id = s.id ORDER BY r.started_at DESC, r.id DESC LIMIT 1) AS last_run
         FROM sources s ORDER BY s.name
         """
