@@ -9,9 +9,12 @@ rather than a sync."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
 
 
 def acquire_slot_with_lease(name: str, timeout_seconds: float | None, lease_seconds: float) -> uuid.UUID:
@@ -32,3 +35,19 @@ def renewed_lease(lease_id: uuid.UUID, lease_seconds: float) -> Iterator[None]:
 
     with maintain_concurrency_lease(lease_id, lease_seconds, raise_on_lease_renewal_failure=False):
         yield
+
+
+def cron_interval(cron: str, *, span: timedelta = timedelta(days=366), most: int = 2000) -> float:
+    """Seconds of the longest gap between consecutive runs of ``cron``, read by the croniter Prefect vendors
+    and schedules with (macros and day-of-month/day-of-week read as Prefect reads them), over ``span`` of runs
+    (seasonal schedules included) or its first ``most`` runs (frequent ones are regular). Wall-clock times: a
+    daylight-saving change moves a real gap by an hour at most."""
+    from prefect._vendor.croniter.croniter import croniter
+
+    make: Any = croniter  # untyped
+    start = datetime(2001, 1, 1)  # a fixed Monday: the same answer on every start
+    runs = make(cron, start, day_or=True)
+    times: list[datetime] = [runs.get_next(datetime)]
+    while len(times) <= most and times[-1] - times[0] < span:
+        times.append(runs.get_next(datetime))
+    return max((b - a).total_seconds() for a, b in itertools.pairwise(times))

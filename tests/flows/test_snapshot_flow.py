@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from flows.pdfs import ingest_pdf_paths
+from flows.prefect_private import cron_interval
 from flows.runtime import Services, use_services
+from flows.settings import SnapshotScheduleSettings
 from tests.support.pdfgen import text_pdf
-from vectorstore.snapshot import MANIFEST, parse_snapshot_name, verify_snapshot
+from vectorstore.snapshot import MANIFEST, VERIFIED, parse_snapshot_name, verify_snapshot
 
 
 @pytest.fixture
@@ -48,3 +52,49 @@ def test_bad_retention_fails_before_any_export(prefect_api: str, installed: Serv
     with pytest.raises(ValueError, match="keep_last must be at least 1"):
         snapshot_store(str(tmp_path / "snapshots"), keep_last=0)
     assert not (tmp_path / "snapshots").exists()
+
+
+def test_the_snapshot_metrics_follow_the_destination(prefect_api: str, installed: Services, tmp_path: Path) -> None:
+    """As ``ragline serve`` watches snapshots.destination: nothing before the first snapshot, the flow's
+    verified snapshot at once after it (wherever it ran), and the same after a restart (a new watch)."""
+    from flows.snapshot import snapshot_store, watch_snapshots
+
+    root = tmp_path / "snapshots"
+    config = SnapshotScheduleSettings(destination=str(root), cron="0 2 * * 1-5")
+    assert watch_snapshots(None) is None
+    watch_snapshots(config)
+    assert metric("ragline_snapshot_schedule_seconds") == 3 * 86400  # Friday 02:00 to Monday 02:00
+    assert (metric("ragline_snapshot_last_success_timestamp_seconds"), metric("ragline_snapshot_size_bytes")) == (
+        0.0,
+        0.0,
+    )
+
+    new = Path(snapshot_store(str(root), keep_last=2)["snapshot"])
+
+    assert (new / VERIFIED).exists()
+    manifest = verify_snapshot(str(new))
+    created = datetime.fromisoformat(manifest.created_at).timestamp()
+    size = sum(t.bytes for t in manifest.tables.values())
+    seen = (metric("ragline_snapshot_last_success_timestamp_seconds"), metric("ragline_snapshot_size_bytes"))
+    assert seen == (created, size)
+    watch_snapshots(config)  # a restarted service
+    assert (metric("ragline_snapshot_last_success_timestamp_seconds"), metric("ragline_snapshot_size_bytes")) == seen
+
+
+@pytest.mark.parametrize(
+    ("cron", "hours"),
+    [
+        ("*/15 * * * *", 0.25),
+        ("0 3 * * *", 24),
+        ("@daily", 24),
+        ("0 2 * * 1-5", 72),  # the weekend is the longest wait
+        ("0 0 1 * *", 31 * 24),
+        ("0 3 * 1-6 *", 185 * 24),  # June 30 03:00 to January 1 03:00
+    ],
+)
+def test_schedule_interval_is_the_longest_gap_between_runs(cron: str, hours: float) -> None:
+    assert cron_interval(cron) == hours * 3600
+
+
+def metric(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)

@@ -7,13 +7,15 @@ carries the size, sha256 and row count of every file, so ``verify_snapshot`` fin
 A restore loads everything in one transaction into an empty database, or nothing.
 
 Modules: ``format`` (files, Arrow types, manifest), ``location`` (fsspec), ``create``, ``verify``, ``restore``,
-``retention``; ``catalog`` holds what create and restore both read from the database.
+``retention``, ``watch`` (the newest verified snapshot, for the age metric); ``catalog`` holds what create
+and restore both read from the database.
 """
 
 from vectorstore.snapshot.create import create_snapshot
 from vectorstore.snapshot.format import (
     MANIFEST,
     TABLES,
+    VERIFIED,
     Column,
     IndexSpec,
     Manifest,
@@ -32,23 +34,29 @@ from vectorstore.snapshot.retention import (
     parse_snapshot_name,
     snapshot_name,
 )
-from vectorstore.snapshot.verify import model_mismatch, verify_snapshot
+from vectorstore.snapshot.verify import mark_verified, model_mismatch, verify_snapshot
+from vectorstore.snapshot.watch import NewestSnapshot, SnapshotWatch, newest_verified
 
 __all__ = [
     "MANIFEST",
     "TABLES",
+    "VERIFIED",
     "Column",
     "IndexSpec",
     "Manifest",
+    "NewestSnapshot",
     "SnapshotEntry",
     "SnapshotError",
+    "SnapshotWatch",
     "child_url",
     "create_snapshot",
     "delete_snapshots",
     "expired",
     "from_arrow",
     "list_snapshots",
+    "mark_verified",
     "model_mismatch",
+    "newest_verified",
     "parse_snapshot_name",
     "restore_snapshot",
     "snapshot_name",

@@ -29,6 +29,9 @@ FORMAT_VERSION = 2
 """2: model states, per-generation indexes, variable-length vectors when dimensions differ."""
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
+VERIFIED = "verified.json"
+"""Written beside the manifest once the snapshot flow has verified the snapshot where it landed: what the
+snapshot-age metric counts (a snapshot whose verification failed keeps its manifest, but is no success)."""
 TABLES = ("sources", "models", "documents", "chunks")
 """In load order: every table after the tables it references."""
 

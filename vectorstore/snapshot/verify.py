@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 
 from vectorstore.db import first_line
 from vectorstore.generations import ModelIdentity
-from vectorstore.snapshot.format import MANIFEST, TABLES, Column, Manifest, SnapshotError
+from vectorstore.snapshot.format import MANIFEST, TABLES, VERIFIED, Column, Manifest, SnapshotError
 from vectorstore.snapshot.location import file_sha256, open_location
 
 
@@ -94,6 +95,15 @@ def verify_snapshot(src: str) -> Manifest:
                 f"{src.rstrip('/')}/{MANIFEST} lists an index of model {spec.model_id}, which its models do not include"
             )
     return manifest
+
+
+def mark_verified(src: str, manifest: Manifest, *, now: datetime | None = None) -> None:
+    """Record beside the manifest that ``src`` verified (``verify_snapshot`` itself only reads: it also checks
+    snapshots an operator may not write to). Names the manifest it vouches for by its creation time."""
+    fs, root = open_location(src)
+    at = (now or datetime.now(UTC)).isoformat()
+    body = json.dumps({"verified_at": at, "manifest_created_at": manifest.created_at}, sort_keys=True).encode()
+    fs.pipe_file(posixpath.join(root, VERIFIED), body)
 
 
 def _identity_matches(model: ModelIdentity, row: dict[str, Any]) -> bool:
