@@ -21,6 +21,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from psycopg import sql
@@ -77,8 +78,24 @@ class Vectors:
         self.embedded_tokens += other.embedded_tokens
 
 
+class Pending(Protocol):
+    """Vectors on their way (the embedding pool's request, a future)."""
+
+    def result(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """A text being embedded ahead of the run that will ask for it: row ``index`` of ``vectors``."""
+
+    vectors: Pending
+    index: int
+    tokens: int
+
+
 class VectorSource:
-    """Vectors for chunk rows of one model: the memo, then the store, then the model (each distinct text once).
+    """Vectors for chunk rows of one model: texts embedded ahead for this run, the memo, then the store, then
+    the model (each distinct text once).
 
     ``memo_size`` vectors are kept (384 float32s each for MiniLM: 4096 are ~6 MiB), least recently used first
     out. Not thread-safe: one pipeline's thread uses it."""
@@ -87,6 +104,29 @@ class VectorSource:
         self._embed = embed
         self._memo_size = memo_size
         self._memo: OrderedDict[tuple[int, bytes], np.ndarray] = OrderedDict()
+        self._ahead: dict[tuple[int, bytes], _Ahead] = {}
+
+    def expect(self, model_id: int, texts: Sequence[str], token_counts: Sequence[int], vectors: Pending) -> None:
+        """``texts`` are being embedded (``vectors``, in order) ahead of the run that will write them
+        (``flows.ahead``): that run takes them as its own model work, tokens counted, not as copies. A
+        failed embedding is forgotten, and its texts are embedded the usual way."""
+        for index, (text, tokens) in enumerate(zip(texts, token_counts, strict=True)):
+            self._ahead[self._key(model_id, text)] = _Ahead(vectors, index, tokens)
+
+    def forget_ahead(self) -> int:
+        """Drop what no run took (documents another run committed meanwhile); returns how many."""
+        dropped = len(self._ahead)
+        self._ahead.clear()
+        return dropped
+
+    def _take_ahead(self, model_id: int, text: str) -> tuple[np.ndarray, int] | None:
+        waiting = self._ahead.pop(self._key(model_id, text), None) if self._ahead else None
+        if waiting is None:
+            return None
+        try:
+            return waiting.vectors.result()[waiting.index], waiting.tokens
+        except Exception:  # noqa: BLE001 - an embedding that failed ahead is done again, where its error shows
+            return None
 
     def vectors(self, conn: Connection, model_id: int, rows: Sequence[ChunkRow]) -> Vectors:
         """A vector for every row of ``rows``, written by generation ``model_id``'s model."""
@@ -94,23 +134,30 @@ class VectorSource:
         for row in rows:
             by_text.setdefault(row.text, []).append(row)
         found: dict[str, np.ndarray] = {}
+        ahead: dict[str, np.ndarray] = {}
+        result = Vectors()
         for text in by_text:
+            taken = self._take_ahead(model_id, text)
+            if taken is not None:
+                ahead[text] = taken[0]
+                result.embedded_tokens += taken[1]
+                continue
             remembered = self._recall(model_id, text)
             if remembered is not None:
                 found[text] = remembered
-        asked = [text for text in by_text if text not in found]
+        asked = [text for text in by_text if text not in found and text not in ahead]
         for position, vector in stored_vectors(conn, model_id, asked).items():
             found[asked[position]] = vector
-        result = Vectors()
-        todo = [text for text in by_text if text not in found]
+        todo = [text for text in by_text if text not in found and text not in ahead]
+        embedded_now: list[np.ndarray] = []
         if todo:
             counts = [by_text[text][0].token_count for text in todo]
-            embedded = self._embed(todo, counts)
-            result.embedded_tokens = sum(counts)
-            for text, vector in zip(todo, embedded, strict=True):
-                first = by_text[text][0]
-                result.by_id[first.id] = vector
-                self._remember(model_id, text, vector)
+            embedded_now = list(self._embed(todo, counts))
+            result.embedded_tokens += sum(counts)
+        for text, vector in [*ahead.items(), *zip(todo, embedded_now, strict=True)]:
+            first = by_text[text][0]
+            result.by_id[first.id] = vector
+            self._remember(model_id, text, vector)
         for text, same in by_text.items():
             if text in found:
                 vector, copies = found[text], same

@@ -1,0 +1,111 @@
+"""Work ahead of the flow: while the CLI waits for Prefect (a first run starts its server, ~6-9 s; a running
+system still imports Prefect and creates the flow run, ~2 s), the plan's first documents are parsed and
+chunked in the parse sandbox and their chunks handed to the embedding pool, so the model works through the
+wait instead of after it. Nothing is written here: the flow claims, parses, commits and counts every document
+as always, and takes the vectors waiting for its chunks' texts as its own model work
+(``VectorSource.expect``: tokens counted, not copies). What the flow does not take (a document another run
+committed meanwhile, a file changed since) is dropped; a document that fails to parse here is simply left to
+the flow, which quarantines it with its reason.
+
+Texts stored already (another document, source or tenant with the same text) are looked up first, as the
+flow would, so a copied folder costs no model work here either. Work stops being submitted the moment Prefect
+is ready: the run's Prefect states and logs still cover most of it on a running system.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from connectors.pdf import PdfConnector
+from embedding.pool import EmbeddingPool
+from flows.pdfs import PdfPlan
+from flows.pipeline import Pipeline
+from flows.preparing import Chunked, parse_and_chunk
+from vectorstore.reuse import stored_vectors
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNKS = 16_384
+"""Chunks embedded ahead at most (~25 MiB of MiniLM vectors): the wait is seconds, this is never the limit
+on a machine that needs it, and memory stays bounded whatever the plan holds."""
+POLL_SECONDS = 0.02
+
+
+@dataclass
+class Ahead:
+    """What was done ahead: documents parsed, chunks handed to the model, their tokens, and stored texts."""
+
+    documents: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    stored: int = 0
+
+
+def embed_ahead(pipeline: Pipeline, plan: PdfPlan, ready: Callable[[], bool]) -> Ahead:
+    """Parse, chunk and submit the embedding of ``plan``'s documents, in plan order, until ``ready()``."""
+    done = Ahead()
+    embedder = pipeline.embedder
+    if not plan.work or not isinstance(embedder, EmbeddingPool) or ready():
+        return done
+    connector = PdfConnector([], pipeline.settings.pdf)
+    tokenizer_dir = str(embedder.tokenizer.model_dir)
+    chunking, window = pipeline.settings.embedding.chunking, embedder.max_seq_length
+    model_id = pipeline.model_id()
+    files = deque(plan.work)
+    parsing: deque[Future[Chunked]] = deque()
+    depth = max(1, pipeline.parser.lookahead)
+    try:
+        while not ready() and done.chunks < MAX_CHUNKS:
+            while files and len(parsing) < depth:
+                path = Path(files.popleft())
+                try:
+                    load = connector.document(path).load
+                except FileNotFoundError:
+                    continue
+                parsing.append(pipeline.parser.submit(partial(parse_and_chunk, load, tokenizer_dir, chunking, window)))
+            if not parsing:
+                break
+            if not parsing[0].done():
+                time.sleep(POLL_SECONDS)
+                continue
+            try:
+                chunked = parsing.popleft().result()
+            except Exception:  # noqa: BLE001 - the flow parses it again and quarantines it with its reason
+                continue
+            done.documents += 1
+            _submit(pipeline, embedder, model_id, chunked, done)
+    finally:
+        for future in parsing:
+            future.cancel()  # parses not started are dropped; the flow parses what it needs
+    if done.chunks:
+        log.info(
+            "embedding ahead of the flow: %d chunks (%d tokens) of %d documents handed to the model, %d stored",
+            done.chunks,
+            done.tokens,
+            done.documents,
+            done.stored,
+        )
+    return done
+
+
+def _submit(pipeline: Pipeline, embedder: EmbeddingPool, model_id: int, chunked: Chunked, done: Ahead) -> None:
+    by_text: dict[str, int] = {}
+    for chunk in chunked.chunks:
+        by_text.setdefault(chunk.text, chunk.token_count)
+    texts = list(by_text)
+    stored = stored_vectors(pipeline.conn, model_id, texts)
+    todo = [text for position, text in enumerate(texts) if position not in stored]
+    done.stored += len(stored)
+    if not todo:
+        return
+    tokens = [by_text[text] for text in todo]
+    pipeline.reuse.expect(model_id, todo, tokens, embedder.submit(todo, token_counts=tokens))
+    done.chunks += len(todo)
+    done.tokens += sum(tokens)
