@@ -27,7 +27,7 @@ from flows import drift, metrics
 from flows.counts import Counts
 from flows.pipeline import Pipeline
 from flows.planning import SourceRef
-from flows.watch import RunWatch, watching
+from flows.watch import Figures, RunWatch, watching
 from telemetry import push, tracing
 from vectorstore import runs
 from vectorstore.db import Connection, first_line
@@ -63,8 +63,8 @@ class Run:
 
     def figures(self) -> dict[str, Any]:
         """What ``runs.figures`` keeps: phase times, throughput and batches, with its trace id."""
-        watch = self.watch or RunWatch(self.source)
-        return {"seconds": round(self.seconds, 3), **watch.figures.as_dict(self.counts, self.trace_id)}
+        figures = self.watch.figures if self.watch is not None else Figures()
+        return {"seconds": round(self.seconds, 3), **figures.as_dict(self.counts, self.trace_id)}
 
     @property
     def seconds(self) -> float:
@@ -107,27 +107,25 @@ def recorded_run(
         span.set_attribute("ragline.run.id", run_id)
         log.info("run %d of %s: trace %s", run_id, source.name, trace_id)
     try:
-        with watching(watch):
-            yield run
-    except BaseException as err:
-        run.error = f"{type(err).__name__}: {first_line(err)}"
-        run.status = outcome(run.counts, run.error)
-        try:
+        with watching(watch):  # its end's recording, drift and push too: they are part of the run
+            try:
+                yield run
+            except BaseException as err:
+                run.error = f"{type(err).__name__}: {first_line(err)}"
+                run.status = outcome(run.counts, run.error)
+                try:
+                    pipeline.retrying(lambda: _finish(pipeline.conn, run))
+                    _watch_end(pipeline, run)
+                    if report is not None:
+                        report(run)
+                except Exception:  # the run's own error is the one to raise
+                    log.warning("could not record the end of failed run %d of %s", run.id, source.name, exc_info=True)
+                raise
+            run.status = outcome(run.counts)
             pipeline.retrying(lambda: _finish(pipeline.conn, run))
             _watch_end(pipeline, run)
             if report is not None:
                 report(run)
-        except Exception:  # the run's own error is the one to raise
-            log.warning("could not record the end of failed run %d of %s", run.id, source.name, exc_info=True)
-        finally:
-            _end_span(span, run.error, run)
-        raise
-    try:
-        run.status = outcome(run.counts)
-        pipeline.retrying(lambda: _finish(pipeline.conn, run))
-        _watch_end(pipeline, run)
-        if report is not None:
-            report(run)
     finally:
         _end_span(span, run.error, run)
 
