@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from flows.counts import Counts
 from flows.runs import outcome
@@ -216,3 +217,77 @@ def _rate(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+# -- embedding drift (flows.drift) -------------------------------------------------------------------------------
+
+
+def drift_key(source: str) -> str:
+    """Key of the drift artifact of ``source``'s runs (one key: the UI keeps the source's drift history)."""
+    return f"ragline-drift-{_key_part(source)}"
+
+
+def drift_line(drift: dict[str, Any]) -> str:
+    """One line on a run's drift (``runs.drift``), for logs and ``ragline status``."""
+    status = drift["status"]
+    if status == "baseline":
+        return f"drift: {drift.get('reason', 'baseline anchored')}"
+    if status == "insufficient":
+        return f"drift insufficient: {drift.get('reason', 'too few chunks')}"
+    parts = drift.get("components", {})
+    verdict = "ALERT" if drift["alert"] else "ok"
+    return (
+        f"drift {verdict}: score {drift['score']:.3f} (threshold {drift['threshold']}) on {drift['sample']} chunks: "
+        f"centroid shift {parts.get('centroid_shift', 0):.3f}, cosine KS {parts.get('cosine_ks', 0):.3f} "
+        f"(p {parts.get('cosine_ks_pvalue', 1):.2g}), token KS {parts.get('token_ks', 0):.3f}"
+    )
+
+
+def drift_warning(source: str, run_id: int, drift: dict[str, Any]) -> str:
+    """The run log's warning on an alert: what moved, and what to do when the change is intended."""
+    return (
+        f"run {run_id} of source {source!r}: embedding {drift_line(drift)}. What it committed differs from the "
+        f"source's baseline ({drift.get('baseline_origin', 'baseline')}): the content, its users or the model "
+        f"changed. If this is the new normal, `ragline baseline reset {source} --last-run` re-anchors on it."
+    )
+
+
+def drift_description(source: str, drift: dict[str, Any]) -> str:
+    """The drift artifact's one-line summary."""
+    if drift["status"] in ("baseline", "insufficient"):
+        return f"ragline drift of {source}: {drift['status']}"
+    return f"ragline drift of {source}: {'ALERT' if drift['alert'] else 'ok'}, score {drift['score']:.3f}"
+
+
+def drift_markdown(
+    source: str, tenant: str, run_id: int, drift: dict[str, Any], canaries: Sequence[dict[str, Any]] = ()
+) -> str:
+    """The drift artifact: the verdict, the components against the baseline, and the model canary."""
+    status = drift["status"]
+    if status in ("baseline", "insufficient"):
+        head = "Baseline anchored" if status == "baseline" else "Drift not measured: too few chunks"
+    else:
+        head = "Drift ALERT" if drift["alert"] else "No drift"
+    lines = [
+        f"## {head}",
+        "",
+        f"Source **{escape_markdown(source)}** (tenant {escape_markdown(tenant)}), run {run_id}: "
+        + escape_markdown(drift_line(drift)),
+        "",
+    ]
+    parts = drift.get("components") or {}
+    if parts:
+        lines += ["| measure | value |", "|:--|--:|"]
+        lines += [f"| score (alert over {drift['threshold']}) | {drift['score']:.3f} |"]
+        lines += [f"| {name.replace('_', ' ')} | {value:.4g} |" for name, value in parts.items()]
+        lines += [f"| chunks sampled (run / baseline) | {drift['sample']} / {drift['baseline_sample']} |", ""]
+    if drift["alert"]:
+        lines += [f"If this is the new normal: `ragline baseline reset {escape_markdown(source)} --last-run`.", ""]
+    for c in canaries:
+        verdict = "ok" if c["status"] == "ok" else "**MISMATCH: writes into this generation are stopped**"
+        cosine = "-" if c["min_cosine"] is None else f"{c['min_cosine']:.4f}"
+        lines += [
+            f"Model canary ({escape_markdown(str(c['name']))} {escape_markdown(str(c['revision']))}): "
+            f"{verdict}, worst cosine {cosine}"
+        ]
+    return "\n".join(lines) + "\n"

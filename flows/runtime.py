@@ -44,7 +44,8 @@ class Services:
     @cached_property
     def embedder(self) -> TextEmbedder:
         """The worker pool (one worker per GPU, else the CPU), cheap until first used: workers start and load
-        the model lazily. Calibration results are cached under RAGLINE_HOME."""
+        the model lazily. Calibration results are cached under RAGLINE_HOME. Its first request runs the model
+        canary first (``flows.canary``; ``drift.canary``); a caller's shared embedder is used as given."""
         if self.shared_embedder is not None:
             return self.shared_embedder
         embedding = self.settings.embedding
@@ -55,7 +56,16 @@ class Services:
             update["calibrate"] = "cached_only"  # a run does not wait for a measurement: serve makes it
         if update:
             embedding = embedding.model_copy(update={"pool": embedding.pool.model_copy(update=update)})
-        return EmbeddingPool(embedding)
+        if not self.settings.drift.canary:
+            return EmbeddingPool(embedding)
+        from flows.canary import CheckedPool, at_start
+
+        settings = self.settings
+        starter = at_start(
+            lambda: connect(database_url(settings), connect_timeout=settings.database.connect_timeout),
+            settings.drift.canary_min_cosine,
+        )
+        return CheckedPool(embedding, starter=starter)  # the model canary checked before its first request
 
     @cached_property
     def conn(self) -> Connection:

@@ -14,6 +14,7 @@ import sys
 import click
 
 from ragline.context import Context, fail, known_errors, setup_logging
+from ragline.drift_cmd import baseline, canary
 from ragline.generation_cmd import generation
 from ragline.ingest_cmd import ingest
 from ragline.query_cmd import quarantine, search, status
@@ -31,7 +32,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.obj = Context()
 
 
-for _command in (ingest, search, status, quarantine, stop, snapshot, generation, serve, trigger, deploy):
+_COMMANDS = (ingest, search, status, quarantine, stop, snapshot, generation, baseline, canary)
+for _command in (*_COMMANDS, serve, trigger, deploy):
     cli.add_command(_command)
 
 

@@ -68,10 +68,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from embedding.model import ModelNotFoundError
     from flows.prefect_server import PrefectServerError
     from flows.settings import ConfigError
+    from vectorstore.baselines import CanaryMismatchError
     from vectorstore.db import DatabaseError
     from vectorstore.ledger import SourceKindMismatchError
 
     return (
+        CanaryMismatchError,  # writes into a generation stopped: the message says how to resolve it
         ConfigError,
         DatabaseError,
         FileNotFoundError,

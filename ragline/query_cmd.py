@@ -115,6 +115,8 @@ def status(obj: Context, as_json: bool) -> None:
             f"  {name} ({s['kind']}): {s['documents']} documents, {s['chunks']} chunks, "
             f"{s['quarantined']} quarantined; last run {last.get('status', '-')} {last.get('finished_at') or ''}"
         )
+        if s.get("drift"):
+            click.echo(f"    {s['drift']['summary']}")
     for g in data["generations"]:
         pending = f", {g['pending_documents']} documents to re-embed" if "pending_documents" in g else ""
         index = "indexed" if g["indexed"] else "no index"
@@ -122,6 +124,10 @@ def status(obj: Context, as_json: bool) -> None:
             f"  model {g['name']} ({g['revision']}, dim {g['dim']}): {g['state']}, {g['chunks']} chunks, "
             f"{index}{pending}"
         )
+    for c in data.get("canary", []):
+        stopped = ": WRITES STOPPED (`ragline canary accept` once resolved)" if c["writes_stopped"] else ""
+        cosine = "-" if c["min_cosine"] is None else f"{c['min_cosine']:.4f}"
+        click.echo(f"  canary {c['model']}: {c['status']}, worst cosine {cosine}{stopped}")
     for b in data.get("embedding", []):
         click.echo(f"  embedding {b['summary']}")
     if data["prefect_ui"]:

@@ -16,7 +16,7 @@ import numpy as np
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from vectorstore import ledger
+from vectorstore import baselines, ledger
 from vectorstore.db import Connection
 from vectorstore.ledger import DocumentVersion
 
@@ -161,9 +161,11 @@ def _copy_chunks(
     vectors: dict[uuid.UUID, np.ndarray],
     model_id: int,
 ) -> None:
-    """Binary COPY of (document id, tenant, chunk) rows."""
+    """Binary COPY of (document id, tenant, chunk) rows; refused while the generation's model canary is in
+    mismatch (``baselines.ensure_writable``: every new vector is written here)."""
     if not rows:
         return
+    baselines.ensure_writable(conn, model_id)
     with conn.cursor().copy(_COPY_CHUNKS) as copy:
         copy.set_types(_COPY_TYPES)
         for document_id, tenant, c in rows:

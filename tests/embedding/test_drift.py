@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats as scipy_stats
+from scipy import stats as scipy_stats  # type: ignore[import-untyped]  # the oracle (installed with sentence-transformers)
 
 from embedding import drift
 
@@ -17,7 +17,7 @@ DIM = 32
 def _cloud(rng: np.random.Generator, n: int, center: np.ndarray, spread: float) -> np.ndarray:
     """``n`` unit vectors scattered around ``center``."""
     rows = center + spread * rng.normal(size=(n, DIM))
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.asarray(rows / np.linalg.norm(rows, axis=1, keepdims=True))
 
 
 def _axis(i: int) -> np.ndarray:
@@ -100,8 +100,7 @@ def test_centroid_shift_takes_sampling_noise_off() -> None:
     base = drift.profile(_cloud(rng, 2000, _axis(0), 0.3), [128] * 2000)
     shifts = [drift.centroid_shift(base, _cloud(rng, 20, _axis(0), 0.3).mean(axis=0), 20) for _ in range(50)]
     raw = [
-        float(np.linalg.norm(_cloud(rng, 20, _axis(0), 0.3).mean(axis=0) - base.mean)) / base.spread
-        for _ in range(50)
+        float(np.linalg.norm(_cloud(rng, 20, _axis(0), 0.3).mean(axis=0) - base.mean)) / base.spread for _ in range(50)
     ]
     assert float(np.median(shifts)) < 0.1 < float(np.median(raw))
 
@@ -115,7 +114,10 @@ def test_token_lengths_alone_move_the_score_but_need_the_cosine_test_to_alert() 
     assert result.status == "ok"  # the vectors did not move: no alarm on lengths alone at the default weights
 
 
-@pytest.mark.parametrize(("vectors", "tokens"), [(np.zeros((0, 4)), []), (np.ones((3, 4)), [1, 2])])
-def test_profile_refuses_bad_input(vectors: np.ndarray, tokens: list[int]) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("vectors", "tokens", "why"),
+    [(np.zeros((0, 4)), [], "at least one vector"), (np.ones((3, 4)), [1, 2], "3 vectors but 2 token lengths")],
+)
+def test_profile_refuses_bad_input(vectors: np.ndarray, tokens: list[int], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
         drift.profile(vectors, tokens)
