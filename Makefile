@@ -29,12 +29,16 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-sysdeps:  ## system packages the tests use: a real MediaWiki (PHP + SQLite) and Chromium (the Prefect UI test)
+sysdeps:  ## system packages the tests use: a real MediaWiki (PHP + SQLite), Chromium (the Prefect UI test), Prometheus and its Pushgateway
 	@command -v php >/dev/null && [ -f /usr/share/mediawiki/maintenance/install.php ] && command -v chromium >/dev/null \
-	  && [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || { \
+	  && [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && command -v prometheus >/dev/null \
+	  && command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    --no-install-recommends mediawiki php-sqlite3 php-cli chromium fonts-dejavu-core >/dev/null; }
+	    --no-install-recommends mediawiki php-sqlite3 php-cli chromium fonts-dejavu-core \
+	    prometheus prometheus-pushgateway >/dev/null \
+	  && if [ -d /run/systemd/system ]; then \
+	    $$SUDO systemctl disable --now prometheus prometheus-pushgateway >/dev/null 2>&1 || true; fi; }
 
 test: lint sysdeps  ## lint, then the whole test suite against the real Postgres, model, PDFs and MediaWiki
 	$(PYTEST)

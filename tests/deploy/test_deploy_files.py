@@ -880,6 +880,16 @@ def test_compose_dependencies_and_healthchecks() -> None:
         visit(name, ())
 
 
+def _listen_port(service: Mapping[str, Any], argv: list[str]) -> str:
+    """The port a service listens on: ragline's --port, Prometheus' and the Pushgateway's
+    --web.listen-address, Grafana's GF_SERVER_HTTP_PORT."""
+    if port := option_value(argv, "--port"):
+        return port
+    if address := option_value(argv, "--web.listen-address"):
+        return address.rsplit(":", 1)[-1]
+    return str((service.get("environment") or {}).get("GF_SERVER_HTTP_PORT", ""))
+
+
 def test_compose_healthchecks_probe_the_ports_services_listen_on() -> None:
     services: dict[str, Any] = load_compose()["services"]
     probed = 0
@@ -896,7 +906,7 @@ def test_compose_healthchecks_probe_the_ports_services_listen_on() -> None:
             assert "--with-healthcheck" in argv, f"compose service {name}: the worker serves no health endpoint"
             listens = str(PREFECT_WORKER_HEALTH_PORT)
         else:
-            listens = option_value(argv, "--port") or ""
+            listens = _listen_port(service, argv)
         assert url.group(1) == listens, f"compose service {name}: probes :{url.group(1)}, listens on :{listens}"
         probed += 1
     assert probed, "compose: no healthcheck probes an HTTP port"
@@ -1258,3 +1268,156 @@ def test_guide_commands_name_existing_files_services_and_commands() -> None:
         elif words[:2] == ["kubectl", "apply"]:
             target = option_value(words, "-f")
             assert target and (REPO / target).exists(), f"{where}: kubectl apply -f {target}"
+
+
+# ==============================================================================================================
+# Monitoring: Prometheus, the Pushgateway and Grafana (profile `monitoring`; tests/deploy/test_prometheus.py runs
+# the real Prometheus on these files)
+# ==============================================================================================================
+
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+GRAFANA_DIR = DEPLOY / "grafana"
+DASHBOARD = GRAFANA_DIR / "dashboards" / "ragline.json"
+# Series Prometheus itself adds (up) or the Pushgateway does (push_time_seconds), which the rules may use.
+NOT_RAGLINE_SERIES = {"up", "push_time_seconds", "push_failure_time_seconds"}
+
+
+def exported_series() -> set[str]:
+    """Every series name ragline exposes: telemetry.metrics' families with their samples' suffixes, and the GPU
+    collector's gauges (defined there, collected only where NVML answers)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import telemetry.metrics
+    from telemetry.gpu import GpuCollector
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    names = set()
+    for value in vars(telemetry.metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    names |= {family.name for family in GpuCollector(nvml=object()).describe()}
+    return names
+
+
+def _series_used(expr: str) -> set[str]:
+    """Series names an expression selects (ragline_*, and the few others the rules may use)."""
+    names = set(re.findall(r"\b(ragline_[a-z0-9_]+)\b", expr))
+    names |= {n for n in re.findall(r"\b([a-z_]+)\s*[{\[]", expr) if n in NOT_RAGLINE_SERIES}
+    return names
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def _dashboard_exprs() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def test_alerts_and_dashboard_use_series_ragline_exports() -> None:
+    """A renamed metric must fail here, not leave an alert that can never fire or a panel that stays empty."""
+    exported = exported_series() | NOT_RAGLINE_SERIES
+    for rule in _alert_rules():
+        unknown = _series_used(rule["expr"]) - exported
+        assert not unknown, f"alerts.yml {rule['alert']}: no such series {sorted(unknown)}"
+        annotations = rule.get("annotations") or {}
+        assert annotations.get("summary") and annotations.get("description"), f"{rule['alert']}: no annotations"
+        assert rule.get("labels", {}).get("severity") in ("warning", "critical"), f"{rule['alert']}: severity"
+    exprs = _dashboard_exprs()
+    assert exprs, "the dashboard has no queries"
+    for title, expr in exprs:
+        unknown = _series_used(expr) - exported
+        assert not unknown, f"dashboard panel {title!r}: no such series {sorted(unknown)}"
+    alerts = {rule["alert"] for rule in _alert_rules()}
+    for needed in ("BreakerOpen", "QuarantineSpike", "Drift", "SnapshotOverdue", "GpuMemoryHigh", "ServeDown"):
+        assert any(needed in a for a in alerts), f"alerts.yml has no {needed} alert"
+    used = {n for _, e in exprs for n in _series_used(e)}
+    for needed in ("ragline_embedded_tokens_total", "ragline_embedding_queue_depth", "ragline_gpu_memory_used_bytes"):
+        assert needed in used, f"the dashboard does not show {needed}"
+
+
+def test_compose_monitoring_profile_wires_prometheus_to_serve_and_the_gateway() -> None:
+    compose = load_compose()
+    services: dict[str, Any] = compose["services"]
+    monitoring = {n for n, s in services.items() if "monitoring" in (s.get("profiles") or [])}
+    assert monitoring == {"prometheus", "pushgateway", "grafana"}, monitoring
+    prometheus = services["prometheus"]
+    mounts = {c["target"]: compose["configs"][c["source"]]["file"] for c in prometheus["configs"]}
+    config_path = option_value(command_words(prometheus["command"]), "--config.file")
+    assert config_path is not None and config_path in mounts, f"prometheus reads {config_path}, which no config mounts"
+    config = yaml.safe_load((DEPLOY / mounts[config_path]).read_text())
+    for rule_file in config["rule_files"]:
+        target = str(Path(config_path).parent / rule_file)
+        assert target in mounts, f"prometheus.yml loads {rule_file}; nothing mounts {target}"
+        assert (DEPLOY / mounts[target]).resolve() == (PROMETHEUS_DIR / "alerts.yml").resolve()
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    serve_port = option_value(service_argv(services["serve"], service_dockerfile(services["serve"])), "--port")
+    gateway_port = _listen_port(services["pushgateway"], command_words(services["pushgateway"]["command"]))
+    targets = {t for job in jobs.values() for sc in job["static_configs"] for t in sc["targets"]}
+    assert f"serve:{serve_port}" in targets and f"pushgateway:{gateway_port}" in targets, targets
+    serve_job = next(j for j in jobs.values() if f"serve:{serve_port}" in j["static_configs"][0]["targets"])
+    token_file = serve_job["authorization"]["credentials_file"]
+    secrets = [s if isinstance(s, str) else s["source"] for s in prometheus.get("secrets") or []]
+    assert token_file in {f"/run/secrets/{s}" for s in secrets}, f"prometheus mounts no secret at {token_file}"
+    for secret in secrets:
+        assert compose["secrets"][secret].get("environment") == "RAGLINE_SERVE_TOKEN", (
+            f"secret {secret} is not the operator's token, which serve's /metrics needs"
+        )
+    gateway_job = next(j for j in jobs.values() if f"pushgateway:{gateway_port}" in j["static_configs"][0]["targets"])
+    assert gateway_job.get("honor_labels") is True, "the Pushgateway job must keep the pushed instance and source"
+    # Runs outside serve push where the gateway listens once PUSHGATEWAY_URL is set (the guide says how).
+    for name in ("worker", "worker-gpu"):
+        env = services[name]["environment"]
+        assert "RAGLINE_METRICS__PUSHGATEWAY" in env, f"compose service {name} cannot push its metrics"
+    assert f"PUSHGATEWAY_URL=http://pushgateway:{gateway_port}" in GUIDE.read_text()
+
+
+def test_grafana_provisioning_finds_its_data_source_and_dashboard() -> None:
+    compose = load_compose()
+    grafana = compose["services"]["grafana"]
+    mounts = {c["target"]: DEPLOY / compose["configs"][c["source"]]["file"] for c in grafana["configs"]}
+    datasources = [
+        d
+        for t, f in mounts.items()
+        if "/provisioning/datasources/" in t
+        for d in yaml.safe_load(f.read_text())["datasources"]
+    ]
+    providers = [
+        p
+        for t, f in mounts.items()
+        if "/provisioning/dashboards/" in t
+        for p in yaml.safe_load(f.read_text())["providers"]
+    ]
+    prometheus_port = _listen_port(
+        compose["services"]["prometheus"], command_words(compose["services"]["prometheus"]["command"])
+    )
+    (source,) = datasources
+    assert source["type"] == "prometheus" and source["url"] == f"http://prometheus:{prometheus_port}"
+    (provider,) = providers
+    dashboards = [t for t in mounts if t.startswith(provider["options"]["path"].rstrip("/") + "/")]
+    assert dashboards, f"nothing mounts a dashboard under {provider['options']['path']}"
+    assert any(mounts[t].resolve() == DASHBOARD.resolve() for t in dashboards)
+    dashboard = json.loads(DASHBOARD.read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"] if "datasource" in p}
+    uids |= {v["datasource"]["uid"] for v in dashboard["templating"]["list"] if "datasource" in v}
+    assert uids == {source["uid"]}, f"the dashboard refers to data sources {uids}, Grafana has {source['uid']}"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+
+
+def test_service_monitor_selects_the_serve_service_and_its_port() -> None:
+    docs = _k8s_documents()
+    services = {d["metadata"]["name"]: d for _, d in docs if d["kind"] == "Service"}
+    monitors = [(f, d) for f, d in docs if d["kind"] == "ServiceMonitor"]
+    assert monitors, "deploy/k8s: no ServiceMonitor scrapes ragline serve"
+    for fname, monitor in monitors:
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        chosen = [s for s in services.values() if wanted.items() <= (s["metadata"].get("labels") or {}).items()]
+        assert chosen, f"deploy/k8s/{fname}: the ServiceMonitor selects no Service (labels {wanted})"
+        for endpoint in monitor["spec"]["endpoints"]:
+            ports = {p["name"] for s in chosen for p in s["spec"]["ports"]}
+            assert endpoint["port"] in ports, f"deploy/k8s/{fname}: no Service port named {endpoint['port']}"
+            assert endpoint["path"] == "/metrics" and endpoint["authorization"]["type"] == "Bearer"
