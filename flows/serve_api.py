@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flows import metrics
 from flows.access import Principal, Unauthorized
 from flows.serve import Forbidden, Service
+from flows.snapshot import watch_snapshots
 from flows.trigger import Admitted, BadRequest, TriggerRequest, parse_json_request, pdf_request
 from flows.urlguard import UrlRefused
 from telemetry.metrics import HTTP_REQUESTS, HTTP_SECONDS, SHED
@@ -225,6 +226,7 @@ def create_app(service: Service, *, on_started: Callable[[], Awaitable[None]] | 
     metrics.watch_service(
         lambda: service.book.stats()["queued"], lambda: service.book.stats()["running"], lambda: gate.in_flight
     )
+    watch_snapshots(service.services.settings.snapshots)  # snapshot age and size, read when scraped
 
     # -- errors ----------------------------------------------------------------------------------------------
 
