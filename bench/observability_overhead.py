@@ -37,6 +37,8 @@ import psycopg
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
+SPAN_DOCUMENTS = 500
+"""Within the batch processor's default queue (2048 spans): a tight loop of more outruns the export and drops."""
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest_vs_floor import DEFAULT_EXTRA, gather  # noqa: E402
@@ -77,6 +79,46 @@ def one(database_url: str, corpus: Path, out: Path) -> None:
             }
         )
     )
+
+
+def span_cost(documents: int, out: Path) -> None:
+    """Child mode (tracing on): the spans ``documents`` documents make, as the pipeline makes them (a
+    document, its parse and chunk, a settlement; an embed and a commit per 8 documents), exported to the
+    collector and flushed; the CPU time of this process, export thread included."""
+    from connectors.base import DocumentError, ParsedDocument, SourceDocument
+    from embedding.chunking import Chunk
+    from flows.planning import SourceRef
+    from flows.preparing import Chunked
+    from flows.watch import RunWatch
+    from telemetry import tracing
+
+    assert tracing.setup()
+    chunks = [Chunk(i, 1, "text", 120) for i in range(20)]
+    parsed = ParsedDocument("title", [], {"page_count": 12})
+    source = SourceRef(0, "overhead-bench", "pdf", "default")
+    started, cpu = time.perf_counter(), time.process_time()
+    run = tracing.tracer().start_span("ragline.run")
+    watch = RunWatch(source, run)
+    batch = []
+    for i in range(documents):
+        doc = SourceDocument(f"/srv/docs/{i}.pdf", f"/srv/docs/{i}.pdf", "hash", lambda: parsed)
+        span = watch.document(doc)
+        now = time.time_ns()
+        watch.prepared(span, Chunked(parsed, chunks, now - 2_000_000, now - 1_000_000, now))
+        if i % 50 == 49:
+            watch.quarantined(span, DocumentError("corrupt", "bench"))
+        batch.append(span)
+        if len(batch) == 8:
+            now = time.time_ns()
+            watch.embedded(now - 1_000_000, now, 160, 160, 19_200, [s for s in batch if s is not None])
+            commit = watch.committing(now, [s for s in batch if s is not None])
+            watch.committed(commit, 0.001, time.time_ns(), None)
+            for s in batch:
+                watch.settled(s, "committed")
+            batch = []
+    run.end()
+    tracing.flush(30_000)
+    out.write_text(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}))
 
 
 def new_database(admin_url: str) -> str:
@@ -138,6 +180,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
         one(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--spans":
+        span_cost(int(sys.argv[2]), Path(sys.argv[3]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pdfs", nargs="*", type=Path, help="PDF files or folders (default: examples/pdfs + 2 Debian docs)")
     ap.add_argument("--repeat", type=int, default=5, help="Pairs of ingests (one traced, one not).")
@@ -170,6 +215,13 @@ def main() -> None:
                             flush=True,
                         )
                 spans = received.spans()
+                out = root / "spans.json"
+                env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = received.endpoint
+                command = [sys.executable, str(Path(__file__).resolve()), "--spans", str(SPAN_DOCUMENTS), str(out)]
+                subprocess.run(command, env=env, cwd=ROOT, check=True)
+                per_span_doc = json.loads(out.read_text())["cpu_seconds"] / SPAN_DOCUMENTS
+                exported = len(received.spans()) - len(spans)
         finally:
             stop_embedded(home)
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
@@ -184,6 +236,9 @@ def main() -> None:
         f" ratio {cpu_on / cpu_off:.3f}\n"
         f"spans received: {len(spans)} ({per_run:.0f} per traced run: {int(last['documents'])} documents, "
         f"{int(last['chunks'])} chunks in {int(last['batches'])} batches, {int(last['tokens'])} tokens)\n"
+        f"tracing's own CPU time, {SPAN_DOCUMENTS} documents' spans made and exported ({exported} spans): "
+        f"{per_span_doc * 1e6:.0f} us a document, against {cpu_off / last['documents'] * 1e3:.0f} ms of CPU a "
+        f"document in an untraced run: {per_span_doc * last['documents'] / cpu_off:.2e} of the run\n"
         f"metrics recording of one such run: {cost['run_s'] * 1e6:.0f} us "
         f"({cost['per_document_s'] * 1e6:.1f} us a document, {cost['per_batch_s'] * 1e6:.1f} us a batch, "
         f"{cost['per_run_s'] * 1e6:.1f} us a run's counts): {cost['run_s'] / off:.2e} of the run's time\n"
