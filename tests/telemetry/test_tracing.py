@@ -8,9 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
@@ -134,13 +136,24 @@ def _ragline(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
     return proc
 
 
+def _flow_run_logs(prefect_server: PrefectServer, flow_run_id: str) -> list[str]:
+    """The flow run's log lines as the Prefect UI shows them (shipped by the CLI's log handler as it exits)."""
+    query = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}}
+    deadline = time.monotonic() + 60
+    while True:
+        lines = [e["message"] for e in httpx.post(f"{prefect_server.api_url}/logs/filter", json=query).json()]
+        if any("trace id" in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)
+
+
 def _children(spans: list[Span], parent: Span, name: str) -> list[Span]:
     return [s for s in spans if s.parent_id == parent.span_id and s.name == name]
 
 
 @pytest.mark.slow
 def test_cli_ingest_exports_the_run_its_documents_and_their_steps(
-    tmp_path: Path, home: Path, empty_database_url: str
+    tmp_path: Path, home: Path, empty_database_url: str, prefect_server: PrefectServer
 ) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -199,6 +212,7 @@ def test_cli_ingest_exports_the_run_its_documents_and_their_steps(
     assert row["trace_id"] == run.trace_id == row["figures"]["trace_id"]
     assert run.attributes["ragline.run.id"] == row["id"]
     assert f"trace {run.trace_id}" in proc.stderr  # the CLI's log (-v)
+    assert any(run.trace_id in line for line in _flow_run_logs(prefect_server, run.attributes["prefect.flow_run.id"]))
 
     # No credentials anywhere: not the collector's header, not the database's URL or password.
     password = conninfo_to_dict(empty_database_url).get("password")
