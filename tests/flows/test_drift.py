@@ -179,6 +179,9 @@ def test_similar_pages_stay_quiet_recipes_alert_and_a_reset_accepts_them(
     shown = status_report(services.conn, settings)["sources"][source]["drift"]
     assert shown["latest"]["alert"] and "ALERT" in shown["summary"] and shown["tenant"] == "default"
     assert shown["baseline"]["id"] == anchored["baseline_id"]
+    text = _ragline(settings, "status")
+    assert text.returncode == 0, text.stderr
+    assert f"  {source} (pdf):" in text.stdout and "    drift ALERT: score" in text.stdout
 
     # (c) The operator accepts the cookbook as the new normal; more recipes are then quiet.
     done = _ragline(settings, "baseline", "reset", source, "--last-run")
