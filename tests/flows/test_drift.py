@@ -103,7 +103,7 @@ def manual_pages(path: Path, first: int, last: int) -> Path:
 
 
 @pytest.fixture
-def warnings() -> Iterator[list[logging.LogRecord]]:
+def drift_log() -> Iterator[list[logging.LogRecord]]:
     """Records of ``flows.drift`` at INFO and above (its handler directly: the CLI's setup may have turned
     propagation off in this process)."""
     records: list[logging.LogRecord] = []
@@ -145,7 +145,7 @@ def _ragline(settings: RaglineSettings, *args: str) -> subprocess.CompletedProce
 
 
 def test_similar_pages_stay_quiet_recipes_alert_and_a_reset_accepts_them(
-    tmp_path: Path, services: Services, settings: RaglineSettings, warnings: list[logging.LogRecord]
+    tmp_path: Path, services: Services, settings: RaglineSettings, drift_log: list[logging.LogRecord]
 ) -> None:
     source = "manuals-drift"
     pipeline = services.pipeline
@@ -166,13 +166,13 @@ def test_similar_pages_stay_quiet_recipes_alert_and_a_reset_accepts_them(
     small = _drift_of_last_run(services, source)
     assert small["status"] == "insufficient" and not small["alert"] and small["score"] is None
     assert "insufficient" in status_report(services.conn, settings)["sources"][source]["drift"]["summary"]
-    assert not [r for r in warnings if r.levelno >= logging.WARNING]
+    assert not [r for r in drift_log if r.levelno >= logging.WARNING]
 
     # (b) A cookbook: alert, warned, kept on the run, in status and the gauges.
     ingest_pdf_paths(pipeline, [recipes(tmp_path / "d" / "cookbook.pdf", seed=1, pages=8)], source)
     shifted = _drift_of_last_run(services, source)
     assert shifted["status"] == "alert" and shifted["alert"] and shifted["score"] > shifted["threshold"], shifted
-    warned = [r.getMessage() for r in warnings if r.levelno == logging.WARNING]
+    warned = [r.getMessage() for r in drift_log if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "ALERT" in warned[0] and f"ragline baseline reset {source}" in warned[0]
     assert _gauge("ragline_drift_alert", source) == 1
     assert _gauge("ragline_drift_score", source) == pytest.approx(shifted["score"])
