@@ -243,10 +243,12 @@ class Pusher:
         increments, and its gauges as they are now; and the process values that push delivers."""
         out: list[Metric] = []
         delivered: dict[SeriesKey, float] = {}
+        names: set[str] = set()
         for collector in self._collectors:
             for family in collector.collect():
-                if not family.name.startswith(PREFIX):
-                    continue
+                if not family.name.startswith(PREFIX) or family.name in names:
+                    continue  # not ragline's, or a collector registered twice (the gateway refuses duplicates)
+                names.add(family.name)
                 copy = Metric(family.name, family.documentation, family.type, family.unit)
                 merged = {k: v for k, v in totals.items() if _cumulative(family, k[0])}
                 for sample in family.samples:
