@@ -215,3 +215,27 @@ def test_serve_never_pushes(gateway: str, monkeypatch: pytest.MonkeyPatch) -> No
     push.scraped()
     push.after_run(settings, "wiki")
     assert pushed == []
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("pushgateway:9091", "must be an http:// or https:// URL with a host"),
+        ("ftp://pushgateway:9091", "must be an http:// or https:// URL with a host"),
+        ("http://pushgateway:99999", "not a URL (Port out of range"),
+        ("http://pushgateway:9091/?job=x", "takes no query or fragment"),
+    ],
+)
+def test_a_bad_pushgateway_url_names_the_setting_and_not_its_credentials(url: str, says: str) -> None:
+    from flows.settings import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_settings({"RAGLINE_HOME": "/nonexistent", "RAGLINE_METRICS__PUSHGATEWAY": url.replace("//", "//u:pw@")})
+    assert f"environment RAGLINE_METRICS__PUSHGATEWAY: metrics.pushgateway: Value error, {says}" in str(err.value)
+    assert "pw" not in str(err.value)
+
+
+def test_a_good_pushgateway_url_is_kept_secret() -> None:
+    settings = load_settings({"RAGLINE_HOME": "/nonexistent", "RAGLINE_METRICS__PUSHGATEWAY": "https://u:pw@gw:9091"})
+    assert settings.metrics.pushgateway is not None and "pw" not in repr(settings.metrics)
+    assert settings.metrics.pushgateway.get_secret_value() == "https://u:pw@gw:9091"
