@@ -65,17 +65,19 @@ def check(conn: Connection, embedder: TextEmbedder, model_id: int, tolerance: fl
     stored = baselines.stored_canary(conn, model_id)
     if stored is None or (stored.digest != digest and stored.status == "ok"):
         # First start of the generation (or a ragline whose canary texts changed): this is the reference.
-        baselines.store_canary(conn, model_id, digest, fresh, replace=stored is not None)
-        CANARY_OK.labels(label).set(1)
-        return Checked(canary.CanaryResult(True, 1.0, 1.0, "", tolerance), stored=True, writes_stopped=False)
+        if baselines.store_canary(conn, model_id, digest, fresh, replace=stored is not None):
+            CANARY_OK.labels(label).set(1)
+            return Checked(canary.CanaryResult(True, 1.0, 1.0, "", tolerance), stored=True, writes_stopped=False)
+        stored = baselines.stored_canary(conn, model_id)  # a concurrent first start stored first: compare
+        assert stored is not None
     result = canary.compare(stored.vectors, fresh, tolerance, texts)
     baselines.record_check(conn, model_id, result)
     stopped = not result.ok or stored.status == "mismatch"
     CANARY_OK.labels(label).set(0 if stopped else 1)
     if not result.ok:
         log.error(
-            "model canary of generation %d (%s): %s. Writes into this generation are stopped: see `ragline canary "
-            "accept --help` for the ways out",
+            "model canary of generation %d (%s): %s. Writes into this generation are stopped: `ragline canary --help` "
+            "says how to resolve it",
             model_id,
             label,
             result.describe(),
