@@ -155,8 +155,8 @@ def _publish(conn: Connection, source: str, tenant: str, run_id: int, result: di
     if logger is not log:  # in a flow run: the drift artifact, beside the counts artifact
         from prefect.artifacts import create_markdown_artifact
 
-        canaries = [c for c in baselines.canary_states(conn) if c["model_id"] == result.get("model_id")]
         try:
+            canaries = [c for c in baselines.canary_states(conn) if c["model_id"] == result.get("model_id")]
             create_markdown_artifact(
                 artifacts.drift_markdown(source, tenant, run_id, result, canaries),
                 key=artifacts.drift_key(source),
