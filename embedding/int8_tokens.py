@@ -18,14 +18,25 @@ class UnsupportedModel(ValueError):
     """A model the int8 backend does not reproduce (pooling other than the mean of token embeddings)."""
 
 
+_MODULES = {"Transformer", "Pooling", "Normalize"}
+
+
 def check_mean_pooling(model_dir: Path) -> None:
-    """The backend pools by the mean of token embeddings, as all-MiniLM-L6-v2 does; other poolings would
-    silently give other vectors, so they are refused."""
+    """The backend pools by the mean of token embeddings, as all-MiniLM-L6-v2 does; other poolings, or other
+    modules after the transformer (a Dense projection), would silently give other vectors, so they are
+    refused."""
     config = model_dir / "1_Pooling" / "config.json"
     modes = json.loads(config.read_text()) if config.is_file() else {}
     chosen = sorted(k for k, v in modes.items() if k.startswith("pooling_mode_") and v is True)
     if chosen != ["pooling_mode_mean_tokens"]:
         raise UnsupportedModel(f"the int8 backend handles mean pooling only; {model_dir.name} pools by {chosen}")
+    listed = model_dir / "modules.json"
+    modules = json.loads(listed.read_text()) if listed.is_file() else []
+    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules}
+    if not kinds <= _MODULES:
+        raise UnsupportedModel(
+            f"{model_dir.name} has modules beyond transformer, pooling and normalize: {sorted(kinds)}"
+        )
 
 
 class BatchTokenizer:

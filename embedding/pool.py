@@ -112,7 +112,7 @@ class EmbeddingPool:
                 cache_dir=self.pool_settings.calibration_dir,
                 support=self._int8,
             )
-        return TorchRunner(self.model_dir, device, precision)
+        return TorchRunner(self.model_dir, device, precision, max_seq_length=self.max_seq_length)
 
     # The Embedder surface the pipeline uses.
     @property

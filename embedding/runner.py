@@ -23,6 +23,7 @@ import numpy as np
 
 from embedding.budget import MemoryModel, analytic_memory_model, checked_memory_model, fit_memory_model
 from embedding.devices import Device, is_oom, measure_cpu_peak
+from embedding.int8_tokens import INPUTS, BatchTokenizer, UnsupportedModel, check_mean_pooling
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,20 @@ def autocast(precision: str, device_kind: str) -> AbstractContextManager[Any]:
 
 
 class TorchRunner:
-    def __init__(self, model_dir: Path, device: Device, precision: str, *, model: Any = None) -> None:
-        """``model``: an already loaded float32 SentenceTransformer on the device to reuse (cast on a copy)."""
+    def __init__(
+        self, model_dir: Path, device: Device, precision: str, *, model: Any = None, max_seq_length: int | None = None
+    ) -> None:
+        """``model``: an already loaded float32 SentenceTransformer on the device to reuse (cast on a copy).
+        ``max_seq_length`` (the model's window): with it, a mean-pooled model loads as its bare transformer,
+        without importing sentence-transformers (its import alone took longer than torch's and the model's
+        load together here); without it, or for other models, through sentence-transformers."""
         self.model_dir = model_dir
         self.device = device
         self.precision = precision
         self._given = model
+        self._max_seq_length = max_seq_length
         self._model: Any = None
+        self._tokenize: BatchTokenizer | None = None
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -96,6 +104,8 @@ class TorchRunner:
 
     def _load(self) -> Any:
         model = self._given
+        if model is None:
+            model = self._load_bare()
         if model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
@@ -111,6 +121,24 @@ class TorchRunner:
         log.info("loaded %s on %s at %s", self.model_dir.name, self.device.key, self.precision)
         return model
 
+    def _load_bare(self) -> Any:
+        """The transformer alone (pooled and normalised in ``forward`` as the model's modules would), or None
+        for a model it would not reproduce."""
+        if self._max_seq_length is None:
+            return None
+        try:
+            check_mean_pooling(self.model_dir)
+        except UnsupportedModel:
+            return None
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        self._tokenize = BatchTokenizer(self.model_dir, self._max_seq_length)
+        return AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).to(self.device.torch_device)
+
     @property
     def model(self) -> Any:
         if self._model is None:
@@ -119,15 +147,33 @@ class TorchRunner:
 
     def forward(self, texts: Sequence[str]) -> np.ndarray:
         import torch
-        from sentence_transformers.util import batch_to_device
 
         model = self.model
+        if self._tokenize is not None:
+            return self._forward_bare(model, texts)
+        from sentence_transformers.util import batch_to_device
+
         with _preprocess_lock(model):
             features = model.preprocess(list(texts))
         features = batch_to_device(features, torch.device(self.device.torch_device))
         with torch.inference_mode(), autocast(self.precision, self.device.kind):
             out = model(features)["sentence_embedding"]
         vectors = torch.nn.functional.normalize(out.float(), p=2, dim=1)
+        return np.asarray(vectors.cpu().numpy(), dtype=np.float32)
+
+    def _forward_bare(self, model: Any, texts: Sequence[str]) -> np.ndarray:
+        """The transformer, then the mean of token embeddings under the mask, normalised in float32."""
+        import torch
+
+        assert self._tokenize is not None
+        features = self._tokenize(texts)
+        device = torch.device(self.device.torch_device)
+        inputs = {k: torch.from_numpy(features[k]).to(device) for k in INPUTS if k in features}
+        with torch.inference_mode(), autocast(self.precision, self.device.kind):
+            hidden = model(**inputs).last_hidden_state
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
         return np.asarray(vectors.cpu().numpy(), dtype=np.float32)
 
     def after_oom(self) -> None:
