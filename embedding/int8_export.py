@@ -17,6 +17,7 @@ so a reader sees a complete export or none.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -39,6 +40,8 @@ RECIPE = "nncf-transformer-smoothquant-float-ends-v2"
 """Changes whenever ``quantise`` changes what it produces: old exports are then not reused."""
 CALIBRATION_BATCH = 8
 XML = "model.xml"
+LOCK = ".export.lock"
+"""Held by the process building the exports of a cache directory."""
 
 
 def calibration_set() -> list[str]:
@@ -110,16 +113,19 @@ def export_in_background(
     support: Int8Support | None = None,
     *,
     calibrate: str | None = None,
+    detach: bool = False,
 ) -> subprocess.Popen[bytes] | None:
     """Build the export in a child process at the lowest CPU priority, for the next start to offer int8: a
     long-lived process (``ragline serve``) pays it while idle instead of a run paying it while it calibrates.
     A process, not a thread: the caller stops it at will (``terminate``; a half-made export is never renamed
     into place), and OpenVINO's native threads never outlive the interpreter. None when it is cached already
     or cannot run here. ``calibrate``: the embedding settings (JSON) to calibrate afterwards, int8 included,
-    so that the next process finds the choice cached instead of starting at the device's default."""
+    so that the next process finds the choice cached instead of starting at the device's default. ``detach``:
+    in a session of its own, to outlive a CLI command (and its terminal's Ctrl-C). One child works per cache
+    directory at a time (a lock): a second one started meanwhile exits at once."""
     support = support or Int8Support()
     done = is_cached(cache_dir, revision) and (float_dir(cache_dir, revision) / XML).is_file()
-    if support.missing() is not None or done:
+    if done or not support.installed():
         return None
     command = [sys.executable, "-m", "embedding.int8_export", str(model_dir), revision, str(max_seq_length)]
     return subprocess.Popen(
@@ -129,18 +135,29 @@ def export_in_background(
         stderr=subprocess.DEVNULL,
         preexec_fn=lambda: os.nice(19),
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        start_new_session=detach,
     )
 
 
 def _main(argv: Sequence[str]) -> int:
     model_dir, revision, max_seq_length, cache_dir = Path(argv[0]), argv[1], int(argv[2]), Path(argv[3])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / LOCK).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another process is building it
+        return _build(model_dir, revision, max_seq_length, cache_dir, argv[4:])
+
+
+def _build(model_dir: Path, revision: str, max_seq_length: int, cache_dir: Path, calibrate: Sequence[str]) -> int:
     export_float(model_dir, revision, max_seq_length, cache_dir, Int8Support())  # seconds: the query model's
     load_int8_model(model_dir, revision, BatchTokenizer(model_dir, max_seq_length), Int8Support(), cache_dir)
-    if len(argv) > 4:  # calibrate each device now that int8 is offered: the choice is cached for the next start
+    if calibrate:  # calibrate each device now that int8 is offered: the choice is cached for the next start
         from embedding.model import EmbeddingSettings
         from embedding.pool import EmbeddingPool
 
-        settings = EmbeddingSettings.model_validate_json(argv[4])
+        settings = EmbeddingSettings.model_validate_json(calibrate[0])
         pool = settings.pool.model_copy(update={"calibrate": "at_start", "calibration_dir": cache_dir})
         with EmbeddingPool(settings.model_copy(update={"pool": pool})) as embedder:
             embedder.start()

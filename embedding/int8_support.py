@@ -6,6 +6,7 @@ that names the extra. The import is a seam: tests pass an importer that fails.""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable
@@ -48,6 +49,14 @@ class Int8Support:
                 if first:
                     log.info("int8 is not offered to embedding.precision auto: %s", self._missing)
         return self._missing
+
+    def installed(self) -> bool:
+        """Whether the extra's packages are installed, without importing them (NNCF imports torch and more:
+        a second here), for a caller that only starts a process that will import them. The seam's importer,
+        when one is given, answers instead."""
+        if self.importer is not importlib.import_module:
+            return self.missing() is None
+        return all(importlib.util.find_spec(name) is not None for name in PACKAGES)
 
     def require(self) -> None:
         """Raise ``Int8Unavailable`` naming the extra when int8 cannot run (an explicit ``int8`` setting)."""

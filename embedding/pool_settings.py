@@ -81,6 +81,12 @@ class PoolSettings(BaseModel):
         "default (bfloat16 on CPUs with AMX, float32 elsewhere) and leaves measuring to a later serve (the "
         "CLI's and workers' runs, unless set here).",
     )
+    prepare_in_background: bool = Field(
+        default=True,
+        description="precision auto: after a CLI run that embedded, build the int8 export and calibrate with it "
+        "in a background process at the lowest CPU priority when they are not cached yet, so that later runs find "
+        "int8 offered and measured (`ragline serve` does it while warm in any case). false: only serve does it.",
+    )
     min_cosine: float = Field(
         default=0.999, gt=0, le=1, description="Quality floor of a precision: cosine to float32, every vector."
     )

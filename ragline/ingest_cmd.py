@@ -114,6 +114,36 @@ class _PrefectInBackground:
             raise self._failure[0]
 
 
+def _prepare_int8(obj: Context, counts: dict[str, int]) -> None:
+    """After a run that embedded, on ``precision: auto``: the int8 export and a calibration with it are built
+    in a detached child at the lowest CPU priority (15-60 s of CPU, once per home), so that later runs find int8
+    offered and measured without ``ragline serve``; this run never waited for them."""
+    from embedding.backend_status import calibration_dir
+    from embedding.int8_export import export_in_background
+    from embedding.pool import EmbeddingPool
+
+    embedding = obj.settings.embedding
+    embedder = obj.services.embedder
+    if not counts.get("embedded_tokens") or embedding.precision != "auto" or not embedding.pool.prepare_in_background:
+        return
+    if not isinstance(embedder, EmbeddingPool):
+        return
+    started = export_in_background(
+        embedder.tokenizer.model_dir,
+        embedder.revision,
+        embedder.max_seq_length,
+        calibration_dir(embedding, obj.settings.home),
+        calibrate=embedding.model_dump_json(),
+        detach=True,
+    )
+    if started is not None:
+        click.echo(
+            f"ragline: preparing the int8 model in the background (pid {started.pid}, lowest priority): later runs "
+            "embed faster",
+            err=True,
+        )
+
+
 def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delete: bool = False) -> dict[str, int]:
     """Plan without Prefect (no file is read whose stat matches the ledger); run the flow, handing it this
     plan, only when there is something to do. A run with nothing to do is still recorded (and settles
@@ -178,6 +208,7 @@ def ingest_pdf_cmd(obj: Context, paths: tuple[str, ...], source: str, as_json: b
         click.echo(_summary(counts, time.monotonic() - started))
         if counts.get("quarantined"):
             click.echo("ragline: some documents were quarantined: see `ragline quarantine list`", err=True)
+    _prepare_int8(obj, counts)
 
 
 def _run_sources(
@@ -203,6 +234,7 @@ def _run_sources(
             results.append((name, None, f"{type(err).__name__}: {err}".splitlines()[0]))
         finally:
             progress.listen(None)
+    _prepare_int8(obj, {"embedded_tokens": sum((c or {}).get("embedded_tokens", 0) for _, c, _ in results)})
     return results
 
 

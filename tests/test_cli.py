@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -368,3 +369,39 @@ def test_sigkill_mid_sync_then_rerun_fetches_only_what_was_not_committed(
     # Committed pages are not fetched again, except at most the one batch whose cursor save the kill cut off.
     assert served[1] | committed_before == set(wiki.pages)
     assert len(served[1] & committed_before) <= 5
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie no parent reaped, as a detached child's can be here, has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_a_first_run_prepares_int8_in_the_background_for_the_runs_after_it(
+    prefect_server: PrefectServer, tmp_path: Path, db: str
+) -> None:
+    from embedding.backend_status import backend_status
+    from embedding.int8_export import is_cached
+    from embedding.model import Embedder, EmbeddingSettings
+
+    home = prefect_server.ragline_home(tmp_path / "home")
+    try:
+        out = ragline(home, "ingest", "pdf", str(corpus(tmp_path / "docs", 1)), RAGLINE_DATABASE_URL=db)
+        assert "1 ingested" in out.stdout
+        started = re.search(r"preparing the int8 model in the background \(pid (\d+)", out.stderr)
+        assert started is not None, out.stderr
+        pid = int(started[1])
+        deadline = time.monotonic() + 900
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not running(pid), "the background export did not finish in 15 minutes"
+        assert is_cached(home / "calibration", Embedder(EmbeddingSettings()).revision)
+        [device] = backend_status(EmbeddingSettings(), home)
+        assert device.int8 is not None  # measured against the gates: the next runs choose with it
+        again = ragline(home, "ingest", "pdf", str(corpus(tmp_path / "more", 1)), RAGLINE_DATABASE_URL=db)
+        assert "1 ingested" in again.stdout and "preparing the int8" not in again.stderr
+    finally:
+        stop_embedded(home)
