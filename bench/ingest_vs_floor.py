@@ -388,6 +388,10 @@ class Harness:
             spawned, seconds, stdout = _spawn([*command, "--json"], self.tree, home)
         finally:
             _ragline(self.tree, home, "stop")
+            # A first run leaves the int8 export and its calibration to a detached child (untimed, like the
+            # rest of a home's history): waited for, so that it never runs beside a timed run, and copied
+            # whole for the running system's homes.
+            wait_for_background(home)
             if not self.calibration.exists() and (home / "calibration").is_dir():
                 shutil.copytree(home / "calibration", self.calibration)
         self.counts[kind] = json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
@@ -399,6 +403,25 @@ class Harness:
         _spawn([sys.executable, "-c", _boot("work_main"), "--work", str(self.corpus), str(out)], self.tree, None)
         result: dict[str, float] = json.loads(out.read_text())
         return result
+
+
+def wait_for_background(home: Path, limit: float = 1800.0) -> None:
+    """Wait for the int8 export and calibration child a run left working on ``home``."""
+    import psutil  # type: ignore[import-untyped]
+
+    deadline = time.monotonic() + limit
+    marker = str(home)
+    while time.monotonic() < deadline:
+        busy = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            cmdline = proc.info["cmdline"] or []
+            mine = "embedding.int8_export" in cmdline and any(marker in part for part in cmdline)
+            if mine and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                busy.append(proc.pid)
+        if not busy:
+            return
+        time.sleep(1.0)
+    raise SystemExit(f"processes still working on {home} after {limit:.0f} s")
 
 
 def export_tree(commit: str, dest: Path) -> str:
