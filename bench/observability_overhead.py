@@ -116,6 +116,8 @@ def span_cost(documents: int, out: Path) -> None:
             for s in batch:
                 watch.settled(s, "committed")
             batch = []
+    for s in batch:
+        watch.settled(s, "committed")
     run.end()
     tracing.flush(30_000)
     out.write_text(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}))
