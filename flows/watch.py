@@ -76,12 +76,10 @@ class RunWatch:
         self.context = trace.set_span_in_context(span) if span is not None else None
         """The parent of documents and batches: the run's span (None: whatever is current)."""
         self.recording = span.is_recording() if span is not None else tracing.enabled()
+        self.trace_id = tracing.trace_id(span) if span is not None else None
+        """The run's trace id, None when not traced (read while the span records: an ended span says nothing)."""
         self.figures = Figures()
         self._phases = {phase: PHASE_SECONDS.labels(source.name, phase) for phase in PHASES}
-
-    @property
-    def trace_id(self) -> str | None:
-        return tracing.trace_id(self.span) if self.span is not None else None
 
     def phase(self, phase: str, seconds: float) -> None:
         self._phases[phase].observe(seconds)
