@@ -3,12 +3,16 @@ with what the model of each later process start makes of them. Same name and rev
 weights under the same name, another library version, other numerics. Pure (texts and the comparison); the
 stored vectors live in ``vectorstore.baselines`` and the check runs in ``flows.canary``.
 
-The tolerance is per text, on the worst text: a different model shows on most texts, but a broken numeric
-path (a tokenizer change, a kernel bug) may show on one kind of text only (code, digits, another script).
-Legitimate numerics stay close: bfloat16 measured 0.9999 per text against float32 here, and int8 is only
-ever used within ``embedding.gates`` (mean cosine >= 0.99 to float32 over a corpus), so a single text may sit
-a little lower; the default minimum, 0.98, is below that. What it does not catch: weights perturbed by 2% of
-their spread still gave 0.996 on the worst text (a model that embeds the same, for search's purposes).
+The tolerance looks at the worst text and at the mean: a different model shows on most texts, a broken
+numeric path (a tokenizer change, a kernel bug) may show on one kind of text only (code, digits, another
+script), and a small loss everywhere shows in the mean.
+
+Legitimate numerics stay close, but not equally on every text: against float32 vectors, bfloat16 gave
+0.9999 on every canary text here, int8 (OpenVINO, NNCF) a mean of 0.995 and 0.978 on its worst text (the
+one-character "q"; all the others 0.988 or more). int8 is used only within ``embedding.gates`` (mean cosine
+>= 0.99 over a corpus), so the default tolerance asks the same mean, 0.99, and 0.95 of every text. What it
+does not catch: weights perturbed by 2% of their spread still gave 0.996 on the worst text (a model that
+embeds the same, for search's purposes).
 """
 
 from __future__ import annotations
@@ -51,27 +55,38 @@ def texts_digest(texts: Sequence[str] = CANARY_TEXTS) -> str:
 
 
 @dataclass(frozen=True)
+class Tolerance:
+    """How close fresh canary vectors must stay to the stored ones: every text at ``min_cosine`` or more (one
+    broken kind of text shows), and their mean at ``min_mean`` or more (a small loss on every text shows)."""
+
+    min_cosine: float = 0.95
+    min_mean: float = 0.99
+
+    def __str__(self) -> str:
+        return f"worst >= {self.min_cosine}, mean >= {self.min_mean}"
+
+
+@dataclass(frozen=True)
 class CanaryResult:
-    """The comparison of fresh canary vectors with the stored ones: ``ok`` when the worst text is within
-    ``tolerance``."""
+    """The comparison of fresh canary vectors with the stored ones: ``ok`` when within ``tolerance``."""
 
     ok: bool
     min_cosine: float
     mean_cosine: float
     worst_text: str
-    tolerance: float
+    tolerance: Tolerance
 
     def describe(self) -> str:
         worst = self.worst_text if len(self.worst_text) <= 40 else self.worst_text[:37] + "..."
         verdict = "matches" if self.ok else "MISMATCH"
         return (
-            f"canary {verdict}: worst text {worst!r} at cosine {self.min_cosine:.4f} "
-            f"(mean {self.mean_cosine:.4f}, tolerance {self.tolerance})"
+            f"canary {verdict}: worst text {worst!r} at cosine {self.min_cosine:.4f}, "
+            f"mean {self.mean_cosine:.4f} (tolerance: {self.tolerance})"
         )
 
 
 def compare(
-    stored: np.ndarray, fresh: np.ndarray, tolerance: float, texts: Sequence[str] = CANARY_TEXTS
+    stored: np.ndarray, fresh: np.ndarray, tolerance: Tolerance, texts: Sequence[str] = CANARY_TEXTS
 ) -> CanaryResult:
     """Per-text cosine of ``fresh`` to ``stored`` vectors (rows in the order of ``texts``)."""
     if stored.shape != fresh.shape:
@@ -81,10 +96,11 @@ def compare(
     b = fresh / np.maximum(np.linalg.norm(fresh, axis=1, keepdims=True), 1e-12)
     cosines = np.sum(a * b, axis=1)
     worst = int(np.argmin(cosines))
+    mean = float(np.mean(cosines))
     return CanaryResult(
-        ok=bool(cosines[worst] >= tolerance),
+        ok=bool(cosines[worst] >= tolerance.min_cosine and mean >= tolerance.min_mean),
         min_cosine=float(cosines[worst]),
-        mean_cosine=float(np.mean(cosines)),
+        mean_cosine=mean,
         worst_text=texts[worst],
         tolerance=tolerance,
     )

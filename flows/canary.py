@@ -2,15 +2,16 @@
 first request of a CLI run, ``ragline serve``'s warm-up, a worker's first batch), before any vector of the
 process is written.
 
-The first check of a generation stores the canary's vectors as its reference. A later check whose worst text
-falls under ``drift.canary_min_cosine`` records a mismatch: an error in the log, ``ragline status``, and
-``ragline_canary_ok{model}`` at 0, and every write into the generation is refused from then on, by any
-process (``vectorstore.baselines.ensure_writable``), with an error that names the generation, the worst text
-and its cosine. The documents of a refused run stay pending, nothing is quarantined. Resolution, by an
-operator: restore the weights, library or precision that wrote the generation and run ``ragline canary
-accept`` (the reference stays as it was, the check now matches), or accept the new numerics as they are
-(``ragline canary accept`` takes the current model's vectors as the reference), or configure the new weights
-as another model and re-embed into its own generation (``ragline generation migrate``).
+The first check of a generation stores the canary's vectors as its reference. A later check with a text
+under ``drift.canary_min_cosine`` or a mean under ``drift.canary_min_mean`` records a mismatch: an error in
+the log, ``ragline status``, and ``ragline_canary_ok{model}`` at 0, and every write into the generation is
+refused from then on, by any process (``vectorstore.baselines.ensure_writable``), with an error that names
+the generation, the worst text and its cosine. The documents of a refused run stay pending, nothing is
+quarantined. Resolution, by an operator: restore the weights, library or precision that wrote the
+generation and run ``ragline canary accept`` (the reference stays as it was, the check now matches), or
+accept the new numerics as they are (``ragline canary accept`` takes the current model's vectors as the
+reference), or configure the new weights as another model and re-embed into its own generation
+(``ragline generation migrate``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Checked:
     writes_stopped: bool
 
 
-def check(conn: Connection, embedder: TextEmbedder, model_id: int, tolerance: float) -> Checked:
+def check(conn: Connection, embedder: TextEmbedder, model_id: int, tolerance: canary.Tolerance) -> Checked:
     """Embed the canary texts and compare them with ``model_id``'s stored vectors (storing them on the
     generation's first check); record the result, set the gauge, log a mismatch as an error."""
     texts = list(canary.CANARY_TEXTS)
@@ -95,7 +96,9 @@ def check(conn: Connection, embedder: TextEmbedder, model_id: int, tolerance: fl
     return Checked(result, stored=False, writes_stopped=stopped)
 
 
-def accept(conn: Connection, embedder: TextEmbedder, model_id: int, tolerance: float) -> canary.CanaryResult | None:
+def accept(
+    conn: Connection, embedder: TextEmbedder, model_id: int, tolerance: canary.Tolerance
+) -> canary.CanaryResult | None:
     """The operator's resolution: this process's model vectors become ``model_id``'s canary reference and
     writes resume. Returns how they compared with the reference they replace (None: there was none)."""
     fresh = embedder.embed(list(canary.CANARY_TEXTS))
@@ -111,7 +114,7 @@ Starter = Callable[[TextEmbedder], bool]
 the next request."""
 
 
-def at_start(connect: Callable[[], Connection], tolerance: float) -> Starter:
+def at_start(connect: Callable[[], Connection], tolerance: canary.Tolerance) -> Starter:
     """The check a ``CheckedPool`` runs, on a connection of its own (the pipeline's may be mid-transaction)."""
 
     def run(embedder: TextEmbedder) -> bool:

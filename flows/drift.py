@@ -99,10 +99,11 @@ def reset(
     conn: Connection, settings: DriftSettings, source_id: int, model_id: int, *, last_run: bool = False
 ) -> Anchored | None:
     """Re-anchor the source's baseline in ``model_id``: from a sample of its stored chunks, or (``last_run``)
-    of the chunks its latest writing run committed. None when there are fewer than ``drift.min_chunks``
-    chunks to anchor on (the baseline is then dropped, and the next runs anchor one as on a first ingest)."""
+    of the chunks committed by its latest run that committed at least ``drift.min_chunks``. None when there
+    are fewer than that to anchor on (the baseline is then dropped, and the next runs anchor one as on a first
+    ingest)."""
     if last_run:
-        run_id = baselines.last_writing_run(conn, source_id)
+        run_id = baselines.last_writing_run(conn, source_id, settings.min_chunks)
         sample = (
             baselines.run_sample(conn, run_id, source_id, model_id, settings.sample)
             if run_id is not None

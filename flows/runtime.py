@@ -63,7 +63,7 @@ class Services:
         settings = self.settings
         starter = at_start(
             lambda: connect(database_url(settings), connect_timeout=settings.database.connect_timeout),
-            settings.drift.canary_min_cosine,
+            settings.drift.canary_tolerance,
         )
         return CheckedPool(embedding, starter=starter)  # the model canary checked before its first request
 

@@ -29,8 +29,8 @@ def baseline() -> None:
 @click.option(
     "--last-run",
     is_flag=True,
-    help="Anchor on the chunks of the source's latest run that committed documents (accept what an alert was "
-    "about as the new normal) instead of on everything the source holds.",
+    help="Anchor on the chunks of the source's latest run that committed enough of them for a drift score "
+    "(accept what an alert was about as the new normal) instead of on everything the source holds.",
 )
 @click.pass_obj
 def reset(obj: Context, source: str, last_run: bool) -> None:
@@ -49,10 +49,10 @@ def reset(obj: Context, source: str, last_run: bool) -> None:
     settings = obj.settings.drift
     anchored = reset_baseline(conn, settings, source_id, model_id, last_run=last_run)
     if anchored is None:
-        what = "its last run committed" if last_run else "it holds"
+        what = "no run of it committed" if last_run else "it holds fewer than"
         click.echo(
-            f"{source} (tenant {tenant}): baseline dropped; {what} fewer than {settings.min_chunks} chunks of "
-            f"{label}, so the next runs anchor a new one once the source holds {settings.baseline_min_chunks}"
+            f"{source} (tenant {tenant}): baseline dropped: {what} {settings.min_chunks} chunks of {label}; the "
+            f"next runs anchor a new one once the source holds {settings.baseline_min_chunks}"
         )
         return
     click.echo(
@@ -80,7 +80,7 @@ def check_cmd(obj: Context) -> None:
     from flows.canary import check
 
     model_id, label = _configured_generation(obj)
-    checked = check(obj.services.conn, obj.services.embedder, model_id, obj.settings.drift.canary_min_cosine)
+    checked = check(obj.services.conn, obj.services.embedder, model_id, obj.settings.drift.canary_tolerance)
     if checked.stored:
         click.echo(f"{label}: canary vectors stored (first check of generation {model_id})")
         return
@@ -97,6 +97,6 @@ def accept_cmd(obj: Context) -> None:
     from flows.canary import accept
 
     model_id, label = _configured_generation(obj)
-    before = accept(obj.services.conn, obj.services.embedder, model_id, obj.settings.drift.canary_min_cosine)
+    before = accept(obj.services.conn, obj.services.embedder, model_id, obj.settings.drift.canary_tolerance)
     compared = f" (against the replaced reference: {before.describe()})" if before is not None else ""
     click.echo(f"{label} (generation {model_id}): canary vectors accepted, writes resume{compared}")

@@ -2,7 +2,7 @@
 
 A baseline belongs to a source and a model generation (vectors of two models are not comparable); the tenant
 is the source's. Samples are read back from ``chunks``: a run's are the chunks of the documents it committed
-(``documents.committed_at`` at or after the run's start), chunks whose vectors were reused included; a
+(``documents.committed_at`` between the run's start and end), chunks whose vectors were reused included; a
 source's are all its committed chunks. A sample is at most ``limit`` chunks, picked by chunk id (ids derive
 from content, so the pick is random-like and the same on every read) in one index-ordered pass.
 
@@ -78,9 +78,12 @@ def _sample(conn: Connection, where: sql.Composable, params: dict[str, Any], lim
 
 
 def run_sample(conn: Connection, run_id: int, source_id: int, model_id: int, limit: int) -> Sample:
-    """The chunks of the documents run ``run_id`` committed for source ``source_id`` (a sample)."""
+    """The chunks of the documents run ``run_id`` committed for source ``source_id`` (a sample): committed
+    between its start and its end (a document a later run committed again is that run's now)."""
     where = sql.SQL(
-        "d.source_id = %(source_id)s AND d.committed_at >= (SELECT started_at FROM runs WHERE id = %(run)s)"
+        "d.source_id = %(source_id)s AND d.committed_at BETWEEN "
+        "(SELECT started_at FROM runs WHERE id = %(run)s) "
+        "AND (SELECT coalesce(finished_at, 'infinity') FROM runs WHERE id = %(run)s)"
     )
     return _sample(conn, where, {"source_id": source_id, "model_id": model_id, "run": run_id}, limit)
 
@@ -90,15 +93,17 @@ def source_sample(conn: Connection, source_id: int, model_id: int, limit: int) -
     return _sample(conn, sql.SQL("d.source_id = %(source_id)s"), {"source_id": source_id, "model_id": model_id}, limit)
 
 
-def last_writing_run(conn: Connection, source_id: int) -> int | None:
-    """The source's latest finished run that committed documents (what ``baseline reset --last-run`` takes)."""
+def last_writing_run(conn: Connection, source_id: int, min_chunks: int) -> int | None:
+    """The source's latest finished run that committed documents with at least ``min_chunks`` chunks (what
+    ``baseline reset --last-run`` takes: a one-page update after the alert is not what the operator accepts)."""
     row = conn.execute(
         """
         SELECT id FROM runs WHERE source_id = %s AND finished_at IS NOT NULL
           AND coalesce((counts->>'committed')::int, 0) > 0
+          AND coalesce((counts->>'chunks_written')::int, 0) + coalesce((counts->>'chunks_reused')::int, 0) >= %s
         ORDER BY started_at DESC, id DESC LIMIT 1
         """,
-        (source_id,),
+        (source_id, min_chunks),
     ).fetchone()
     conn.commit()
     return None if row is None else int(row["id"])
