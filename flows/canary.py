@@ -68,6 +68,7 @@ def check(conn: Connection, embedder: TextEmbedder, model_id: int, tolerance: ca
         # First start of the generation (or a ragline whose canary texts changed): this is the reference.
         if baselines.store_canary(conn, model_id, digest, fresh, replace=stored is not None):
             CANARY_OK.labels(label).set(1)
+            log.info("model canary of generation %d (%s): reference vectors stored", model_id, label)
             return Checked(canary.CanaryResult(True, 1.0, 1.0, "", tolerance), stored=True, writes_stopped=False)
         stored = baselines.stored_canary(conn, model_id)  # a concurrent first start stored first: compare
         assert stored is not None

@@ -148,12 +148,15 @@ def _publish(conn: Connection, source: str, tenant: str, run_id: int, result: di
     if result["score"] is not None:
         DRIFT_SCORE.labels(source, tenant).set(result["score"])
         DRIFT_ALERT.labels(source, tenant).set(1 if result["alert"] else 0)
-    logger = _run_logger()
-    if result["alert"]:
-        logger.warning("%s", artifacts.drift_warning(source, run_id, result))
-    else:
-        logger.info("%s", artifacts.drift_line(result))
-    if logger is not log:  # in a flow run: the drift artifact, beside the counts artifact
+    run_logger = _run_logger()
+    # This module's logger reaches the console (the CLI's stderr, the service's log); inside a flow run the
+    # run's logger also puts the line in the Prefect UI (this module's logger is not one Prefect ships).
+    for logger in (log,) if run_logger is None else (log, run_logger):
+        if result["alert"]:
+            logger.warning("%s", artifacts.drift_warning(source, run_id, result))
+        else:
+            logger.info("%s", artifacts.drift_line(result))
+    if run_logger is not None:  # in a flow run: the drift artifact, beside the counts artifact
         from prefect.artifacts import create_markdown_artifact
 
         try:
@@ -168,13 +171,13 @@ def _publish(conn: Connection, source: str, tenant: str, run_id: int, result: di
 
 
 def _run_logger() -> Any:
-    """The flow run's logger inside a Prefect flow run (the UI shows its lines), else this module's. Prefect
-    is looked at only when already imported: a run without Prefect (the CLI's no-op ingest) never loads it."""
+    """The flow run's logger inside a Prefect flow run (the UI shows its lines), else None. Prefect is looked
+    at only when already imported: a run without Prefect (the CLI's no-op ingest) never loads it."""
     if "prefect" not in sys.modules:
-        return log
+        return None
     from prefect.context import FlowRunContext
     from prefect.logging import get_run_logger
 
     if FlowRunContext.get() is None:
-        return log
+        return None
     return get_run_logger()
