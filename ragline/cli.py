@@ -8,6 +8,9 @@ the root group that adds them, and ``main()``, which turns errors into that one 
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import logging
 import os
 import sys
 
@@ -37,7 +40,39 @@ for _command in (*_COMMANDS, serve, trigger, deploy):
     cli.add_command(_command)
 
 
+_HEAVY = ("torch", "prefect", "transformers", "openvino")
+_exit_code = [0]
+
+
+def _exit_without_teardown() -> None:
+    """The last exit handler (registered before any other but logging's): once a command that loaded the
+    model or Prefect is done and every other handler has run (Prefect's log and event flushes, the parser
+    processes' shutdown), close the store and the pools, flush, and leave without the interpreter tearing
+    down torch, transformers and Prefect module by module: measured here, 0.9-1.7 s of a command's wall time
+    for nothing. Light commands (status, search through the service) exit as usual."""
+    if not any(name in sys.modules for name in _HEAVY):
+        return
+    runtime = sys.modules.get("flows.runtime")
+    if runtime is not None:
+        runtime.use_services(None)  # connections end cleanly, workers and parser processes stop
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(_exit_code[0])
+
+
 def main() -> None:
+    atexit.register(_exit_without_teardown)
+    try:
+        _main()
+    except SystemExit as done:
+        code = done.code
+        _exit_code[0] = code if isinstance(code, int) else 0 if code is None else 1
+        raise
+
+
+def _main() -> None:
     known = known_errors()
     try:
         cli.main(standalone_mode=False)
