@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -144,6 +144,13 @@ def run_probed_cli() -> None:
         Path(out).write_text(json.dumps({"main": started, "exit": time.monotonic(), "events": events}))
 
     atexit.register(dump)  # registered first, so it runs after the handlers ragline's imports register
+    real_exit = os._exit
+
+    def dump_then_exit(status: int) -> NoReturn:
+        dump()  # a CLI that leaves without the interpreter's teardown (os._exit) skips the handler above
+        real_exit(status)
+
+    os._exit = dump_then_exit
     sys.argv = ["ragline", *args]
     from ragline.cli import main
 
