@@ -101,6 +101,9 @@ class _PrefectInBackground:
 
         try:
             configure(self._settings.home, self._settings.prefect)
+            from telemetry import tracing
+
+            tracing.setup()  # before the flow starts: Prefect's flow span joins the run's trace when traced
             import flows.ingest  # noqa: F401 - Prefect's own import, done while the main thread works
         except BaseException as err:  # noqa: BLE001 - handed to the waiting thread, which raises it
             self._failure.append(err)
