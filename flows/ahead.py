@@ -1,8 +1,9 @@
 """Work ahead of the flow: while the CLI waits for Prefect (a first run starts its server, ~6-9 s; a running
 system still imports Prefect and creates the flow run, ~2 s), the plan's first documents are parsed and
 chunked in the parse sandbox and their chunks handed to the embedding pool, so the model works through the
-wait instead of after it. Nothing is written here: the flow claims, parses, commits and counts every document
-as always, and takes the vectors waiting for its chunks' texts as its own model work
+wait instead of after it. Nothing is written here: the flow claims, reads, commits and counts every document
+as always, takes the parse of the bytes it read when they are the bytes read here (``Pipeline.parsed_ahead``,
+by content hash), and the vectors waiting for its chunks' texts as its own model work
 (``VectorSource.expect``: tokens counted, not copies). What the flow does not take (a document another run
 committed meanwhile, a file changed since) is dropped; a document that fails to parse here is simply left to
 the flow, which quarantines it with its reason.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from connectors.base import Load
 from connectors.pdf import PdfConnector
 from embedding.pool import EmbeddingPool
 from flows.pdfs import PdfPlan
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 MAX_CHUNKS = 16_384
 """Chunks embedded ahead at most (~25 MiB of MiniLM vectors): the wait is seconds, this is never the limit
 on a machine that needs it, and memory stays bounded whatever the plan holds."""
+MAX_DOCUMENTS = 1024
+"""Documents parsed ahead at most (their text waits for the run in memory)."""
 POLL_SECONDS = 0.02
 
 
@@ -59,30 +63,31 @@ def embed_ahead(pipeline: Pipeline, plan: PdfPlan, ready: Callable[[], bool]) ->
     chunking, window = pipeline.settings.embedding.chunking, embedder.max_seq_length
     model_id = pipeline.model_id()
     files = deque(plan.work)
-    parsing: deque[Future[Chunked]] = deque()
+    parsing: deque[tuple[tuple[str, str], Future[Chunked]]] = deque()
     depth = max(1, pipeline.parser.lookahead)
     try:
-        while not ready() and done.chunks < MAX_CHUNKS:
+        while not ready() and done.chunks < MAX_CHUNKS and done.documents < MAX_DOCUMENTS:
             while files and len(parsing) < depth:
-                path = Path(files.popleft())
-                try:
-                    load = connector.document(path).load
-                except FileNotFoundError:
-                    continue
-                parsing.append(pipeline.parser.submit(partial(parse_and_chunk, load, tokenizer_dir, chunking, window)))
+                read = _read(connector, Path(files.popleft()))
+                if read is not None:
+                    key, load = read
+                    work = partial(parse_and_chunk, load, tokenizer_dir, chunking, window)
+                    parsing.append((key, pipeline.parser.submit(work)))
             if not parsing:
                 break
-            if not parsing[0].done():
+            if not parsing[0][1].done():
                 time.sleep(POLL_SECONDS)
                 continue
+            key, parse = parsing.popleft()
             try:
-                chunked = parsing.popleft().result()
+                chunked = parse.result()
             except Exception:  # noqa: BLE001 - the flow parses it again and quarantines it with its reason
                 continue
             done.documents += 1
+            pipeline.parsed_ahead[key] = chunked
             _submit(pipeline, embedder, model_id, chunked, done)
     finally:
-        for future in parsing:
+        for _, future in parsing:
             future.cancel()  # parses not started are dropped; the flow parses what it needs
     if done.chunks:
         log.info(
@@ -93,6 +98,25 @@ def embed_ahead(pipeline: Pipeline, plan: PdfPlan, ready: Callable[[], bool]) ->
             done.stored,
         )
     return done
+
+
+def forget(pipeline: Pipeline) -> None:
+    """Drop what the run did not take (a document another run committed meanwhile, a file changed since)."""
+    pipeline.reuse.forget_ahead()
+    pipeline.parsed_ahead.clear()
+
+
+def _read(connector: PdfConnector, path: Path) -> tuple[tuple[str, str], Load] | None:
+    """The document at ``path`` read once, as the run will read it: its key (external id, content hash: the
+    run takes this parse only for the very same bytes) and the parse over what was read."""
+    try:
+        document = connector.document(path)
+        if document.read is None:
+            return (document.external_id, document.content_hash), document.load
+        content = document.read()
+    except Exception:  # noqa: BLE001 - gone or unreadable: the run finds out and says so
+        return None
+    return (document.external_id, content.content_hash), content.load
 
 
 def _submit(pipeline: Pipeline, embedder: EmbeddingPool, model_id: int, chunked: Chunked, done: Ahead) -> None:

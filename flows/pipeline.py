@@ -126,6 +126,9 @@ class Pipeline:
         self._load: IndexLoad | None = None
         self.reuse = VectorSource(lambda texts, tokens: self.embedder.embed(texts, token_counts=tokens))
         """Where chunk vectors come from: stored ones for text this generation already embedded, else the model."""
+        self.parsed_ahead: dict[tuple[str, str], Chunked] = {}
+        """Documents parsed and chunked ahead of their run (``flows.ahead``), by external id and content hash:
+        the run takes the parse of the very bytes it read instead of parsing them again."""
         self.claims = Claims(conn)
         self.commits = Commits(conn, self.claims, self._vectors)
 
@@ -315,6 +318,12 @@ class Pipeline:
         span = run.watch.document(doc)
         if span is not None:
             run.spans[doc.external_id] = span
+        ahead = self.parsed_ahead.pop((doc.external_id, doc.content_hash), None)
+        if ahead is not None:
+            parsed: Future[Chunked] = Future()
+            parsed.set_result(ahead)
+            run.parsing.append((doc, parsed))
+            return
         tokenizer_dir = str(self.embedder.tokenizer.model_dir)
         chunking, window = self.settings.embedding.chunking, self.embedder.max_seq_length
         run.parsing.append(

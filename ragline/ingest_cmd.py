@@ -152,7 +152,7 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delet
     plan, only when there is something to do. A run with nothing to do is still recorded (and settles
     deletions earlier runs held)."""
     from embedding.pool import EmbeddingPool
-    from flows.ahead import embed_ahead
+    from flows.ahead import embed_ahead, forget
     from flows.pdfs import plan_pdfs, run_pdf_plan, write_plan
     from flows.planning import resolve_source
     from flows.runs import recorded_run
@@ -183,7 +183,7 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delet
     finally:
         progress.listen(None)
         plan_file.unlink(missing_ok=True)
-        svc.pipeline.reuse.forget_ahead()
+        forget(svc.pipeline)
     return result
 
 

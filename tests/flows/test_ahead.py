@@ -16,7 +16,7 @@ import pytest
 from embedding.devices import Device
 from embedding.model import Embedder, EmbeddingSettings
 from embedding.pool import EmbeddingPool
-from flows.ahead import embed_ahead
+from flows.ahead import embed_ahead, forget
 from flows.counts import Counts
 from flows.pdfs import plan_pdfs, run_pdf_plan
 from flows.planning import resolve_source
@@ -58,7 +58,7 @@ def run(svc: Services, paths: list[Path], *, ahead: bool, source: str = "pdf") -
     with recorded_run(svc.pipeline, ref) as recorded:
         run_pdf_plan(svc.pipeline, plan, recorded.counts)
     tokens = sum(d.tokens for d in pool.stats().devices) - before
-    svc.pipeline.reuse.forget_ahead()
+    forget(svc.pipeline)
     return recorded.counts, tokens
 
 
@@ -88,6 +88,7 @@ def test_chunks_embedded_ahead_are_the_runs_own_work_done_once(
     assert (counts.committed, counts.chunks_reused) == (3, 0) and counts.chunks_written > 0
     assert counts.embedded_tokens > 0  # counted as the run's model work, not as copies
     assert during_run == 0  # everything the run wrote was embedded ahead: nothing twice
+    assert svc.pipeline.parsed_ahead == {}  # and the run took every parse made ahead instead of parsing again
 
     # Every token the run wrote was embedded once, by the model, into vectors of these very texts.
     rows = svc.conn.execute("SELECT text, token_count, embedding FROM chunks").fetchall()
@@ -96,6 +97,23 @@ def test_chunks_embedded_ahead_are_the_runs_own_work_done_once(
     direct = embedder.embed([r["text"] for r in rows])
     stored = np.stack([r["embedding"].to_numpy() for r in rows])
     assert np.min(np.sum(direct * stored, axis=1)) > 0.99
+
+
+def test_a_file_changed_after_its_parse_ahead_is_parsed_again_by_the_run(
+    tmp_path: Path, pooled: tuple[Services, EmbeddingPool]
+) -> None:
+    svc, _ = pooled
+    doc = text_pdf(tmp_path / "notes.pdf", TOPICS[0])
+    ref = resolve_source(svc.conn, svc.settings, "pdf", "pdf")
+    plan = plan_pdfs(svc.pipeline, ref, [str(doc)])
+    assert embed_ahead(svc.pipeline, plan, lambda: False).documents == 1
+    text_pdf(doc, TOPICS[2])  # rewritten between the work ahead and the run
+    with recorded_run(svc.pipeline, ref) as recorded:
+        run_pdf_plan(svc.pipeline, plan, recorded.counts)
+    forget(svc.pipeline)
+    assert recorded.counts.committed == 1 and svc.pipeline.parsed_ahead == {}
+    texts = [text for text in vectors(svc, "pdf")]
+    assert texts and all("sextant" in text for text in texts)  # what the run read, not what was parsed ahead
 
 
 def test_stopping_at_once_leaves_all_the_work_to_the_run(
