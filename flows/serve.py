@@ -132,10 +132,12 @@ class Service:
         svc = self.services
         embedder = svc.embedder
         if isinstance(embedder, EmbeddingPool):
-            embedder.start()
+            embedder.start()  # the model loads (and calibrates) on its threads while the store opens
+        # Migrates (a new store: before the model canary, which reads the generations); fails on a kind clash.
+        ledger.ensure_source(svc.conn, self.settings.inbox_source, "pdf")
+        if isinstance(embedder, EmbeddingPool):
             embedder.wait_ready(self.settings.ready_timeout)
         embedder.embed(["warm up the model"])
-        ledger.ensure_source(svc.conn, self.settings.inbox_source, "pdf")  # migrates; fails on a kind clash
         with svc.pool.connection() as conn:  # the pool open and the generation registered before ready
             Pipeline(conn, svc.settings, svc.embedder, parser=svc.parser).model_id()
             serving = generations.active(conn)
