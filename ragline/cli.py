@@ -70,6 +70,9 @@ def main() -> None:
         code = done.code
         _exit_code[0] = code if isinstance(code, int) else 0 if code is None else 1
         raise
+    except BaseException:  # RAGLINE_DEBUG's traceback: printed by the interpreter, then exit 1 as it would
+        _exit_code[0] = 1
+        raise
 
 
 def _main() -> None:
