@@ -86,21 +86,26 @@ _ALLOW_HELP = "Apply deletions the mass-delete guard holds (more than `deletes.m
 
 class _PrefectInBackground:
     """Prefect pointed at its server on a thread, starting the local one if it is not running (a first run's
-    ~6-9 s) and importing the flows (~1-2 s), so that both overlap opening the store, planning, loading the
-    model and the work done ahead. A run with nothing to do never waits (the server it started serves the next
-    run)."""
+    ~6-9 s), and, once the run is known to need a flow (``flows_needed``), the flows imported (~1-2 s), so that
+    both overlap opening the store, planning, loading the model and the work done ahead. A run with nothing to
+    do never waits, nor imports Prefect (the server it started serves the next run)."""
 
     def __init__(self, obj: Context) -> None:
         self._settings = obj.settings
         self._failure: list[BaseException] = []
+        self._needed = threading.Event()
         self._thread = threading.Thread(target=self._point, name="prefect-server", daemon=True)
         self._thread.start()
+
+    def flows_needed(self) -> None:
+        self._needed.set()
 
     def _point(self) -> None:
         from flows.prefect_server import configure
 
         try:
             configure(self._settings.home, self._settings.prefect)
+            self._needed.wait()
             from telemetry import tracing
 
             tracing.setup()  # before the flow starts: Prefect's flow span joins the run's trace when traced
@@ -112,6 +117,7 @@ class _PrefectInBackground:
         return not self._thread.is_alive()
 
     def wait(self) -> None:
+        self.flows_needed()
         self._thread.join()
         if self._failure:
             raise self._failure[0]
@@ -166,6 +172,7 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delet
             run_pdf_plan(svc.pipeline, plan, run.counts, allow_mass_delete=allow_mass_delete)
         return run.counts.as_dict()
 
+    prefect.flows_needed()
     if isinstance(svc.embedder, EmbeddingPool):
         svc.embedder.start()  # the model loads (and calibrates) on its worker threads while Prefect gets ready
     embed_ahead(svc.pipeline, plan, prefect.ready)
