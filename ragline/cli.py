@@ -47,14 +47,13 @@ _exit_code = [0]
 def _exit_without_teardown() -> None:
     """The last exit handler (registered before any other but logging's): once a command that loaded the
     model or Prefect is done and every other handler has run (Prefect's log and event flushes, the parser
-    processes' shutdown), close the store and the pools, flush, and leave without the interpreter tearing
-    down torch, transformers and Prefect module by module: measured here, 0.9-1.7 s of a command's wall time
-    for nothing. Light commands (status, search through the service) exit as usual."""
+    processes' shutdown), flush and leave without the interpreter tearing down torch, transformers and Prefect
+    module by module: measured here, 0.9-1.7 s of a command's wall time for nothing. Nothing is closed here:
+    a model still loading on a pool thread (a run that failed early) must not be waited for, and the database
+    sees its idle connections end with the process (an open transaction is rolled back, as on any exit).
+    Light commands (status, search through the service) exit as usual."""
     if not any(name in sys.modules for name in _HEAVY):
         return
-    runtime = sys.modules.get("flows.runtime")
-    if runtime is not None:
-        runtime.use_services(None)  # connections end cleanly, workers and parser processes stop
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -173,7 +173,7 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delet
         return run.counts.as_dict()
 
     prefect.flows_needed()
-    if isinstance(svc.embedder, EmbeddingPool):
+    if plan.work and isinstance(svc.embedder, EmbeddingPool):
         svc.embedder.start()  # the model loads (and calibrates) on its worker threads while Prefect gets ready
     embed_ahead(svc.pipeline, plan, prefect.ready)
     prefect.wait()
