@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from connectors.base import Load
@@ -29,7 +28,7 @@ from connectors.pdf import PdfConnector
 from embedding.pool import EmbeddingPool
 from flows.pdfs import PdfPlan
 from flows.pipeline import Pipeline
-from flows.preparing import Chunked, parse_and_chunk
+from flows.preparing import Chunked
 from vectorstore.reuse import stored_vectors
 
 log = logging.getLogger(__name__)
@@ -59,8 +58,6 @@ def embed_ahead(pipeline: Pipeline, plan: PdfPlan, ready: Callable[[], bool]) ->
     if not plan.work or not isinstance(embedder, EmbeddingPool) or ready():
         return done
     connector = PdfConnector([], pipeline.settings.pdf)
-    tokenizer_dir = str(embedder.tokenizer.model_dir)
-    chunking, window = pipeline.settings.embedding.chunking, embedder.max_seq_length
     model_id = pipeline.model_id()
     files = deque(plan.work)
     parsing: deque[tuple[tuple[str, str], Future[Chunked]]] = deque()
@@ -71,8 +68,7 @@ def embed_ahead(pipeline: Pipeline, plan: PdfPlan, ready: Callable[[], bool]) ->
                 read = _read(connector, Path(files.popleft()))
                 if read is not None:
                     key, load = read
-                    work = partial(parse_and_chunk, load, tokenizer_dir, chunking, window)
-                    parsing.append((key, pipeline.parser.submit(work)))
+                    parsing.append((key, pipeline.submit_parse(load)))
             if not parsing:
                 break
             if not parsing[0][1].done():

@@ -26,7 +26,7 @@ from typing import TypeVar
 import psycopg
 from opentelemetry.trace import Span
 
-from connectors.base import DocumentError, DocumentGone, ParsedDocument, SourceDocument
+from connectors.base import DocumentError, DocumentGone, Load, ParsedDocument, SourceDocument
 from embedding.model import TextEmbedder
 from flows.claims import Claims
 from flows.commits import Commits, Prepared
@@ -324,11 +324,13 @@ class Pipeline:
             parsed.set_result(ahead)
             run.parsing.append((doc, parsed))
             return
+        run.parsing.append((doc, self.submit_parse(doc.load)))
+
+    def submit_parse(self, load: Load) -> Future[Chunked]:
+        """``load`` parsed and chunked for this pipeline's model, in the parse sandbox."""
         tokenizer_dir = str(self.embedder.tokenizer.model_dir)
         chunking, window = self.settings.embedding.chunking, self.embedder.max_seq_length
-        run.parsing.append(
-            (doc, self.parser.submit(partial(parse_and_chunk, doc.load, tokenizer_dir, chunking, window)))
-        )
+        return self.parser.submit(partial(parse_and_chunk, load, tokenizer_dir, chunking, window))
 
     def _take_parsed(self, run: _Ingest) -> None:
         """The oldest parse, chunked into the pending batch (flushed once it holds enough chunks)."""
