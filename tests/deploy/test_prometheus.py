@@ -118,7 +118,7 @@ def test_promtool_passes_the_shipped_rules_config_and_rule_tests(tmp_path: Path)
     _promtool("check", "rules", str(SHIPPED / "alerts.yml"))
     token = tmp_path / "token"
     token.write_text("t")
-    config = config_for_test(tmp_path, "http://serve:8765", "http://pushgateway:9091", token)
+    config = config_for_test(tmp_path, "http://127.0.0.1:8765", "http://127.0.0.1:9091", token)
     shipped = yaml.safe_load((SHIPPED / "prometheus.yml").read_text())
     assert yaml.safe_load(config.read_text())["rule_files"] == shipped["rule_files"] == ["alerts.yml"]
     checked = _promtool("check", "config", str(config))
