@@ -188,6 +188,10 @@ def _cuda_bf16() -> bool:
 
 
 def _torch_version() -> str:
-    import torch
+    """From the installed distribution: a worker that runs int8 never imports torch (1-2 s) for its key."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return str(torch.__version__)
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "none"

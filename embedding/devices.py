@@ -166,8 +166,10 @@ def discover_devices(
     """The workers' devices: ``devices`` as configured; else ``explicit_device``; else every CUDA GPU, or
     the CPU when there is none. CPU workers share the usable CPUs (``usable_cpus``: affinity, cgroup quota,
     ``OMP_NUM_THREADS`` from ``environ``, default the process's) unless ``cpu_threads`` is given."""
-    count = cuda_count() if cuda_count else _cuda_device_count()
     names = list(devices) if devices else [explicit_device] if explicit_device else None
+    count = 0
+    if names is None or any(n != "cpu" for n in names):
+        count = cuda_count() if cuda_count else _cuda_device_count()
     if names is None:
         names = [f"cuda:{i}" for i in range(count)] or ["cpu"]
     names = ["cuda:0" if n == "cuda" else n for n in names]
@@ -188,7 +190,21 @@ def discover_devices(
     return result
 
 
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+"""What a CUDA (NVIDIA), ROCm (AMD) or WSL GPU driver leaves on a Linux machine. With none of them torch can see
+no GPU, and its import (1-2 s, most of it holding the GIL the rest of the process needs) is not paid just to
+learn that: the int8 worker never imports torch at all."""
+
+
+def gpu_driver_present(files: Sequence[str] = GPU_DRIVER_FILES) -> bool:
+    return any(os.path.exists(f) for f in files)
+
+
 def _cuda_device_count() -> int:
+    import sys
+
+    if "torch" not in sys.modules and sys.platform == "linux" and not gpu_driver_present():
+        return 0
     import torch
 
     return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0

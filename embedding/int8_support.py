@@ -70,15 +70,28 @@ class Int8Support:
 
     def nncf(self) -> ModuleType:
         self.require()
-        return self.importer("nncf")
+        try:
+            return self.importer("nncf")
+        except ImportError as err:
+            raise Int8Unavailable(f"embedding.precision int8 {_needs('nncf', err)}") from err
 
     def _probe(self) -> str | None:
+        """OpenVINO is imported (it runs the model); NNCF only found: it quantises an export once, and its
+        import pulls in torch (1-2 s), which a worker running a cached export never needs."""
         for name in PACKAGES:
             try:
+                if name == "nncf" and self.importer is importlib.import_module:
+                    if importlib.util.find_spec(name) is None:
+                        raise ImportError(f"No module named {name!r}")
+                    continue
                 self.importer(name)
             except ImportError as err:
-                return f"needs the optional extra {EXTRA} ({name}: {err}): pip install '{EXTRA}'"
+                return _needs(name, err)
         return None
+
+
+def _needs(name: str, err: ImportError) -> str:
+    return f"needs the optional extra {EXTRA} ({name}: {err}): pip install '{EXTRA}'"
 
 
 def versions() -> dict[str, str]:

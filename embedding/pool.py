@@ -274,10 +274,6 @@ class EmbeddingPool:
     def _prepare(self, worker: Worker) -> None:
         """Load, choose the precision, calibrate memory and size the budget, in the worker's thread."""
         device, pool = worker.device, self.pool_settings
-        if device.kind == "cpu" and device.threads:
-            import torch
-
-            torch.set_num_threads(device.threads)  # per thread for OpenMP; threads started later inherit it
         if device.kind == "cuda":
             import torch
 

@@ -103,6 +103,11 @@ class TorchRunner:
                 self._model = self._load()
 
     def _load(self) -> Any:
+        if self.device.kind == "cpu" and self.device.threads:
+            import torch
+
+            # Per thread for OpenMP: the worker's thread loads its runners, and the threads it starts inherit it.
+            torch.set_num_threads(self.device.threads)
         model = self._given
         if model is None:
             model = self._load_bare()
