@@ -15,6 +15,7 @@ is ready: the run's Prefect states and logs still cover most of it on a running 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from pathlib import Path
 from connectors.base import Load
 from connectors.pdf import PdfConnector
 from embedding.pool import EmbeddingPool
+from flows.canary import CheckedPool
 from flows.pdfs import PdfPlan
 from flows.pipeline import Pipeline
 from flows.preparing import Chunked
@@ -61,17 +63,22 @@ def embed_ahead(pipeline: Pipeline, plan: PdfPlan, ready: Callable[[], bool]) ->
     model_id = pipeline.model_id()
     files = deque(plan.work)
     parsing: deque[tuple[tuple[str, str], Future[Chunked]]] = deque()
+    parsed: deque[Chunked] = deque()  # waiting for the model canary's check to be over
     depth = max(1, pipeline.parser.lookahead)
+    if isinstance(embedder, CheckedPool):
+        embedder.check_soon()  # the first submit would wait for it (a first run's model load): parse meanwhile
     try:
-        while not ready() and done.chunks < MAX_CHUNKS and done.documents < MAX_DOCUMENTS:
-            while files and len(parsing) < depth:
+        while not ready() and done.chunks < MAX_CHUNKS:
+            while parsed and not (isinstance(embedder, CheckedPool) and embedder.checking()):
+                _submit(pipeline, embedder, model_id, parsed.popleft(), done)
+            while files and len(parsing) < depth and done.documents + len(parsing) < MAX_DOCUMENTS:
                 read = _read(connector, Path(files.popleft()))
                 if read is not None:
                     key, load = read
                     parsing.append((key, pipeline.submit_parse(load)))
-            if not parsing:
+            if not parsing and not parsed:
                 break
-            if not parsing[0][1].done():
+            if not parsing or not parsing[0][1].done():
                 time.sleep(POLL_SECONDS)
                 continue
             key, parse = parsing.popleft()
@@ -80,8 +87,8 @@ def embed_ahead(pipeline: Pipeline, plan: PdfPlan, ready: Callable[[], bool]) ->
             except Exception:  # noqa: BLE001 - the flow parses it again and quarantines it with its reason
                 continue
             done.documents += 1
-            pipeline.parsed_ahead[key] = chunked
-            _submit(pipeline, embedder, model_id, chunked, done)
+            pipeline.parsed_ahead[key] = dataclasses.replace(chunked, ahead=True)
+            parsed.append(chunked)
     finally:
         for _, future in parsing:
             future.cancel()  # parses not started are dropped; the flow parses what it needs

@@ -20,6 +20,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from embedding import canary
 from embedding.model import EmbeddingSettings, TextEmbedder
@@ -141,22 +142,49 @@ class CheckedPool(EmbeddingPool):
     again on a later request while its generation is not registered yet, as on a brand-new store). Requests of
     other threads wait for the check: no vector of this process is written before it is recorded."""
 
-    def __init__(self, settings: EmbeddingSettings, *, starter: Starter) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: EmbeddingSettings, *, starter: Starter, **pool: Any) -> None:
+        """``pool``: ``EmbeddingPool``'s seams (a given embedder, devices), for tests."""
+        super().__init__(settings, **pool)
         self._starter = starter
         self._canary_lock = threading.RLock()  # the check's own request re-enters
         self._canary_done = False
         self._checking = False
+        self._background: threading.Thread | None = None
+
+    def check_soon(self) -> None:
+        """Start the check on a thread of its own, for a caller with other work to do meanwhile (the work
+        ahead of a first run's flow parses while the model loads for it); ``checking`` says when it is over."""
+        with self._canary_lock:
+            if self._canary_done or self._checking or self._background is not None:
+                return
+            self._background = threading.Thread(target=self._check, name="model-canary", daemon=True)
+            self._background.start()
+
+    def checking(self) -> bool:
+        """Whether a check started by ``check_soon`` is still running (a submit now would wait for it)."""
+        background = self._background
+        return background is not None and background.is_alive()
+
+    def _check(self) -> None:
+        try:
+            self._ensure_checked()
+        except Exception:  # the next request runs the check again, and raises what it finds
+            log.warning("the model canary check failed; the next request runs it again", exc_info=True)
 
     def submit(
         self, texts: Sequence[str], *, token_counts: Sequence[int] | None = None, lane: Lane | None = None
     ) -> EmbedRequest:
-        if texts and not self._canary_done:
-            with self._canary_lock:
-                if not self._canary_done and not self._checking:
-                    self._checking = True
-                    try:
-                        self._canary_done = self._starter(self)
-                    finally:
-                        self._checking = False
+        if texts:
+            self._ensure_checked()
         return super().submit(texts, token_counts=token_counts, lane=lane)
+
+    def _ensure_checked(self) -> None:
+        if self._canary_done:
+            return
+        with self._canary_lock:
+            if not self._canary_done and not self._checking:
+                self._checking = True
+                try:
+                    self._canary_done = self._starter(self)
+                finally:
+                    self._checking = False

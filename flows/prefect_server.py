@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from flows import prefect_template
 from flows.settings import PrefectSettings
 from vectorstore.runs import pid_alive
 
@@ -45,14 +46,21 @@ def _base_env(home: Path) -> None:
 
 def configure(home: Path, settings: PrefectSettings) -> str | None:
     """Point Prefect at a server; returns its API URL (None for ephemeral mode)."""
+    pending = configure_pending(home, settings)
+    return pending.wait() if pending else None
+
+
+def configure_pending(home: Path, settings: PrefectSettings) -> PendingServer | None:
+    """Like ``configure``, without waiting for a server this call started to answer: ``PREFECT_API_URL`` is
+    set at once, so Prefect can be imported while its server starts; ``wait()`` before talking to it."""
     _base_env(home)
     if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
+        return PendingServer(os.environ["PREFECT_API_URL"], None)
     if settings.mode == "ephemeral":
         return None
-    url = ensure_local_server(home, settings)
-    os.environ["PREFECT_API_URL"] = url
-    return url
+    pending = start_local_server(home, settings)
+    os.environ["PREFECT_API_URL"] = pending.url
+    return pending
 
 
 def _state_file(home: Path) -> Path:
@@ -120,19 +128,40 @@ def _wait_healthy(running: Callable[[], bool], url: str, timeout: float, log_pat
     raise PrefectServerError(f"the local Prefect server did not answer within {timeout:.0f} s; see {log_path}")
 
 
+class PendingServer:
+    """A server's URL, and how to wait until it answers."""
+
+    def __init__(self, url: str, waiter: Callable[[], None] | None) -> None:
+        self.url = url
+        self._waiter = waiter
+
+    def wait(self) -> str:
+        if self._waiter is not None:
+            self._waiter()
+            self._waiter = None
+        return self.url
+
+
 def ensure_local_server(home: Path, settings: PrefectSettings) -> str:
-    """Return the URL of the local Prefect server, starting it if needed (once, under a file lock).
+    """Return the URL of the local Prefect server, starting it if needed and waiting until it answers."""
+    return start_local_server(home, settings).wait()
+
+
+def start_local_server(home: Path, settings: PrefectSettings) -> PendingServer:
+    """The local Prefect server, started if needed (once, under a file lock), not yet waited for.
 
     Its pid and URL are recorded before it answers, so a command killed while the server starts does not
-    make the next command start a second server on the same database: that one waits for the first.
+    make the next command start a second server on the same database: that one waits for the first. A new
+    home's database is seeded from the migrated template (``prefect_template``) before the server starts.
     """
     log_path = home / "prefect" / "server.log"
     with _locked(home / "prefect" / "server.lock"):
         state = _read_state(home)
         if state and _alive(state[0]):
-            pid = state[0]
-            _wait_healthy(lambda: _alive(pid), state[1], settings.startup_timeout, log_path)
-            return state[1]
+            pid, url = state
+            return PendingServer(
+                url, lambda: _wait_healthy(lambda: _alive(pid), url, settings.startup_timeout, log_path)
+            )
         port = settings.port or _free_port()
         url = f"http://127.0.0.1:{port}/api"
         env = {
@@ -144,6 +173,8 @@ def ensure_local_server(home: Path, settings: PrefectSettings) -> str:
             "PREFECT_SERVER_API_PORT": str(port),
         }
         env.pop("PREFECT_API_URL", None)
+        if prefect_template.seed(Path(env["PREFECT_HOME"])) and prefect_template.blocks_complete():
+            env["PREFECT_SERVER_REGISTER_BLOCKS_ON_START"] = "false"  # the seeded database holds them all
         with log_path.open("ab") as log_fh:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -154,15 +185,20 @@ def ensure_local_server(home: Path, settings: PrefectSettings) -> str:
                 start_new_session=True,  # survives the CLI and a kill of its process group
             )
         _state_file(home).write_text(json.dumps({"pid": proc.pid, "url": url}))
+
+    def wait() -> None:
         try:
             # Our own child: poll it (its /proc cmdline is ragline's until it execs).
             _wait_healthy(lambda: proc.poll() is None, url, settings.startup_timeout, log_path)
         except PrefectServerError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            _state_file(home).unlink(missing_ok=True)
+            with _locked(home / "prefect" / "server.lock"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                if _read_state(home) == (proc.pid, url):
+                    _state_file(home).unlink(missing_ok=True)
             raise
-        return url
+
+    return PendingServer(url, wait)
 
 
 def stop_local_server(home: Path) -> bool:

@@ -28,6 +28,9 @@ class Chunked:
     started_ns: int = 0
     parsed_ns: int = 0
     chunked_ns: int = 0
+    ahead: bool = False
+    """Parsed ahead of the flow (``flows.ahead``): before the run claimed the document, so its parse and
+    chunk spans start before the document's."""
 
 
 def _tokenizer(model_dir: str) -> ModelTokenizer:

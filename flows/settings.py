@@ -510,6 +510,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> RaglineSettings:
     return settings
 
 
+def store_is_new(settings: RaglineSettings) -> bool:
+    """Whether ragline's store does not exist yet: the embedded server under RAGLINE_HOME not initialised (a
+    configured server is never assumed new). Every document of a first run is new to it."""
+    from vectorstore.embedded import initialised
+
+    return settings.database.url is None and not initialised(settings.home)
+
+
 def database_url(settings: RaglineSettings) -> str:
     """The configured server, or the embedded one under RAGLINE_HOME (started on first use)."""
     url: SecretStr | None = settings.database.url

@@ -118,8 +118,11 @@ class RunWatch:
         if chunked.started_ns:
             parent = trace.set_span_in_context(span)
             tracer = tracing.tracer()
-            tracer.start_span("ragline.parse", context=parent, start_time=chunked.started_ns).end(chunked.parsed_ns)
-            tracer.start_span("ragline.chunk", context=parent, start_time=chunked.parsed_ns).end(chunked.chunked_ns)
+            steps = {"ragline.parse.ahead": chunked.ahead}  # ahead: before the claim, so before this span began
+            parse = tracer.start_span("ragline.parse", context=parent, start_time=chunked.started_ns, attributes=steps)
+            parse.end(chunked.parsed_ns)
+            chunk = tracer.start_span("ragline.chunk", context=parent, start_time=chunked.parsed_ns, attributes=steps)
+            chunk.end(chunked.chunked_ns)
 
     def quarantined(self, span: Span | None, err: DocumentError) -> None:
         QUARANTINED.labels(self.source.name, self.source.tenant, err.reason).inc()

@@ -101,15 +101,18 @@ class _PrefectInBackground:
         self._needed.set()
 
     def _point(self) -> None:
-        from flows.prefect_server import configure
+        from flows.prefect_server import configure_pending
 
         try:
-            configure(self._settings.home, self._settings.prefect)
+            server = configure_pending(self._settings.home, self._settings.prefect)
             self._needed.wait()
             from telemetry import tracing
 
             tracing.setup()  # before the flow starts: Prefect's flow span joins the run's trace when traced
             import flows.ingest  # noqa: F401 - Prefect's own import, done while the main thread works
+
+            if server is not None:
+                server.wait()  # a first run's server started meanwhile
         except BaseException as err:  # noqa: BLE001 - handed to the waiting thread, which raises it
             self._failure.append(err)
 
@@ -162,9 +165,12 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delet
     from flows.pdfs import plan_pdfs, run_pdf_plan, write_plan
     from flows.planning import resolve_source
     from flows.runs import recorded_run
+    from flows.settings import store_is_new
 
     svc = obj.services
     prefect = _PrefectInBackground(obj)  # a first run's server starts while the store opens and plans
+    if store_is_new(svc.settings) and isinstance(svc.embedder, EmbeddingPool):
+        svc.embedder.start()  # a first run: every document is new, so the model loads while the store is made
     ref = resolve_source(svc.conn, svc.settings, source, "pdf")
     plan = plan_pdfs(svc.pipeline, ref, paths)
     if plan.empty:

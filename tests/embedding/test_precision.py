@@ -4,6 +4,8 @@ cache; and the small device helpers (probes' parsers, discovery, OOM classificat
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,6 +24,7 @@ from embedding.devices import (
     cpu_label,
     cpu_quota,
     discover_devices,
+    gpu_driver_present,
     is_oom,
     measure_cpu_peak,
     omp_threads,
@@ -271,3 +274,18 @@ def test_omp_num_threads_bounds_the_cpu_workers_threads_unless_configured() -> N
     assert [d.threads for d in configured] == [3]
     unset = discover_devices(None, cuda_count=lambda: 0, environ={})
     assert [d.threads for d in unset] == [usable_cpus({})] and usable_cpus({}) >= 1
+
+
+def test_no_gpu_driver_no_torch_import_to_count_gpus(tmp_path: Path) -> None:
+    assert not gpu_driver_present([str(tmp_path / "nvidiactl")])
+    (tmp_path / "nvidiactl").touch()
+    assert gpu_driver_present([str(tmp_path / "nvidiactl"), str(tmp_path / "kfd")])
+    code = (
+        "import sys; from embedding.devices import discover_devices, gpu_driver_present; "
+        "devices = discover_devices(None); "
+        "print(devices[0].kind, 'torch' in sys.modules, gpu_driver_present())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    kind, torch_loaded, driver = done.stdout.split()
+    if driver == "False":  # no driver: torch could see no GPU, and was not imported to learn it
+        assert (kind, torch_loaded) == ("cpu", "False")

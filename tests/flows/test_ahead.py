@@ -6,6 +6,7 @@ by the run, and a text the store holds already costs no model work ahead either.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from embedding.devices import Device
 from embedding.model import Embedder, EmbeddingSettings
 from embedding.pool import EmbeddingPool
 from flows.ahead import embed_ahead, forget
+from flows.canary import CheckedPool
 from flows.counts import Counts
 from flows.pdfs import plan_pdfs, run_pdf_plan
 from flows.planning import resolve_source
@@ -181,3 +183,45 @@ def test_an_embedding_that_failed_ahead_is_done_again_by_the_run(embedder: Embed
     source.expect(1, ["a lighthouse keeper's log"], [9], _Failed())
     assert source._take_ahead(1, "a lighthouse keeper's log") is None
     assert source._take_ahead(1, "a lighthouse keeper's log") is None  # taken once, then gone
+
+
+def test_documents_are_parsed_ahead_while_the_model_canary_is_checked(
+    tmp_path: Path, settings: RaglineSettings, embedder: Embedder
+) -> None:
+    """A first run's canary waits for the model's load: the work ahead parses meanwhile instead of waiting in
+    its first submit, and hands the chunks to the model once the check is over."""
+    checked = threading.Event()
+    release = threading.Event()
+
+    def slow_check(pool: object) -> bool:
+        release.wait(30)
+        checked.set()
+        return True
+
+    pool = CheckedPool(EmbeddingSettings(), starter=slow_check, embedder=embedder, devices=[CPU])
+    svc = Services(settings, shared_embedder=pool)
+    try:
+        docs = [text_pdf(tmp_path / f"doc{i}.pdf", pages) for i, pages in enumerate(TOPICS)]
+        ref = resolve_source(svc.conn, svc.settings, "pdf", "pdf")
+        plan = plan_pdfs(svc.pipeline, ref, [str(p) for p in docs])
+        parsed_during_check: list[bool] = []
+
+        def ready() -> bool:
+            if not checked.is_set() and len(svc.pipeline.parsed_ahead) == len(docs):
+                parsed_during_check.append(True)
+                release.set()  # every document parsed while the check still ran: let it finish
+            return False
+
+        done = embed_ahead(svc.pipeline, plan, ready)
+        assert parsed_during_check and checked.is_set()
+        assert done.documents == 3 and done.chunks > 0  # submitted once the check was over
+        assert pool.stats().duplicates == 0
+        idle(pool)
+        with recorded_run(svc.pipeline, ref) as recorded:
+            run_pdf_plan(svc.pipeline, plan, recorded.counts)
+        forget(svc.pipeline)
+        assert recorded.counts.committed == 3 and recorded.counts.embedded_tokens == done.tokens
+    finally:
+        release.set()
+        svc.close()
+        pool.close()
