@@ -63,7 +63,7 @@ KINDS = ("floor", "first", "running")
 _PROBES: dict[str, list[tuple[str, str]]] = {
     "ragline.ingest_cmd": [("run_pdf_ingest", "cli.run")],
     "flows.pdfs": [("plan_pdfs", "plan"), ("read_plan", "flow.body")],
-    "flows.prefect_server": [("configure", "prefect.configure")],
+    "flows.prefect_server": [("configure_pending", "prefect.configure"), ("PendingServer.wait", "prefect.configure")],
     "vectorstore.embedded": [("embedded_url", "postgres")],
     "vectorstore.migrations": [("migrate", "migrate")],
     "flows.pipeline": [
