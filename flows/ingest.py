@@ -12,6 +12,8 @@ counts and artifact are recorded; ``allow_mass_delete`` confirms them).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +24,7 @@ from prefect import flow, get_client, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.settings import temporary_settings
 from prefect.states import Completed
 
 from connectors.registry import PdfSourceSettings
@@ -33,6 +36,17 @@ from flows.planning import SourceRef, resolve_source
 from flows.runs import Run, recorded_run
 from flows.runtime import services
 from telemetry import tracing
+
+
+@contextmanager
+def interactive() -> Iterator[None]:
+    """Flows called here by a command someone waits for (``ragline ingest``) send no flow-run heartbeats,
+    unless the operator set ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``. Prefect's heartbeat thread sleeps in steps
+    of a second and the flow's end joins it: 0-1 s (0.9 s in a profiled run) added to every command. Heartbeats
+    drive the automations that mark runs of deployments crashed; those keep Prefect's default, and a command
+    killed mid-run is marked abandoned by ragline at its source's next run."""
+    with temporary_settings(set_defaults={"flows.heartbeat_frequency": None}):
+        yield
 
 
 @dataclass

@@ -183,16 +183,17 @@ def run_pdf_ingest(obj: Context, paths: list[str], source: str, allow_mass_delet
         svc.embedder.start()  # the model loads (and calibrates) on its worker threads while Prefect gets ready
     embed_ahead(svc.pipeline, plan, prefect.ready)
     prefect.wait()
-    from flows.ingest import ingest_pdf
+    from flows.ingest import ingest_pdf, interactive
 
     plan_file = write_plan(svc.settings.home, plan)
     progress.listen(_ProgressBar())
     try:
         absolute = [str(Path(p).absolute()) for p in paths]
-        result = cast(
-            dict[str, int],
-            ingest_pdf(absolute, source, plan_file=str(plan_file), allow_mass_delete=allow_mass_delete),
-        )
+        with interactive():
+            result = cast(
+                dict[str, int],
+                ingest_pdf(absolute, source, plan_file=str(plan_file), allow_mass_delete=allow_mass_delete),
+            )
     finally:
         progress.listen(None)
         plan_file.unlink(missing_ok=True)
@@ -237,13 +238,14 @@ def _run_sources(
     prefect = _PrefectInBackground(obj)
     _ = obj.services.conn  # the store opens (and migrates) while Prefect gets ready; the model loads on demand
     prefect.wait()
-    from flows.ingest import ingest_source
+    from flows.ingest import ingest_source, interactive
 
     results: list[tuple[str, dict[str, int] | None, str | None]] = []
     for name in names:
         progress.listen(_ProgressBar())
         try:
-            results.append((name, cast(dict[str, int], ingest_source(name, allow_mass_delete)), None))
+            with interactive():
+                results.append((name, cast(dict[str, int], ingest_source(name, allow_mass_delete)), None))
         except DeletionsHeld as held:
             results.append((name, None, str(held)))
         except Exception as err:  # noqa: BLE001 - one failed source must not stop the others
