@@ -74,6 +74,9 @@ def seed(prefect_home: Path, directory: Path = TEMPLATES) -> bool:
     if not database.is_file() or target.exists():
         return False
     prefect_home.mkdir(parents=True, exist_ok=True)
+    for journal in ("-wal", "-shm", "-journal"):
+        # Left by a database removed since: SQLite would replay a write-ahead log into the new file.
+        (prefect_home / (DATABASE + journal)).unlink(missing_ok=True)
     with tempfile.NamedTemporaryFile(dir=prefect_home, prefix=".prefect-db-", delete=False) as out:
         try:
             with gzip.open(database, "rb") as src:

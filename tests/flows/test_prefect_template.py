@@ -47,6 +47,8 @@ def test_seeded_only_into_a_home_without_a_database(tmp_path: Path, monkeypatch:
     for name in prefect_template.DATABASE_URL_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "prefect"
+    home.mkdir()
+    (home / "prefect.db-wal").write_bytes(b"the log of a database removed since")
     assert prefect_template.seed(home)
     assert _revision(home / "prefect.db")
     assert [p.name for p in home.iterdir()] == ["prefect.db"]  # renamed into place, no temporary left
