@@ -1,7 +1,7 @@
 """A folder of PDFs ingested, then copied under new names and ingested again: tokens embedded and wall time of
 the copy against the first ingest, through the real CLI in fresh processes, in one run.
 
-    python bench/reuse.py [PDF_DIR] [--repeat 3]
+    python bench/reuse.py [PDF_DIR] [--repeat 3] [--serve]
 
 A fresh RAGLINE_HOME is warmed first with an unrelated one-page PDF (the embedded Postgres and the Prefect
 server start there; the int8 export and calibration that first run leaves to a background child are waited
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -25,13 +26,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.ingest_vs_floor import wait_for_background
+from bench.trigger_latency import wait_ready
 from connectors.pdf import RACY_SECONDS
 from vectorstore.embedded import embedded_url
 
+HEADER = (
+    "| run | documents | tokens embedded | chunks embedded | chunks reused | wall | x first | in the run | x first |"
+)
 WARM_UP = "Lighthouse keepers trimmed the wicks at dusk and logged every passing ship by lamplight."
 
 
@@ -113,10 +119,54 @@ def row(label: str, run: Ingest, first: Ingest) -> str:
     )
 
 
+def on_serve(root: Path, corpus: Path, copies: list[Path], calibration: Path) -> tuple[Ingest, list[Ingest]]:
+    """The same ingests on a warm ``ragline serve`` (a live deployment): each folder a configured PDF source,
+    triggered by ``POST /v1/runs`` and timed from the POST until its run's record is final. Its own home, with
+    the calibration (int8 export included) the CLI's home made, so that both embed at the same precision."""
+    home, config = root / "serve-home", root / "serve.yaml"
+    shutil.copytree(calibration, home / "calibration")
+    folders = {"first": corpus, **{f"copy-{i}": folder for i, folder in enumerate(copies)}}
+    config.write_text(
+        "serve:\n  port: 0\nsources:\n"
+        + "".join(f"  - {{kind: pdf, name: {name}, paths: [{json.dumps(str(p))}]}}\n" for name, p in folders.items())
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAGLINE_"))}
+    env.update({"RAGLINE_HOME": str(home), "RAGLINE_CONFIG": str(config)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ragline", "serve", "--no-schedules"], env=env, start_new_session=True
+    )
+    try:
+        url = wait_ready(home, proc)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            runs = {name: triggered(client, name) for name in folders}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        subprocess.run([sys.executable, "-m", "ragline", "stop"], env=env, capture_output=True, timeout=60)
+    return runs["first"], [runs[f"copy-{i}"] for i in range(len(copies))]
+
+
+def triggered(client: httpx.Client, source: str) -> Ingest:
+    started = time.perf_counter()
+    answer = client.post("/v1/runs", json={"source": source})
+    if answer.status_code != 202:
+        raise SystemExit(f"POST /v1/runs {source}: {answer.status_code} {answer.text}")
+    while True:
+        record = client.get(answer.json()["status_url"]).json()
+        if record["finished_at"] is not None:
+            break
+        time.sleep(0.02)
+    seconds = time.perf_counter() - started
+    if record["state"] != "completed":
+        raise SystemExit(f"the run of {source} ended {record['state']}: {record['error']}")
+    return Ingest(seconds, record["counts"], in_run=record["finished_at"] - record["started_at"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("pdfs", nargs="?", default=str(Path(__file__).parent.parent / "examples" / "pdfs"))
     ap.add_argument("--repeat", type=int, default=3, help="copies ingested (each under other names)")
+    ap.add_argument("--serve", action="store_true", help="also the same ingests on a warm `ragline serve`")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -147,14 +197,14 @@ def main() -> None:
         finally:  # the embedded Postgres and the Prefect server outlive the CLI: stopped by their home
             env = {**os.environ, "RAGLINE_HOME": str(home)}
             subprocess.run([sys.executable, "-m", "ragline", "stop"], env=env, check=False)
+        if args.serve:
+            folders = [root / f"copy-{i}" for i in range(args.repeat)]
+            served = on_serve(root, corpus, folders, home / "calibration")
     median = statistics.median(c.seconds for c in copies)
     print(f"corpus: {args.pdfs} ({len(files)} PDFs, {size / 1e6:.2f} MB)")
     warm_up = "first ever run: initdb, Prefect server start, model load, precision calibration"
     print(f"warm-up ({warm_up}): {warm.seconds:.2f} s")
-    print(
-        "| run | documents | tokens embedded | chunks embedded | chunks reused | wall | x first "
-        "| in the run | x first |"
-    )
+    print(HEADER)
     print("|---|---|---|---|---|---|---|---|---|")
     print(row("first ingest (running system)", first, first))
     for i, c in enumerate(copies):
@@ -165,6 +215,16 @@ def main() -> None:
     print(f"copies: median {median:.2f} s = {ratio:.2f}x the first ingest; most tokens embedded by one: {embedded}")
     in_run = statistics.median(c.in_run for c in copies)
     print(f"in the run: median {in_run:.2f} s = {in_run / first.in_run:.2f}x the first ingest's {first.in_run:.2f} s")
+    if args.serve:
+        serve_first, serve_copies = served
+        print("\nOn a warm `ragline serve` (POST /v1/runs, each folder a configured source, until its run is final):")
+        print(HEADER)
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(row("first ingest", serve_first, serve_first))
+        for i, c in enumerate(serve_copies):
+            print(row(f"copy {i} under new names", c, serve_first))
+        median = statistics.median(c.seconds for c in serve_copies)
+        print(f"serve copies: median {median:.2f} s = {median / serve_first.seconds:.2f}x the first ingest")
 
 
 if __name__ == "__main__":
