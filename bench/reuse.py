@@ -14,6 +14,7 @@ copy of the one-page warm-up file at the end shows what any run costs beyond its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -140,9 +141,12 @@ def on_serve(root: Path, corpus: Path, copies: list[Path], calibration: Path) ->
         with httpx.Client(base_url=url, timeout=60) as client:
             runs = {name: triggered(client, name) for name in folders}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
-        subprocess.run([sys.executable, "-m", "ragline", "stop"], env=env, capture_output=True, timeout=60)
+        try:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+        finally:  # its Postgres and Prefect server outlive it: stopped by their home whatever happened
+            subprocess.run([sys.executable, "-m", "ragline", "stop"], env=env, capture_output=True, timeout=60)
     return runs["first"], [runs[f"copy-{i}"] for i in range(len(copies))]
 
 

@@ -168,8 +168,10 @@ def discover_devices(
     ``OMP_NUM_THREADS`` from ``environ``, default the process's) unless ``cpu_threads`` is given."""
     names = list(devices) if devices else [explicit_device] if explicit_device else None
     count = 0
-    if names is None or any(n != "cpu" for n in names):
+    if names is None:
         count = cuda_count() if cuda_count else _cuda_device_count()
+    elif any(n != "cpu" for n in names):  # configured GPUs: torch answers, whatever driver files there are
+        count = cuda_count() if cuda_count else _cuda_device_count(ask_torch=True)
     if names is None:
         names = [f"cuda:{i}" for i in range(count)] or ["cpu"]
     names = ["cuda:0" if n == "cuda" else n for n in names]
@@ -190,20 +192,27 @@ def discover_devices(
     return result
 
 
-GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
-"""What a CUDA (NVIDIA), ROCm (AMD) or WSL GPU driver leaves on a Linux machine. With none of them torch can see
-no GPU, and its import (1-2 s, most of it holding the GIL the rest of the process needs) is not paid just to
-learn that: the int8 worker never imports torch at all."""
+GPU_DRIVER_FILES = (
+    "/proc/driver/nvidia/version",
+    "/dev/nvidiactl",
+    "/dev/nvhost-ctrl-gpu",  # Jetson (Tegra)
+    "/dev/kfd",
+    "/dev/dxg",
+)
+"""What a CUDA (NVIDIA, Jetson), ROCm (AMD) or WSL GPU driver leaves on a Linux machine. With none of them, the
+discovery of devices does not import torch (1-2 s, most of it holding the GIL the rest of the process needs)
+just to learn that it sees no GPU: the int8 worker never imports torch at all. Devices configured as GPUs are
+always counted by torch."""
 
 
 def gpu_driver_present(files: Sequence[str] = GPU_DRIVER_FILES) -> bool:
     return any(os.path.exists(f) for f in files)
 
 
-def _cuda_device_count() -> int:
+def _cuda_device_count(ask_torch: bool = False) -> int:
     import sys
 
-    if "torch" not in sys.modules and sys.platform == "linux" and not gpu_driver_present():
+    if not ask_torch and "torch" not in sys.modules and sys.platform == "linux" and not gpu_driver_present():
         return 0
     import torch
 

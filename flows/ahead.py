@@ -69,7 +69,9 @@ def embed_ahead(pipeline: Pipeline, plan: PdfPlan, ready: Callable[[], bool]) ->
         embedder.check_soon()  # the first submit would wait for it (a first run's model load): parse meanwhile
     try:
         while not ready() and done.chunks < MAX_CHUNKS:
-            while parsed and not (isinstance(embedder, CheckedPool) and embedder.checking()):
+            while (
+                parsed and done.chunks < MAX_CHUNKS and not (isinstance(embedder, CheckedPool) and embedder.checking())
+            ):
                 _submit(pipeline, embedder, model_id, parsed.popleft(), done)
             while files and len(parsing) < depth and done.documents + len(parsing) < MAX_DOCUMENTS:
                 read = _read(connector, Path(files.popleft()))

@@ -10,9 +10,10 @@ types, nothing of any run), and copies it into a home that has no database yet (
 
 It is used only where it is exactly what Prefect itself would create: the installed Prefect is the version it
 was made with (another version migrates from nothing as before), and Prefect uses its default SQLite database
-under ``PREFECT_HOME`` (a configured database URL is left alone). Registering the block types again at that
-first start is skipped only when no Prefect collection is installed (``blocks_complete``): the template holds
-exactly the block types of that Prefect; a collection's are registered as usual.
+under ``PREFECT_HOME`` (a database configured in any of the places Prefect reads settings from is left alone,
+``_default_database``). Registering the block types again at that first start is skipped only when no Prefect
+collection is installed (``blocks_complete``): the template holds exactly the block types of that Prefect; a
+collection's are registered as usual. A damaged template is logged and skipped: it is only ever a speed-up.
 
 ``python -m flows.prefect_template`` remakes the template for the installed Prefect from a real server's first
 start (the tests check that the shipped one is at the installed Prefect's head revision).
@@ -21,6 +22,7 @@ start (the tests check that the shipped one is at the installed Prefect's head r
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import shutil
 import signal
@@ -30,15 +32,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from importlib import metadata
 from pathlib import Path
 
 import httpx
 
+log = logging.getLogger(__name__)
+
 TEMPLATES = Path(__file__).parent / "templates"
 DATABASE = "prefect.db"
-DATABASE_URL_SETTINGS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
-"""Prefect's settings for a database of the operator's own: with either set, there is nothing to seed."""
+DATABASE_SETTINGS = ("PREFECT_API_DATABASE_", "PREFECT_SERVER_DATABASE_")
+"""Prefixes of Prefect's database settings (a URL, a driver, a host, a file name...): with any set, the server
+may use another database than the default file, and nothing is seeded."""
 
 
 def prefect_version() -> str | None:
@@ -64,7 +70,7 @@ def seed(prefect_home: Path, directory: Path = TEMPLATES) -> bool:
 
     Call it before the server starts, under the lock that starts it: the file appears whole (renamed into
     place) or not at all, so a start interrupted here migrates from nothing next time, as Prefect would."""
-    if any(os.environ.get(name) for name in DATABASE_URL_SETTINGS):
+    if not _default_database(Path.cwd()):
         return False
     version = prefect_version()
     if version is None:
@@ -83,10 +89,38 @@ def seed(prefect_home: Path, directory: Path = TEMPLATES) -> bool:
                 shutil.copyfileobj(src, out)
             out.flush()
             os.fsync(out.fileno())
+            out.close()
+            os.replace(out.name, target)
+        except (OSError, EOFError, zlib.error) as err:
+            # Only ever a speed-up: a damaged template (a broken install) leaves Prefect to migrate as usual.
+            Path(out.name).unlink(missing_ok=True)
+            log.warning(
+                "the Prefect database template %s is unusable (%s): Prefect migrates from nothing", database, err
+            )
+            return False
         except BaseException:
             Path(out.name).unlink(missing_ok=True)
             raise
-    os.replace(out.name, target)
+    return True
+
+
+def _default_database(cwd: Path) -> bool:
+    """Whether the server will use Prefect's default SQLite file under ``PREFECT_HOME``, as far as can be told
+    without importing Prefect: no database setting in the environment, no profiles file named, and none of the
+    files Prefect reads settings from in the working directory (``.env`` with Prefect settings, ``prefect.toml``,
+    ``[tool.prefect]`` in ``pyproject.toml``). In doubt it says no: the start is then only slower."""
+    if os.environ.get("PREFECT_PROFILES_PATH") or any(k.startswith(DATABASE_SETTINGS) for k in os.environ):
+        return False
+    if (cwd / "prefect.toml").exists():
+        return False
+    for name, marker in ((".env", "PREFECT_"), ("pyproject.toml", "[tool.prefect")):
+        try:
+            if marker in (cwd / name).read_text(errors="replace"):
+                return False
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
     return True
 
 

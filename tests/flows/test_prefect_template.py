@@ -6,6 +6,7 @@ started from it serves Prefect's block types."""
 from __future__ import annotations
 
 import gzip
+import os
 import sqlite3
 from pathlib import Path
 
@@ -44,8 +45,9 @@ def test_the_shipped_template_is_at_the_installed_prefects_head(tmp_path: Path) 
 
 
 def test_seeded_only_into_a_home_without_a_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in prefect_template.DATABASE_URL_SETTINGS:
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith(prefect_template.DATABASE_SETTINGS)]:
+        monkeypatch.delenv(name)
     home = tmp_path / "prefect"
     home.mkdir()
     (home / "prefect.db-wal").write_bytes(b"the log of a database removed since")
@@ -58,13 +60,50 @@ def test_seeded_only_into_a_home_without_a_database(tmp_path: Path, monkeypatch:
     assert (home / "prefect.db").read_bytes() == b"a database of the operator's"
 
 
-def test_not_seeded_for_a_configured_database_or_another_prefect(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("variable", "file", "text"),
+    [
+        ("PREFECT_API_DATABASE_CONNECTION_URL", None, "postgresql+asyncpg://prefect@127.0.0.1/prefect"),
+        ("PREFECT_SERVER_DATABASE_NAME", None, "/srv/prefect/other.db"),
+        ("PREFECT_PROFILES_PATH", None, "/etc/prefect/profiles.toml"),
+        (None, ".env", "PREFECT_SERVER_DATABASE_DRIVER=postgresql+asyncpg\n"),
+        (None, "prefect.toml", "[server.database]\n"),
+        (None, "pyproject.toml", "[tool.prefect.server.database]\nname = 'x.db'\n"),
+    ],
+)
+def test_not_seeded_where_prefect_may_use_another_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str | None, file: str | None, text: str
 ) -> None:
-    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://prefect@127.0.0.1/prefect")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for name in [k for k in os.environ if k.startswith(("PREFECT_API_DATABASE_", "PREFECT_SERVER_DATABASE_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("PREFECT_PROFILES_PATH", raising=False)
+    (cwd / "pyproject.toml").write_text("[project]\nname = 'someone-elses'\n")
+    (cwd / ".env").write_text("OTHER_APP_TOKEN=1\n")
+    assert prefect_template.seed(tmp_path / "plain")  # files without Prefect settings do not count
+    if variable:
+        monkeypatch.setenv(variable, text)
+    if file:
+        (cwd / file).write_text(text)
     assert not prefect_template.seed(tmp_path / "configured")
     assert not (tmp_path / "configured" / "prefect.db").exists()
-    monkeypatch.delenv("PREFECT_API_DATABASE_CONNECTION_URL")
+
+
+def test_a_damaged_template_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    version = prefect_template.prefect_version()
+    assert version is not None
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    prefect_template.template_path(version, templates).write_bytes(gzip.compress(b"SQLite format 3")[:-9])
+    home = tmp_path / "prefect"
+    assert not prefect_template.seed(home, templates)
+    assert list(home.iterdir()) == []  # no database, no temporary: Prefect migrates from nothing
+    assert "unusable" in caplog.text
+
+
+def test_not_seeded_for_another_prefect(tmp_path: Path) -> None:
 
     other = tmp_path / "templates"
     other.mkdir()
