@@ -65,13 +65,12 @@ def embed_ahead(pipeline: Pipeline, plan: PdfPlan, ready: Callable[[], bool]) ->
     parsing: deque[tuple[tuple[str, str], Future[Chunked]]] = deque()
     parsed: deque[Chunked] = deque()  # waiting for the model canary's check to be over
     depth = max(1, pipeline.parser.lookahead)
-    if isinstance(embedder, CheckedPool):
-        embedder.check_soon()  # the first submit would wait for it (a first run's model load): parse meanwhile
+    checked = embedder if isinstance(embedder, CheckedPool) else None
+    if checked is not None:
+        checked.check_soon()  # the first submit would wait for it (a first run's model load): parse meanwhile
     try:
         while not ready() and done.chunks < MAX_CHUNKS:
-            while (
-                parsed and done.chunks < MAX_CHUNKS and not (isinstance(embedder, CheckedPool) and embedder.checking())
-            ):
+            while parsed and done.chunks < MAX_CHUNKS and not (checked is not None and checked.checking()):
                 _submit(pipeline, embedder, model_id, parsed.popleft(), done)
             while files and len(parsing) < depth and done.documents + len(parsing) < MAX_DOCUMENTS:
                 read = _read(connector, Path(files.popleft()))

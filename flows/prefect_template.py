@@ -26,17 +26,13 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from importlib import metadata
 from pathlib import Path
-
-import httpx
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +122,15 @@ def _default_database(cwd: Path) -> bool:
 
 def build(directory: Path = TEMPLATES, timeout: float = 180.0) -> Path:
     """Start a real Prefect server on an empty home, stop it once healthy, and keep what its start made."""
+    from flows.prefect_server import _free_port, _wait_healthy  # that module seeds from this one
+
     version = prefect_version()
     if version is None:
         raise RuntimeError("prefect is not installed")
     database = template_path(version, directory)
     with tempfile.TemporaryDirectory(prefix="prefect-template-") as tmp:
         home = Path(tmp)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(
             PREFECT_HOME=str(home),
@@ -146,7 +142,9 @@ def build(directory: Path = TEMPLATES, timeout: float = 180.0) -> Path:
         with (home / "server.log").open("wb") as log:
             server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                _wait_healthy(f"http://127.0.0.1:{port}/api", timeout, server)
+                _wait_healthy(
+                    lambda: server.poll() is None, f"http://127.0.0.1:{port}/api", timeout, home / "server.log"
+                )
             finally:
                 server.send_signal(signal.SIGTERM)
                 server.wait(30)
@@ -165,20 +163,6 @@ def build(directory: Path = TEMPLATES, timeout: float = 180.0) -> Path:
         if stale != database:
             stale.unlink()
     return database
-
-
-def _wait_healthy(url: str, timeout: float, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited with {server.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the Prefect server did not answer within {timeout:.0f} s")
 
 
 if __name__ == "__main__":
